@@ -1,0 +1,81 @@
+"""Deterministic splits of the training data into the server's D^a and the K clients' D^k.
+
+The paper leaves the split open; our choice (documented in README):
+- D^a is cut from every task's training split (``aux_fraction`` of it, or ``aux_size`` questions per
+  task), so the server's auxiliary data covers each task the clients have;
+- the rest is pooled and dealt to K clients, IID (a shuffled even split) or non-IID by Dirichlet(alpha)
+  over a group key: the task when several tasks are pooled (clients specialise in different tasks),
+  else the gold answer position (label skew, the usual Dirichlet benchmark);
+- ``client_size`` optionally caps each client's set (for small CPU budgets).
+Everything is a pure function of the questions and the seed, so every process (server, simulated and
+deployed clients) computes the same split without exchanging data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .schema import DataError, Question
+
+
+@dataclass(frozen=True)
+class Splits:
+    aux: list[Question]
+    clients: list[list[Question]]
+
+
+def _dirichlet_split(groups: np.ndarray, k: int, alpha: float, rng: np.random.Generator) -> list[list[int]]:
+    """Deal indices to k clients: within each group, proportions ~ Dir(alpha)."""
+    for _ in range(100):  # redraw until no client is empty, like common FL benchmarks do
+        parts: list[list[int]] = [[] for _ in range(k)]
+        for g in np.unique(groups):
+            idx = rng.permutation(np.flatnonzero(groups == g))
+            cuts = (np.cumsum(rng.dirichlet([alpha] * k))[:-1] * len(idx)).astype(int)
+            for c, chunk in enumerate(np.split(idx, cuts)):
+                parts[c].extend(int(i) for i in chunk)
+        if min(len(p) for p in parts) > 0:
+            return [sorted(p) for p in parts]
+    raise DataError(f"Dirichlet(alpha={alpha}) left a client with no data in 100 draws; raise alpha or lower K={k}")
+
+
+def split_train(
+    per_task: dict[str, list[Question]],
+    num_clients: int,
+    aux_fraction: float = 0.2,
+    aux_size: int | None = None,
+    client_size: int | None = None,
+    partition: str = "iid",
+    alpha: float = 0.5,
+    seed: int = 0,
+) -> Splits:
+    """Cut D^a and K client sets out of each task's training questions; disjoint and seed-deterministic."""
+    if num_clients < 1:
+        raise DataError(f"num_clients must be >= 1, got {num_clients}")
+    if partition not in ("iid", "dirichlet"):
+        raise DataError(f"partition must be 'iid' or 'dirichlet', got {partition!r}")
+    if not 0.0 <= aux_fraction < 1.0:
+        raise DataError(f"aux_fraction must be in [0, 1), got {aux_fraction}")
+    rng = np.random.default_rng(seed)
+    aux: list[Question] = []
+    pool: list[Question] = []
+    for task in sorted(per_task):
+        qs = per_task[task]
+        order = rng.permutation(len(qs))
+        n_aux = min(aux_size, len(qs)) if aux_size is not None else int(round(aux_fraction * len(qs)))
+        aux += [qs[i] for i in order[:n_aux]]
+        pool += [qs[i] for i in order[n_aux:]]
+    if len(pool) < num_clients:
+        raise DataError(f"{len(pool)} training questions left after D^a cannot be dealt to {num_clients} clients")
+    if partition == "iid":
+        parts = [sorted(p.tolist()) for p in np.array_split(rng.permutation(len(pool)), num_clients)]
+    else:
+        several = len(per_task) > 1
+        groups = np.array([q.task if several else str(q.answer) for q in pool])
+        parts = _dirichlet_split(groups, num_clients, alpha, rng)
+    clients = []
+    for p in parts:
+        chosen = [pool[i] for i in rng.permutation(p)] if p else []
+        clients.append(chosen[:client_size] if client_size is not None else chosen)
+    return Splits(aux=aux, clients=clients)

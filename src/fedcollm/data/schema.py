@@ -1,0 +1,135 @@
+"""One schema for the four multiple-choice tasks, read from local JSONL or the HF hub.
+
+Every loader returns ``list[Question]`` so prompts, partitions, training and scoring never care where
+the data came from. Local files use the original ARC/CommonsenseQA layout
+(``{"id", "question": {"stem", "choices": [{"label", "text"}]}, "answerKey"}``); labels are letters,
+or digits in some ARC questions, and both are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Our task names (lm-eval's) -> local sub-folder, split files and the HF hub source.
+TASKS: dict[str, dict[str, str]] = {
+    "arc_easy": {"dir": "arc_easy", "eval_split": "test", "hub": "allenai/ai2_arc:ARC-Easy"},
+    "arc_challenge": {"dir": "arc_challenge", "eval_split": "test", "hub": "allenai/ai2_arc:ARC-Challenge"},
+    "openbookqa": {"dir": "obqa", "eval_split": "test", "hub": "allenai/openbookqa:main"},
+    # CommonsenseQA's test split has no answers; lm-eval evaluates on validation, and so do we.
+    "commonsense_qa": {"dir": "csqa", "eval_split": "validation", "hub": "tau/commonsense_qa"},
+}
+ALL_TASKS = tuple(TASKS)
+#: Split names as we use them -> local file stem (the local copies call validation "dev").
+_LOCAL_SPLIT = {"train": "train", "validation": "dev", "test": "test"}
+
+
+class DataError(ValueError):
+    """A user-facing data problem (missing directory/file, malformed line, unknown task)."""
+
+
+@dataclass(frozen=True)
+class Question:
+    """A multiple-choice question: ``choices[answer]`` is the gold choice text."""
+
+    id: str
+    task: str
+    question: str
+    choices: tuple[str, ...]
+    labels: tuple[str, ...]
+    answer: int
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; choose from {', '.join(ALL_TASKS)}")
+    return task
+
+
+def eval_split(task: str) -> str:
+    """The split lm-eval scores the task on (test, or validation for CommonsenseQA)."""
+    return TASKS[check_task(task)]["eval_split"]
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    """``data_dir`` or ``$FEDCOLLM_DATA_DIR``; None means "use the HF hub"."""
+    value = data_dir if data_dir is not None else os.environ.get("FEDCOLLM_DATA_DIR")
+    if value in (None, "", "hub"):
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise DataError(
+            f"data directory {path} does not exist; pass --data-dir DIR or set FEDCOLLM_DATA_DIR to the folder "
+            "holding arc_easy/, arc_challenge/, obqa/, csqa/ (or 'hub' to download from the HF hub)"
+        )
+    return path
+
+
+def _record_to_question(rec: dict, task: str, where: str) -> Question:
+    try:
+        q = rec["question"]
+        labels = tuple(str(c["label"]) for c in q["choices"])
+        texts = tuple(str(c["text"]) for c in q["choices"])
+        answer = labels.index(str(rec["answerKey"]).strip())
+        return Question(str(rec["id"]), task, str(q["stem"]), texts, labels, answer)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{where}: not a multiple-choice record ({type(exc).__name__}: {exc})") from None
+
+
+def read_jsonl(path: Path, task: str) -> list[Question]:
+    """Read one local JSONL file; a malformed line is reported with file and line number."""
+    if not path.is_file():
+        raise DataError(f"missing data file {path} (task {task}); see README 'Data' for where it comes from")
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+            out.append(_record_to_question(rec, task, f"{path}:{lineno}"))
+    return out
+
+
+def _load_hub(task: str, split: str) -> list[Question]:
+    try:
+        import datasets  # optional: only where the hub is reachable
+    except ImportError as exc:
+        raise DataError("no data directory given and `datasets` is not installed: pip install 'fedcollm[hub]'") from exc
+    repo, _, name = TASKS[task]["hub"].partition(":")
+    ds = datasets.load_dataset(repo, name or None, split=split)
+    out = []
+    for i, row in enumerate(ds):
+        if task == "openbookqa":
+            rec = {"id": row["id"], "question": {"stem": row["question_stem"], "choices": _hf_choices(row)},
+                   "answerKey": row["answerKey"]}
+        else:
+            rec = {"id": row["id"], "question": {"stem": row["question"], "choices": _hf_choices(row)},
+                   "answerKey": row["answerKey"]}
+        out.append(_record_to_question(rec, task, f"{repo}[{split}][{i}]"))
+    return out
+
+
+def _hf_choices(row: dict) -> list[dict]:
+    return [{"label": lab, "text": txt} for lab, txt in zip(row["choices"]["label"], row["choices"]["text"])]
+
+
+def load_split(task: str, split: str, data_dir: str | os.PathLike | None = None) -> list[Question]:
+    """All questions of ``task``'s ``split`` ("train", "validation" or "test")."""
+    check_task(task)
+    if split not in _LOCAL_SPLIT:
+        raise DataError(f"unknown split {split!r}; choose from train, validation, test")
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        return _load_hub(task, split)
+    return read_jsonl(root / TASKS[task]["dir"] / f"{_LOCAL_SPLIT[split]}.jsonl", task)
+
+
+def load_eval(task: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> list[Question]:
+    """The evaluation questions of ``task`` in file order (lm-eval's order), optionally the first ``limit``."""
+    qs = load_split(task, eval_split(task), data_dir)
+    return qs[:limit] if limit else qs
