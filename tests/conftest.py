@@ -15,8 +15,12 @@ import torch
 WORDS = ("the a of to in is what which why how does plant animal water energy sun light heat rock soil "
          "cell food air gas liquid solid moon earth star bank library mall store person money school "
          "magnet metal wood plastic glass river ocean cloud rain snow wind grow eat move change").split()
-TASK_DIRS = {"arc_easy": ("arc_easy", ("train", "dev", "test")), "arc_challenge": ("arc_challenge", ("train", "dev", "test")),
-             "openbookqa": ("obqa", ("train", "dev", "test")), "commonsense_qa": ("csqa", ("train", "dev"))}
+TASK_DIRS = {
+    "arc_easy": ("arc_easy", ("train", "dev", "test")),
+    "arc_challenge": ("arc_challenge", ("train", "dev", "test")),
+    "openbookqa": ("obqa", ("train", "dev", "test")),
+    "commonsense_qa": ("csqa", ("train", "dev")),
+}
 
 
 def _sentence(rng: random.Random, lo: int, hi: int) -> str:

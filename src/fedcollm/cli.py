@@ -1,0 +1,139 @@
+"""``fedcollm`` command line: models, eval, run.
+
+User errors (config, data, model source, adapter) end with one line on stderr and exit code 2; no
+traceback, nothing written over earlier results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError
+from .data import ALL_TASKS, DataError
+from .models.lora import AdapterError
+from .models.offline import ModelSourceError
+
+USER_ERRORS = (ConfigError, DataError, ModelSourceError, AdapterError, FileNotFoundError)
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def _tasks(text: str) -> list[str]:
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    for t in tasks:
+        if t not in ALL_TASKS:
+            raise DataError(f"unknown task {t!r}; choose from {', '.join(ALL_TASKS)}")
+    return tasks
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .models import offline
+
+    if args.action == "prepare":
+        for name in args.names or list(offline.BUILTIN):
+            path = offline.prepare(name, args.cache)
+            print(f"{name}: ready at {path}")
+        return 0
+    table = Table("name", "role", "ready", "path", "size")
+    for row in offline.list_models(args.cache):
+        size = f"{row['size_bytes'] / 2**30:.2f} GiB" if row.get("size_bytes") else "-"
+        table.add_row(row["name"], row["role"], "yes" if row["ready"] else "no", str(row["path"]), size)
+    Console().print(table)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .evaluate import evaluate_tasks
+    from .models.sources import load_model
+
+    tasks = _tasks(args.tasks)
+    dtype = DTYPES[args.precision]
+    model, tok = load_model(args.model, dtype=dtype, cache=args.cache)
+    if args.adapter:
+        from peft import PeftModel
+
+        if not (Path(args.adapter) / "adapter_config.json").is_file():
+            raise AdapterError(f"no PEFT adapter at {args.adapter} (missing adapter_config.json)")
+        model = PeftModel.from_pretrained(model, args.adapter)
+    metrics = evaluate_tasks(model, tok, tasks, args.data_dir, args.limit, args.batch_size,
+                             autocast_dtype=dtype if dtype != torch.float32 else None, out_dir=args.predictions)
+    title = args.model + (f" + {args.adapter}" if args.adapter else "")
+    table = Table("task", "n", "acc", "acc_norm", "seconds", title=title)
+    for task, m in metrics.items():
+        table.add_row(task, str(m["n"]), f"{m['acc']:.4f}", f"{m['acc_norm']:.4f}", f"{m['seconds']:.1f}")
+    Console().print(table)
+    result = {"model": args.model, "adapter": args.adapter, "precision": args.precision, "limit": args.limit,
+              "metrics": metrics}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    else:
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .recipes.fedcollm import run_fedcollm
+
+    cfg = load_config(args.config, args.overrides)
+    run_fedcollm(cfg, resume=args.resume)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedcollm", description="Federated co-tuning of a server LLM and client SLMs")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("models", help="prepare or list the offline built-in models")
+    m.add_argument("action", choices=["prepare", "list"])
+    m.add_argument("names", nargs="*", help="built-in names (default: all)")
+    m.add_argument("--cache", default=None, help="cache folder (default $FEDCOLLM_CACHE or ~/.cache/fedcollm)")
+    m.set_defaults(func=cmd_models)
+
+    e = sub.add_parser("eval", help="zero-shot multiple-choice accuracy, lm-eval compatible")
+    e.add_argument("--model", required=True, help="built-in name, local HF folder, .gguf file or hub id")
+    e.add_argument("--adapter", default=None, help="PEFT adapter folder to apply")
+    e.add_argument("--tasks", default=",".join(ALL_TASKS))
+    e.add_argument("--limit", type=int, default=None, help="first N evaluation questions per task")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--precision", choices=list(DTYPES), default="bf16")
+    e.add_argument("--data-dir", default=None, help="local data folder (default $FEDCOLLM_DATA_DIR, else HF hub)")
+    e.add_argument("--cache", default=None)
+    e.add_argument("--out", default=None, help="write the metrics as JSON here")
+    e.add_argument("--predictions", default=None, help="folder for per-question predictions (JSONL)")
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("run", help="run FedCoLLM (Flower simulation by default)")
+    r.add_argument("--config", default=None, help="YAML config file")
+    r.add_argument("--resume", default=None, help="run folder to continue from its last finished round")
+    r.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. federation.rounds=3")
+    r.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"fedcollm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

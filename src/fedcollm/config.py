@@ -1,0 +1,208 @@
+"""The one config system: typed dataclasses, a YAML file, and ``section.key=value`` overrides.
+
+Unknown keys and values of the wrong type are refused with one line that names the key, where it came
+from and, for typos, the closest valid key. Every run writes its resolved config next to its results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .models.lora import LoraSpec
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value."""
+
+
+@dataclass
+class ModelSection:
+    name: str
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    lr: float = 2e-4
+    batch_size: int = 4
+
+
+@dataclass
+class FederationSection:
+    num_clients: int = 4
+    rounds: int = 2
+    local_epochs: int = 1
+    local_max_steps: int | None = None  # cap per client per round (CPU budgets); None = full epochs
+    partition: str = "iid"  # iid | dirichlet
+    alpha: float = 0.5  # Dirichlet concentration (non-IID when small)
+    aux_fraction: float = 0.2  # share of each task's train split kept by the server as D^a
+    aux_size: int | None = None  # or an absolute number of D^a questions per task
+    client_size: int | None = None  # cap on each client's D^k
+    engine: str = "simulation"  # simulation | deployment
+    min_clients: int | None = None  # rounds go on with at least this many updates (default: all)
+
+
+@dataclass
+class KDSection:
+    weight: float = 1.0  # λ: weight of the KL term in both directions (0 = plain SFT on D^a)
+    temperature: float = 1.0  # τ
+    top_k: int | None = 128  # teacher logits kept for the KL (None = full vocabulary)
+    epochs: int = 1  # passes over D^a per round (R = epochs * |D^a| / batch)
+    max_steps: int | None = None  # or a cap on R
+
+
+@dataclass
+class EvalSection:
+    tasks: list[str] | None = None  # default: the training tasks
+    limit: int | None = None  # first N test questions per task (None = all)
+    batch_size: int = 8
+    every_round: bool = True
+
+
+@dataclass
+class Config:
+    tasks: list[str] = field(default_factory=lambda: ["arc_easy"])
+    data_dir: str | None = None  # None: $FEDCOLLM_DATA_DIR, else the HF hub
+    output_dir: str = "runs"
+    run_name: str | None = None
+    seed: int = 0
+    precision: str = "bf16"  # bf16 | fp32
+    max_length: int = 256
+    grad_clip: float = 1.0
+    llm: ModelSection = field(default_factory=lambda: ModelSection("qwen2.5-coder-1.5b-instruct"))
+    slm: ModelSection = field(default_factory=lambda: ModelSection("qwen2.5-coder-0.5b-instruct"))
+    federation: FederationSection = field(default_factory=FederationSection)
+    kd: KDSection = field(default_factory=KDSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def eval_tasks(self) -> list[str]:
+        return list(self.eval.tasks or self.tasks)
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (ints widen to floats); raise ConfigError otherwise."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: {key} = {value!r} is not a {_name(tp)}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key} = {value!r} is not a list")
+        return [_coerce(v, item, key, where) for v in value]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, str, float, bool) and (type(value) is tp):
+        return value
+    raise ConfigError(f"{where}: {key} = {value!r} is not a {_name(tp)}")
+
+
+def _name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _build(cls, data: dict, where: str, prefix: str, obj):
+    """Set ``data``'s keys on the dataclass instance ``obj`` (recursing into sections), checking each."""
+    hints = typing.get_type_hints(cls)
+    known = _fields(cls)
+    for key, value in data.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (valid: {', '.join(known)})"
+            raise ConfigError(f"{where}: unknown config key {prefix}{key}{hint}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            _build(type(current), value, where, f"{prefix}{key}.", current)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], f"{prefix}{key}", where))
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file, then each ``a.b=value`` override, each checked on the way in."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        _build(Config, data, str(p), "", cfg)
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        _build(Config, nested, "command line", "", cfg)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    from .data import ALL_TASKS
+
+    for t in cfg.tasks + (cfg.eval.tasks or []):
+        if t not in ALL_TASKS:
+            raise ConfigError(f"unknown task {t!r} in tasks; choose from {', '.join(ALL_TASKS)}")
+    checks = [
+        (cfg.precision in ("bf16", "fp32"), f"precision must be bf16 or fp32, got {cfg.precision!r}"),
+        (cfg.federation.partition in ("iid", "dirichlet"), "federation.partition must be iid or dirichlet"),
+        (cfg.federation.engine in ("simulation", "deployment"), "federation.engine must be simulation or deployment"),
+        (cfg.federation.num_clients >= 1, "federation.num_clients must be >= 1"),
+        (cfg.federation.rounds >= 1, "federation.rounds must be >= 1"),
+        (cfg.kd.temperature > 0, "kd.temperature must be > 0"),
+        (cfg.kd.weight >= 0, "kd.weight (λ) must be >= 0"),
+        (cfg.kd.top_k is None or cfg.kd.top_k >= 1, "kd.top_k must be >= 1 or null"),
+        (cfg.max_length >= 8, "max_length must be >= 8"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Models: where base models come from (``sources``, ``offline``) and their LoRA adapters (``lora``)."""

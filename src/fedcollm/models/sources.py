@@ -1,0 +1,79 @@
+"""Where a model comes from: a built-in offline name, a local HF folder, a ``.gguf`` file, or a hub id.
+
+Every model argument of the CLI and the config goes through ``resolve_model``, so all commands accept
+the same four forms and fail with the same one-line errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+
+from . import offline
+from .offline import ModelSourceError
+
+log = logging.getLogger(__name__)
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "~"))
+
+
+def resolve_model(spec: str, cache: str | Path | None = None, prepare: bool = True) -> str:
+    """A path (or hub id) that ``from_pretrained`` can load; builds built-in and GGUF models on first use."""
+    if spec in offline.BUILTIN:
+        if not prepare and not offline.is_ready(spec, cache):
+            raise ModelSourceError(f"built-in model {spec} is not prepared: run `fedcollm models prepare {spec}`")
+        return str(offline.prepare(spec, cache))
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelSourceError(f"GGUF file {path} does not exist")
+        key = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}".encode()).hexdigest()[:12]
+        out = offline.cache_dir(cache) / "models" / f"gguf-{path.stem}-{key}"
+        if not (out / offline.MANIFEST).is_file():
+            offline.dequantize_gguf(path, out)
+        return str(out)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"{path} is not a Hugging Face model folder (no config.json)")
+        return str(path)
+    if _looks_like_hub_id(spec):
+        return spec
+    raise ModelSourceError(
+        f"unknown model {spec!r}: not a built-in name ({', '.join(offline.BUILTIN)}), an existing folder, "
+        "a .gguf file or a hub id (owner/name)"
+    )
+
+
+def load_model(spec: str, dtype: torch.dtype = torch.bfloat16, cache: str | Path | None = None):
+    """(frozen model in eval mode, tokenizer) for any model source."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = resolve_model(spec, cache)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+    except OSError as exc:
+        raise ModelSourceError(f"cannot load model {spec!r} from {where}: {str(exc).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval(), tokenizer
+
+
+def check_same_tokenizer(tok_a, tok_b, name_a: str, name_b: str, vocab_a: int | None = None,
+                         vocab_b: int | None = None) -> None:
+    """Knowledge distillation compares token distributions, so the pair must share one vocabulary."""
+    if tok_a.get_vocab() != tok_b.get_vocab():
+        raise ModelSourceError(
+            f"tokenizers differ: {name_a} ({len(tok_a)} tokens) and {name_b} ({len(tok_b)} tokens); "
+            "FedCoLLM's KD needs an LLM and SLM of one family with the same tokenizer"
+        )
+    if vocab_a is not None and vocab_b is not None and vocab_a != vocab_b:
+        raise ModelSourceError(f"output vocab sizes differ: {name_a} has {vocab_a}, {name_b} has {vocab_b}")

@@ -1,0 +1,144 @@
+"""The one training loop, and the batches it runs on.
+
+Every recipe (client SFT, server mutual KD, Standalone, Centralized) is ``run_loop`` with a different
+``step`` function. Batches are tokenized the way the scorer tokenizes (prompt, then answer), and the
+LM head is applied only at positions that predict answer tokens: with a 150k vocabulary that saves
+most of the head's compute and nearly all of the logits' memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import Question, training_pair
+from .losses import answer_ce
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    """Right-padded token ids plus the (row, position) that predicts each answer token."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    rows: torch.Tensor
+    positions: torch.Tensor
+    targets: torch.Tensor
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def encode_example(tokenizer, q: Question, max_length: int) -> tuple[list[int], int]:
+    """Token ids of prompt+answer and the number of answer tokens (lm-eval's split of the two)."""
+    prompt, answer = training_pair(q)
+    ctx = tokenizer(prompt)["input_ids"]
+    whole = tokenizer(prompt + answer)["input_ids"]
+    n_answer = len(whole) - len(ctx)
+    eos = tokenizer.eos_token_id
+    if eos is not None:  # teach the model to stop after the answer
+        whole, n_answer = whole + [eos], n_answer + 1
+    if len(whole) > max_length:
+        whole = whole[-max_length:]
+        n_answer = min(n_answer, max_length - 1)
+    return whole, n_answer
+
+
+def collate(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> Batch:
+    width = max(len(ids) for ids, _ in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    rows, pos, tgt = [], [], []
+    for b, (seq, n_answer) in enumerate(encoded):
+        ids[b, : len(seq)] = torch.tensor(seq)
+        mask[b, : len(seq)] = 1
+        for p in range(len(seq) - n_answer, len(seq)):
+            rows.append(b)
+            pos.append(p - 1)
+            tgt.append(seq[p])
+    return Batch(ids, mask, torch.tensor(rows), torch.tensor(pos), torch.tensor(tgt))
+
+
+def make_batches(tokenizer, questions: Sequence[Question], batch_size: int, max_length: int, seed: int,
+                 epoch: int = 0) -> list[Batch]:
+    """One epoch of batches in a seeded shuffle order (same seed and epoch, same batches: resumable)."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(questions))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded = [encode_example(tokenizer, questions[i], max_length) for i in order]
+    return [collate(encoded[i : i + batch_size], pad_id) for i in range(0, len(encoded), batch_size)]
+
+
+def answer_logits(model, batch: Batch) -> torch.Tensor:
+    """Logits ``[n_answer_tokens, vocab]`` at the positions predicting answer tokens."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = inner.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                 use_cache=False).last_hidden_state
+    return inner.get_output_embeddings()(hidden[batch.rows, batch.positions])
+
+
+def sft_step(model) -> Callable[[Batch], dict[str, torch.Tensor]]:
+    """Plain supervised fine-tuning on the answer tokens (client update, Standalone, Centralized)."""
+
+    def step(batch: Batch) -> dict[str, torch.Tensor]:
+        return {"loss": answer_ce(answer_logits(model, batch), batch.targets)}
+
+    return step
+
+
+def trainable(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def run_loop(
+    batches_for_epoch: Callable[[int], Sequence[Batch]],
+    step: Callable[[Batch], dict[str, torch.Tensor]],
+    optimizers: Sequence[torch.optim.Optimizer],
+    epochs: int = 1,
+    max_steps: int | None = None,
+    grad_clip: float | None = 1.0,
+    autocast_dtype: torch.dtype | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> dict[str, float]:
+    """Run ``step`` over the batches, backprop its ``loss``, step every optimizer; mean metrics back.
+
+    ``step`` returns ``loss`` (what is differentiated) plus any metrics; several models train jointly by
+    returning the sum of losses over disjoint parameters, each with its own optimizer.
+    """
+    params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
+    sums: dict[str, float] = {}
+    n_steps = n_tokens = 0
+    first = batches_for_epoch(0)
+    total = len(first) * epochs if max_steps is None else max_steps
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    device = params[0].device.type if params else "cpu"
+    amp = (lambda: torch.autocast(device, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
+    for epoch in range(epochs):
+        for batch in first if epoch == 0 else batches_for_epoch(epoch):
+            if max_steps is not None and n_steps >= max_steps:
+                break
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            with amp():
+                out = step(batch)
+            out["loss"].backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            for opt in optimizers:
+                opt.step()
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n_steps += 1
+            n_tokens += batch.n_tokens
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(out['loss'].detach()):.3f}")
+    bar.close()
+    return {**{k: v / max(n_steps, 1) for k, v in sums.items()}, "steps": n_steps, "tokens": n_tokens}

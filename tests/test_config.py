@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import pytest
+
+from fedcollm.config import ConfigError, load_config, save_config
+
+
+def test_defaults_file_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("federation:\n  rounds: 5\nkd:\n  temperature: 2\nllm:\n  lora:\n    r: 16\n")
+    cfg = load_config(f, ["federation.rounds=7", "tasks=arc_easy,openbookqa", "kd.top_k=null", "slm.lr=1e-4"])
+    assert cfg.federation.rounds == 7 and cfg.kd.temperature == 2.0 and isinstance(cfg.kd.temperature, float)
+    assert cfg.llm.lora.r == 16 and cfg.slm.lora.r == 8
+    assert cfg.tasks == ["arc_easy", "openbookqa"] and cfg.kd.top_k is None and cfg.slm.lr == 1e-4
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+
+
+@pytest.mark.parametrize("override,match", [
+    ("federation.roundz=3", r"unknown config key federation.roundz \(did you mean federation.rounds\?\)"),
+    ("federation.rounds=three", r"federation.rounds = 'three' is not a int"),
+    ("kd.temperature=0", "kd.temperature must be > 0"),
+    ("tasks=arc_easy,mmlu", "unknown task 'mmlu'"),
+    ("precision=fp8", "precision must be bf16 or fp32"),
+    ("rounds", "not of the form"),
+])
+def test_bad_values_are_one_clear_line(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def test_missing_and_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kd:\n  wieght: 1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key kd.wieght \(did you mean kd.weight\?\)"):
+        load_config(bad)

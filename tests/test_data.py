@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedcollm.data import (
+    ALL_TASKS,
+    DataError,
+    context_of,
+    load_eval,
+    load_split,
+    mc_request,
+    split_train,
+    training_pair,
+)
+
+
+def test_every_task_loads_in_one_schema(data_dir):
+    for task in ALL_TASKS:
+        qs = load_eval(task, data_dir)
+        assert qs and all(q.task == task for q in qs)
+        for q in qs:
+            assert 0 <= q.answer < len(q.choices) == len(q.labels)
+
+
+def test_digit_labels_are_accepted(data_dir):
+    qs = load_split("arc_easy", "train", data_dir)
+    digit = [q for q in qs if q.labels[0] == "1"]
+    assert digit, "fixture should contain digit-labelled ARC questions"
+    assert all(q.labels[q.answer].isdigit() for q in digit)
+
+
+def test_prompts_follow_lm_eval(data_dir):
+    arc = load_eval("arc_challenge", data_dir)[0]
+    assert context_of(arc) == f"Question: {arc.question}\nAnswer:"
+    obqa = load_eval("openbookqa", data_dir)[0]
+    assert context_of(obqa) == obqa.question
+    csqa = load_eval("commonsense_qa", data_dir)[0]
+    req = mc_request(csqa)
+    assert req.choices == ("A", "B", "C", "D", "E")
+    assert req.context.splitlines()[1] == f"A. {csqa.choices[0]}" and req.context.endswith("\nAnswer:")
+    prompt, answer = training_pair(arc)
+    assert prompt == context_of(arc) and answer == " " + arc.choices[arc.answer]
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    d = tmp_path / "arc_easy"
+    d.mkdir()
+    good = {"id": "x", "question": {"stem": "s", "choices": [{"label": "A", "text": "t"}]}, "answerKey": "A"}
+    (d / "test.jsonl").write_text(json.dumps(good) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"test.jsonl:2: malformed JSON"):
+        load_eval("arc_easy", tmp_path)
+    (d / "test.jsonl").write_text(json.dumps({**good, "answerKey": "Z"}) + "\n")
+    with pytest.raises(DataError, match=r"test.jsonl:1: not a multiple-choice record"):
+        load_eval("arc_easy", tmp_path)
+
+
+def test_missing_data_dir_says_what_to_set(tmp_path):
+    with pytest.raises(DataError, match="FEDCOLLM_DATA_DIR"):
+        load_eval("arc_easy", tmp_path / "nope")
+    with pytest.raises(DataError, match="missing data file"):
+        load_eval("arc_easy", tmp_path)
+    with pytest.raises(DataError, match="unknown task"):
+        load_eval("mmlu", tmp_path)
+
+
+def _ids(qs):
+    return [q.id for q in qs]
+
+
+@pytest.mark.parametrize("partition", ["iid", "dirichlet"])
+def test_splits_disjoint_deterministic_sized(data_dir, partition):
+    per_task = {t: load_split(t, "train", data_dir) for t in ("arc_easy", "openbookqa")}
+    n = sum(len(v) for v in per_task.values())
+    a = split_train(per_task, 4, aux_fraction=0.25, partition=partition, alpha=0.3, seed=7)
+    b = split_train(per_task, 4, aux_fraction=0.25, partition=partition, alpha=0.3, seed=7)
+    c = split_train(per_task, 4, aux_fraction=0.25, partition=partition, alpha=0.3, seed=8)
+    assert _ids(a.aux) == _ids(b.aux) and [_ids(x) for x in a.clients] == [_ids(x) for x in b.clients]
+    assert [_ids(x) for x in a.clients] != [_ids(x) for x in c.clients]
+    everything = _ids(a.aux) + [i for cl in a.clients for i in _ids(cl)]
+    assert len(everything) == len(set(everything)) == n  # disjoint and complete
+    assert len(a.aux) == sum(round(0.25 * len(v)) for v in per_task.values())
+    assert {q.task for q in a.aux} == {"arc_easy", "openbookqa"}  # D^a covers every task
+    assert all(len(cl) > 0 for cl in a.clients)
+    if partition == "iid":
+        sizes = [len(cl) for cl in a.clients]
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_client_size_and_aux_size_caps(data_dir):
+    per_task = {"arc_easy": load_split("arc_easy", "train", data_dir)}
+    s = split_train(per_task, 3, aux_size=10, client_size=5, seed=0)
+    assert len(s.aux) == 10 and [len(c) for c in s.clients] == [5, 5, 5]
+
+
+def test_too_many_clients_is_a_clear_error(data_dir):
+    per_task = {"arc_easy": load_split("arc_easy", "train", data_dir)[:5]}
+    with pytest.raises(DataError, match="cannot be dealt to 10 clients"):
+        split_train(per_task, 10, aux_fraction=0.2)

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from fedcollm.data import load_split
+from fedcollm.evaluate import adapter_enabled, score_questions
+from fedcollm.losses import answer_ce, kd_kl
+from fedcollm.models.lora import (
+    AdapterError,
+    LoraSpec,
+    arrays_nbytes,
+    attach_lora,
+    count_parameters,
+    get_adapter_arrays,
+    load_adapter,
+    save_adapter,
+    set_adapter_arrays,
+)
+from fedcollm.train import answer_logits, make_batches, run_loop, sft_step, trainable
+
+
+def _peft(path, seed=0):
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return attach_lora(base, LoraSpec(r=4, alpha=8, dropout=0.0), seed=seed)
+
+
+def _perturb(model, seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = [(k, v + rng.normal(0, 0.5, v.shape).astype(np.float32)) for k, v in get_adapter_arrays(model)]
+    set_adapter_arrays(model, arrays)
+    return arrays
+
+
+def test_adapter_round_trip_gives_identical_outputs(tiny_models, data_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_models["slm"])
+    a, b = _peft(tiny_models["slm"], seed=0), _peft(tiny_models["slm"], seed=1)
+    arrays = _perturb(a)
+    qs = load_split("arc_easy", "train", data_dir)[:4]
+    before = [r.lls for r in score_questions(b, tok, qs)]
+    set_adapter_arrays(b, get_adapter_arrays(a))
+    got, want = score_questions(b, tok, qs), score_questions(a, tok, qs)
+    assert [r.lls for r in got] == [r.lls for r in want]
+    assert [r.lls for r in got] != before  # the adapter really changed the model
+    assert [k for k, _ in get_adapter_arrays(b)] == [k for k, _ in arrays]  # order is the state dict's
+    counts = count_parameters(a)
+    assert counts["trainable"] == sum(v.size for _, v in arrays) and counts["trainable"] < counts["total"]
+    assert arrays_nbytes(arrays) == 4 * counts["trainable"]
+
+
+def test_adapter_switch_off_scores_the_base(tiny_models, data_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_models["slm"])
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["slm"], dtype=torch.float32)
+    qs = load_split("openbookqa", "train", data_dir)[:3]
+    plain = [x for r in score_questions(base, tok, qs) for x in r.lls]
+    model = _peft(tiny_models["slm"])
+    _perturb(model)
+    with adapter_enabled(model, False):
+        off = [x for r in score_questions(model, tok, qs) for x in r.lls]
+    on = [x for r in score_questions(model, tok, qs) for x in r.lls]
+    assert off == pytest.approx(plain) and on != pytest.approx(plain)
+
+
+def test_peft_save_load(tiny_models, data_dir, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_models["slm"])
+    model = _peft(tiny_models["slm"])
+    _perturb(model)
+    save_adapter(model, tmp_path / "ad")
+    qs = load_split("arc_easy", "train", data_dir)[:3]
+    want = [x for r in score_questions(model, tok, qs) for x in r.lls]
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_models["slm"]), tmp_path / "ad")
+    assert [x for r in score_questions(reloaded, tok, qs) for x in r.lls] == pytest.approx(want, abs=1e-5)
+    other = _peft(tiny_models["slm"], seed=3)
+    load_adapter(other, tmp_path / "ad")
+    assert [x for r in score_questions(other, tok, qs) for x in r.lls] == pytest.approx(want, abs=1e-5)
+    with pytest.raises(AdapterError, match="no PEFT adapter"):
+        load_adapter(other, tmp_path / "missing")
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda a: a[1:], "missing"),
+    (lambda a: a + [("extra.weight", a[0][1])], "unexpected"),
+    (lambda a: [(a[0][0], a[0][1][:, :1])] + a[1:], "has shape"),
+    (lambda a: [(a[0][0], np.full_like(a[0][1], np.nan))] + a[1:], "NaN or Inf"),
+])
+def test_bad_adapter_updates_are_refused(tiny_models, bad, match):
+    model = _peft(tiny_models["slm"])
+    arrays = get_adapter_arrays(model)
+    with pytest.raises(AdapterError, match=match):
+        set_adapter_arrays(model, bad(arrays))
+    assert all(np.array_equal(x, y) for (_, x), (_, y) in zip(arrays, get_adapter_arrays(model)))  # untouched
+
+
+def test_kd_kl_zero_iff_same_distribution():
+    torch.manual_seed(0)
+    a = torch.randn(6, 50)
+    assert kd_kl(a, a.clone()).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd_kl(a, a.clone(), temperature=2.0, top_k=10).item() == pytest.approx(0.0, abs=1e-6)
+    b = torch.randn(6, 50)
+    assert kd_kl(a, b).item() > 1e-3 and kd_kl(a, b, top_k=5).item() > 1e-3
+    # the teacher is detached: gradients flow into the student only
+    s, t = a.clone().requires_grad_(), b.clone().requires_grad_()
+    kd_kl(s, t).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
+
+
+def test_answer_logits_match_full_forward(tiny_models, data_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_models["slm"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["slm"], dtype=torch.float32)
+    (batch,) = make_batches(tok, load_split("arc_easy", "train", data_dir)[:3], 3, 128, seed=0)
+    with torch.no_grad():
+        full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        ours = answer_logits(model, batch)
+    assert torch.allclose(ours, full[batch.rows, batch.positions], atol=1e-5)
+    labels = batch.input_ids[batch.rows, batch.positions + 1]
+    assert torch.equal(labels, batch.targets)  # each position predicts the next token
+    assert answer_ce(ours, batch.targets).item() > 0
+
+
+def test_sft_loop_lowers_the_loss_and_only_moves_the_adapter(tiny_models, data_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_models["slm"])
+    model = _peft(tiny_models["slm"])
+    qs = load_split("arc_easy", "train", data_dir)[:16]
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    opt = torch.optim.AdamW(trainable(model), lr=1e-2)
+    first = run_loop(lambda e: make_batches(tok, qs, 4, 128, seed=0, epoch=e), sft_step(model), [opt],
+                     epochs=1, progress=False)
+    last = run_loop(lambda e: make_batches(tok, qs, 4, 128, seed=0, epoch=e + 1), sft_step(model), [opt],
+                    epochs=4, progress=False)
+    assert first["steps"] == 4 and last["steps"] == 16
+    assert last["loss"] < first["loss"]
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
