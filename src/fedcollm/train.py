@@ -113,7 +113,8 @@ def run_loop(
     ``step`` returns ``loss`` (what is differentiated) plus any metrics; several models train jointly by
     returning the sum of losses over disjoint parameters, each with its own optimizer.
     """
-    params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
+    groups = [[p for g in opt.param_groups for p in g["params"]] for opt in optimizers]
+    params = [p for group in groups for p in group]
     sums: dict[str, float] = {}
     n_steps = n_tokens = 0
     first = batches_for_epoch(0)
@@ -130,8 +131,9 @@ def run_loop(
             with amp():
                 out = step(batch)
             out["loss"].backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            if grad_clip:  # per optimizer: jointly trained models are clipped independently
+                for group in groups:
+                    torch.nn.utils.clip_grad_norm_(group, grad_clip)
             for opt in optimizers:
                 opt.step()
             for k, v in out.items():

@@ -1,0 +1,96 @@
+"""The two updates of Algorithm 1 that train something, independent of any transport.
+
+- ``local_update`` (step 2): a client sets θ, runs E epochs of ℓ_TA on D^k, returns θ_k.
+- ``mutual_transfer`` (step 4): the server's joint distillation on D^a. Per batch both models run
+  forward once; each model's loss is CE + λ·KL(other's detached distribution ‖ its own); the two
+  losses touch disjoint adapters, so one backward of their sum and one step of each optimizer is
+  exactly two separate updates, without a second forward or stored teacher logits.
+
+Standalone, FedAvg and Centralized reuse these with the same loop (``train.run_loop``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .data import Question
+from .losses import answer_ce, kd_kl
+from .models.lora import NamedArrays, get_adapter_arrays, set_adapter_arrays
+from .train import Batch, answer_logits, make_batches, run_loop, trainable
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What a loop needs to know besides the model and data (taken from the config)."""
+
+    lr: float
+    batch_size: int
+    epochs: int = 1
+    max_steps: int | None = None
+    max_length: int = 256
+    grad_clip: float | None = 1.0
+    autocast_dtype: torch.dtype | None = None
+    seed: int = 0
+    progress: bool = True
+
+
+def _seeded(seed: int) -> None:
+    """LoRA dropout draws from torch's RNG: seed it per update so a resumed run repeats it exactly."""
+    torch.manual_seed(seed)
+
+
+def local_update(model, tokenizer, theta: NamedArrays | None, data: Sequence[Question], s: TrainSettings,
+                 desc: str = "client") -> tuple[NamedArrays, dict[str, float]]:
+    """Step 2: θ_k = E epochs of SFT on D^k starting from θ (None: keep the model's current adapter)."""
+    if theta is not None:
+        set_adapter_arrays(model, theta)
+    _seeded(s.seed)
+    model.train()
+    opt = torch.optim.AdamW(trainable(model), lr=s.lr)
+    metrics = run_loop(
+        lambda e: make_batches(tokenizer, data, s.batch_size, s.max_length, s.seed, e),
+        lambda b: {"loss": answer_ce(answer_logits(model, b), b.targets)},
+        [opt], epochs=s.epochs, max_steps=s.max_steps, grad_clip=s.grad_clip, autocast_dtype=s.autocast_dtype,
+        desc=desc, progress=s.progress,
+    )
+    model.eval()
+    return get_adapter_arrays(model), metrics
+
+
+def mutual_kd_step(llm, slm, weight: float, temperature: float, top_k: int | None):
+    """One joint step of Eq. 3-6: L^f(ω) = CE_f + λ·KL(g‖f) and L^g(θ) = CE_g + λ·KL(f‖g)."""
+
+    def step(batch: Batch) -> dict[str, torch.Tensor]:
+        f = answer_logits(llm, batch)  # LLM f_{ψ+ω}
+        g = answer_logits(slm, batch)  # SLM g_{φ+θ}
+        ce_f, ce_g = answer_ce(f, batch.targets), answer_ce(g, batch.targets)
+        kl_f = kd_kl(f, g, temperature, top_k)  # LLM learns from the SLM (g detached inside kd_kl)
+        kl_g = kd_kl(g, f, temperature, top_k)  # SLM learns from the LLM (f detached inside kd_kl)
+        loss_f, loss_g = ce_f + weight * kl_f, ce_g + weight * kl_g
+        return {"loss": loss_f + loss_g, "llm_loss": loss_f, "llm_ce": ce_f, "llm_kl": kl_f,
+                "slm_loss": loss_g, "slm_ce": ce_g, "slm_kl": kl_g}
+
+    return step
+
+
+def mutual_transfer(llm, slm, tokenizer, theta: NamedArrays, aux: Sequence[Question], llm_lr: float,
+                    s: TrainSettings, weight: float, temperature: float, top_k: int | None,
+                    ) -> tuple[NamedArrays, dict[str, float]]:
+    """Step 4: R joint KD steps on D^a from θ^{t,0}; returns θ^{t,R} (ω is updated in place on ``llm``)."""
+    set_adapter_arrays(slm, theta)
+    _seeded(s.seed)
+    llm.train()
+    slm.train()
+    opts = [torch.optim.AdamW(trainable(llm), lr=llm_lr), torch.optim.AdamW(trainable(slm), lr=s.lr)]
+    metrics = run_loop(
+        lambda e: make_batches(tokenizer, aux, s.batch_size, s.max_length, s.seed, e),
+        mutual_kd_step(llm, slm, weight, temperature, top_k),
+        opts, epochs=s.epochs, max_steps=s.max_steps, grad_clip=s.grad_clip, autocast_dtype=s.autocast_dtype,
+        desc="server KD", progress=s.progress,
+    )
+    llm.eval()
+    slm.eval()
+    return get_adapter_arrays(slm), metrics
