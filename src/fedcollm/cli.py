@@ -126,8 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # Our own logger only: Flower configures its own ("flwr") and would print every line twice.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    ours = logging.getLogger("fedcollm")
+    ours.addHandler(handler)
+    ours.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
     except USER_ERRORS as exc:

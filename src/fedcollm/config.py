@@ -44,6 +44,9 @@ class FederationSection:
     client_size: int | None = None  # cap on each client's D^k
     engine: str = "simulation"  # simulation | deployment
     min_clients: int | None = None  # rounds go on with at least this many updates (default: all)
+    # CPUs per simulated client; default all cores, so ONE worker process runs the clients in turn and
+    # shares one frozen SLM base between them (only adapters are swapped).
+    sim_cpus_per_client: int | None = None
 
 
 @dataclass

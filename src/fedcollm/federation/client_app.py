@@ -1,0 +1,76 @@
+"""The Flower ClientApp: Algorithm 1 step 2 on a client's own D^k.
+
+A client receives θ^t, trains E local epochs of the task loss on its private data and replies with
+θ_k, its example count (FedAvg's weight) and metrics. Raw data never leaves: the reply holds only the
+adapter arrays and scalar metrics.
+
+Memory: one frozen SLM base is loaded per worker process and kept in ``_WORKER`` for every client
+that this process runs (simulation runs all K clients in one worker by default); clients only swap the
+adapter arrays. ``_WORKER`` must be reached through module-level functions so that the ClientApp's
+closure, pickled to Ray actors, does not carry a copy of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from ..config import Config
+from ..models.lora import check_adapter_arrays, get_adapter_arrays
+from ..recipes.common import client_data, derive_seed, load_peft, settings
+from ..updates import local_update
+from .records import from_record, to_record
+
+log = logging.getLogger(__name__)
+_WORKER: dict[str, object] = {"key": None, "model": None, "tokenizer": None, "loads": 0}
+
+
+def worker_slm(cfg: Config):
+    """The SLM + LoRA shared by every client on this worker process (loaded once per model/adapter spec)."""
+    key = repr((cfg.slm.name, cfg.slm.lora, cfg.precision))
+    if _WORKER["key"] != key:
+        _WORKER["model"], _WORKER["tokenizer"] = load_peft(cfg.slm, cfg, "slm")
+        _WORKER["key"] = key
+        _WORKER["loads"] = int(_WORKER["loads"]) + 1
+    return _WORKER["model"], _WORKER["tokenizer"]
+
+
+def client_train(cfg: Config, partition_id: int, msg: Message) -> Message:
+    """Set θ^t, run E epochs of ℓ_TA on D^k, reply θ_k with num-examples for the weighted mean."""
+    model, tok = worker_slm(cfg)
+    theta = from_record(msg.content["arrays"])
+    check_adapter_arrays(get_adapter_arrays(model), theta, who=f"server broadcast to client {partition_id}")
+    server_round = int(msg.content["config"]["server-round"])
+    data = client_data(cfg, partition_id)
+    s = settings(cfg, cfg.slm, derive_seed(cfg.seed, "client", server_round, partition_id),
+                 cfg.federation.local_epochs, cfg.federation.local_max_steps, progress=False)
+    theta_k, m = local_update(model, tok, theta, data, s, desc=f"client {partition_id}")
+    reply = RecordDict({
+        "arrays": to_record(theta_k),
+        "metrics": MetricRecord({
+            "num-examples": len(data),
+            "train-loss": float(m.get("loss", 0.0)),
+            "train-steps": int(m["steps"]),
+            "train-tokens": int(m["tokens"]),
+            "partition-id": partition_id,
+            "slm-loads-in-worker": int(_WORKER["loads"]),
+            "worker-pid": os.getpid(),
+        }),
+    })
+    log.info("client %d round %d: %d examples, loss %.4f", partition_id, server_round, len(data), m.get("loss", 0))
+    return Message(reply, reply_to=msg)
+
+
+def make_client_app(config_of: Callable[[Context], Config]) -> ClientApp:
+    """A ClientApp taking its config from ``config_of(context)``: a closure in simulation, run config deployed."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return client_train(config_of(context), int(context.node_config["partition-id"]), msg)
+
+    return app

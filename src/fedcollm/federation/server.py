@@ -1,0 +1,59 @@
+"""What the server holds: the LLM with its private adapter ω, a copy of the SLM for θ, D^a, eval sets.
+
+ω never leaves this object: only θ is ever put into a Flower message.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..config import Config
+from ..evaluate import evaluate_tasks
+from ..models.lora import NamedArrays, count_parameters, get_adapter_arrays, set_adapter_arrays
+from ..models.sources import check_same_tokenizer
+from ..recipes.common import autocast_dtype, derive_seed, eval_questions, load_peft, load_splits, settings
+from ..updates import mutual_transfer
+
+log = logging.getLogger(__name__)
+
+
+class CoTuningServer:
+    def __init__(self, cfg: Config, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.llm, self.tokenizer = load_peft(cfg.llm, cfg, "llm")
+        self.slm, slm_tok = load_peft(cfg.slm, cfg, "slm")
+        check_same_tokenizer(self.tokenizer, slm_tok, cfg.llm.name, cfg.slm.name,
+                             self.llm.get_output_embeddings().weight.shape[0],
+                             self.slm.get_output_embeddings().weight.shape[0])
+        self.aux = load_splits(cfg).aux
+        self.eval_sets = eval_questions(cfg)
+
+    @property
+    def theta(self) -> NamedArrays:
+        return get_adapter_arrays(self.slm)
+
+    def set_theta(self, theta: NamedArrays) -> None:
+        set_adapter_arrays(self.slm, theta)
+
+    def transfer(self, theta_avg: NamedArrays, server_round: int) -> dict[str, float]:
+        """Step 4: mutual KD on D^a from θ^{t,0}; leaves θ^{t+1} on the SLM and ω^{t+1} on the LLM."""
+        cfg = self.cfg
+        s = settings(cfg, cfg.slm, derive_seed(cfg.seed, "server", server_round), cfg.kd.epochs, cfg.kd.max_steps,
+                     self.progress)
+        _, metrics = mutual_transfer(self.llm, self.slm, self.tokenizer, theta_avg, self.aux, cfg.llm.lr, s,
+                                     cfg.kd.weight, cfg.kd.temperature, cfg.kd.top_k)
+        return metrics
+
+    def evaluate(self, adapters: bool = True) -> dict[str, dict[str, dict[str, float]]]:
+        """Accuracy of the LLM (f_{ψ+ω}) and the global SLM (g_{φ+θ}); base models with ``adapters=False``."""
+        cfg = self.cfg
+        out = {}
+        for role, model in (("llm", self.llm), ("slm", self.slm)):
+            out[role] = evaluate_tasks(model, self.tokenizer, list(self.eval_sets), batch_size=cfg.eval.batch_size,
+                                       max_length=max(cfg.max_length, 512), autocast_dtype=autocast_dtype(cfg),
+                                       adapter=adapters, progress=self.progress, questions=self.eval_sets)
+        return out
+
+    def parameter_counts(self) -> dict[str, dict[str, int]]:
+        return {"llm": count_parameters(self.llm), "slm": count_parameters(self.slm)}

@@ -1,0 +1,71 @@
+"""What every recipe builds from a config: splits, models with adapters, training settings.
+
+Server, clients and baselines all call these, so a given config means the same data, the same
+adapters and the same budgets everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import torch
+
+from ..config import Config, ModelSection
+from ..data import Question, Splits, load_eval, load_split, split_train
+from ..data.schema import DataError
+from ..models.lora import attach_lora
+from ..models.sources import load_model
+from ..updates import TrainSettings
+
+
+def dtype(cfg: Config) -> torch.dtype:
+    return torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+
+
+def autocast_dtype(cfg: Config) -> torch.dtype | None:
+    """bf16 autocast is the CPU fast path (≈4× fp32 matmul on AVX-512 BF16); fp32 runs without autocast."""
+    return torch.bfloat16 if cfg.precision == "bf16" else None
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 31-bit seed from a tuple (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+@functools.lru_cache(maxsize=4)
+def _splits(tasks: tuple[str, ...], data_dir: str | None, num_clients: int, aux_fraction: float,
+            aux_size: int | None, client_size: int | None, partition: str, alpha: float, seed: int) -> Splits:
+    per_task = {t: load_split(t, "train", data_dir) for t in tasks}
+    return split_train(per_task, num_clients, aux_fraction, aux_size, client_size, partition, alpha, seed)
+
+
+def load_splits(cfg: Config) -> Splits:
+    """D^a and every D^k, deterministic in the config (each process recomputes it; nothing is sent)."""
+    f = cfg.federation
+    return _splits(tuple(cfg.tasks), cfg.data_dir, f.num_clients, f.aux_fraction, f.aux_size, f.client_size,
+                   f.partition, f.alpha, cfg.seed)
+
+
+def client_data(cfg: Config, partition_id: int) -> list[Question]:
+    clients = load_splits(cfg).clients
+    if not 0 <= partition_id < len(clients):
+        raise DataError(f"partition-id {partition_id} is outside 0..{len(clients) - 1} (num_clients={len(clients)})")
+    return clients[partition_id]
+
+
+def eval_questions(cfg: Config) -> dict[str, list[Question]]:
+    return {t: load_eval(t, cfg.data_dir, cfg.eval.limit) for t in cfg.eval_tasks()}
+
+
+def load_peft(section: ModelSection, cfg: Config, seed_tag: str):
+    """Frozen base + fresh LoRA adapter (initial A seeded by the config, the same in every process)."""
+    model, tok = load_model(section.name, dtype=dtype(cfg))
+    return attach_lora(model, section.lora, seed=derive_seed(cfg.seed, seed_tag)), tok
+
+
+def settings(cfg: Config, section: ModelSection, seed: int, epochs: int, max_steps: int | None,
+             progress: bool = True) -> TrainSettings:
+    return TrainSettings(lr=section.lr, batch_size=section.batch_size, epochs=epochs, max_steps=max_steps,
+                         max_length=cfg.max_length, grad_clip=cfg.grad_clip, autocast_dtype=autocast_dtype(cfg),
+                         seed=seed, progress=progress)

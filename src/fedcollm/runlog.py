@@ -1,0 +1,84 @@
+"""A run's folder: resolved config, metrics JSONL, per-round adapters, and resume.
+
+Layout::
+
+    RUN_DIR/config.yaml              the resolved config (what --resume runs again)
+    RUN_DIR/metrics.jsonl            one JSON object per finished round (round 0 = zero-shot)
+    RUN_DIR/rounds/NNN/theta/        global SLM adapter θ after round NNN (PEFT format)
+    RUN_DIR/rounds/NNN/omega/        server LLM adapter ω after round NNN (PEFT format)
+    RUN_DIR/rounds/NNN/DONE          written last: a round without it is ignored
+    RUN_DIR/report.md                summary when the run ends
+
+A round is written to a temporary folder and renamed into place, so a run killed at any moment leaves
+only whole rounds behind, and ``--resume`` continues after the last of them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config, save_config
+from .models.lora import load_adapter, save_adapter
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, cfg: Config) -> RunDir:
+        """A new folder under ``output_dir`` (never an existing run's: results are not overwritten)."""
+        name = cfg.run_name or time.strftime("fedcollm-%Y%m%d-%H%M%S")
+        path = Path(cfg.output_dir) / name
+        if path.exists() and any(path.iterdir()):
+            raise ConfigError(f"run folder {path} already holds a run; use --resume {path} or another run_name")
+        path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, path / "config.yaml")
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> tuple[RunDir, Config]:
+        run = cls(path)
+        if not (run.path / "config.yaml").is_file():
+            raise ConfigError(f"{run.path} is not a run folder (no config.yaml)")
+        return run, load_config(run.path / "config.yaml")
+
+    def round_dir(self, t: int) -> Path:
+        return self.path / "rounds" / f"{t:03d}"
+
+    def last_round(self) -> int:
+        """The last round whose checkpoint is complete (0 when none)."""
+        done = [int(p.parent.name) for p in (self.path / "rounds").glob("*/DONE")]
+        return max(done, default=0)
+
+    def save_round(self, t: int, llm, slm) -> None:
+        final = self.round_dir(t)
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_adapter(slm, tmp / "theta")
+        save_adapter(llm, tmp / "omega")
+        (tmp / "DONE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+
+    def load_round(self, t: int, llm, slm) -> None:
+        load_adapter(slm, self.round_dir(t) / "theta")
+        load_adapter(llm, self.round_dir(t) / "omega")
+
+    def log(self, record: dict) -> None:
+        with (self.path / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict]:
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, t: int) -> None:
+        """Drop metrics of rounds past the last checkpoint (a crash between the two writes)."""
+        keep = [r for r in self.records() if r.get("round", 0) <= t]
+        (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
