@@ -87,8 +87,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .recipes.fedcollm import run_fedcollm
 
-    cfg = load_config(args.config, args.overrides)
-    run_fedcollm(cfg, resume=args.resume)
+    if args.resume:
+        if args.config:
+            raise ConfigError("--resume uses the run folder's config.yaml; pass overrides, not --config")
+        run_fedcollm(None, resume=args.resume, overrides=tuple(args.overrides))
+    else:
+        run_fedcollm(load_config(args.config, args.overrides))
     return 0
 
 

@@ -40,11 +40,15 @@ class RunDir:
         return cls(path)
 
     @classmethod
-    def open(cls, path: str | Path) -> tuple[RunDir, Config]:
+    def open(cls, path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> tuple[RunDir, Config]:
+        """An existing run and its config (overrides, e.g. ``federation.rounds=5``, are saved into it)."""
         run = cls(path)
         if not (run.path / "config.yaml").is_file():
             raise ConfigError(f"{run.path} is not a run folder (no config.yaml)")
-        return run, load_config(run.path / "config.yaml")
+        cfg = load_config(run.path / "config.yaml", overrides)
+        if overrides:
+            save_config(cfg, run.path / "config.yaml")
+        return run, cfg
 
     def round_dir(self, t: int) -> Path:
         return self.path / "rounds" / f"{t:03d}"

@@ -40,6 +40,7 @@ def fedcollm_round(t: int, grid: Grid, strategy: CheckedFedAvg, server: CoTuning
     ok = [r for r in replies if not r.has_error()]
     return {
         "clients": {k: float(v) for k, v in (client_metrics or {}).items()},
+        "per_client": [dict(r.content["metrics"]) for r in ok if "metrics" in r.content.metric_records],
         "kd": kd,
         "comm": {
             "bytes_sent_per_client": [payload_bytes(m.content) for m in messages],
@@ -81,14 +82,19 @@ def serve(grid: Grid, cfg: Config, run: RunDir, progress: bool = True) -> None:
     write_summary(run, cfg)
 
 
-def run_fedcollm(cfg: Config, resume: str | None = None, progress: bool = True) -> RunDir:
-    """Run FedCoLLM in Flower's simulation engine (all processes on this machine)."""
+def run_fedcollm(cfg: Config, resume: str | None = None, overrides: tuple[str, ...] = (),
+                 progress: bool = True) -> RunDir:
+    """Run FedCoLLM in Flower's simulation engine (all processes on this machine).
+
+    With ``resume`` the run folder's own config is used (plus ``overrides``, e.g. more rounds) and the
+    run continues after its last complete round.
+    """
     from flwr.simulation import run_simulation
 
     from ..federation.client_app import make_client_app
 
     if resume:
-        run, cfg = RunDir.open(resume)
+        run, cfg = RunDir.open(resume, overrides)
     else:
         run = RunDir.create(cfg)
     log.info("run folder: %s", run.path)

@@ -1,0 +1,105 @@
+"""FedCoLLM on Flower with tiny models: aggregation, rejection of bad updates, a simulated run, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from safetensors.numpy import load_file
+
+from fedcollm.config import load_config
+from fedcollm.federation.records import payload_bytes, to_record
+from fedcollm.federation.strategy import CheckedFedAvg
+from fedcollm.recipes.fedcollm import run_fedcollm
+
+
+def _reply(node: int, arrays, n: int) -> Message:
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    ask = Message(content=RecordDict(), dst_node_id=node, message_type="train")
+    return Message(RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord({"num-examples": n})}),
+                   reply_to=ask)
+
+
+def _adapter(rng, scale=1.0):
+    return [("a.lora_A.weight", rng.normal(size=(4, 6)).astype(np.float32) * scale),
+            ("a.lora_B.weight", rng.normal(size=(6, 4)).astype(np.float32) * scale)]
+
+
+def test_aggregate_is_the_sample_weighted_mean():
+    rng = np.random.default_rng(0)
+    updates = [(_adapter(rng), n) for n in (10, 30, 60)]
+    strategy = CheckedFedAvg(_adapter(rng), min_available_nodes=3, min_train_nodes=3)
+    agg, _ = strategy.aggregate_train(1, [_reply(i + 1, a, n) for i, (a, n) in enumerate(updates)])
+    for j, (key, _) in enumerate(updates[0][0]):
+        want = sum(a[j][1] * n for a, n in updates) / 100
+        np.testing.assert_allclose(agg[key].numpy(), want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("corrupt,reason", [
+    (lambda a: [(a[0][0], np.full_like(a[0][1], np.nan)), a[1]], "NaN or Inf"),
+    (lambda a: [a[0]], "keys differ"),
+    (lambda a: [a[0], (a[1][0], a[1][1][:3])], "has shape"),
+])
+def test_bad_update_is_rejected_and_the_round_goes_on(corrupt, reason, caplog):
+    rng = np.random.default_rng(1)
+    good = [_adapter(rng), _adapter(rng)]
+    strategy = CheckedFedAvg(_adapter(rng), min_available_nodes=3, min_train_nodes=2)
+    replies = [_reply(1, good[0], 10), _reply(2, good[1], 10), _reply(3, corrupt(_adapter(rng)), 10)]
+    agg, _ = strategy.aggregate_train(4, replies)
+    want = (good[0][0][1] + good[1][0][1]) / 2
+    np.testing.assert_allclose(agg["a.lora_A.weight"].numpy(), want, rtol=1e-6, atol=1e-7)
+    assert len(strategy.rejected) == 1 and strategy.rejected[0][0] == 3 and reason in strategy.rejected[0][1]
+    assert "rejected update from node 3" in caplog.text
+
+
+def test_payload_bytes_counts_the_adapter():
+    arrays = _adapter(np.random.default_rng(2))
+    raw = sum(v.nbytes for _, v in arrays)
+    assert raw <= payload_bytes(RecordDict({"arrays": to_record(arrays)})) <= raw + 400
+
+
+def _cfg(tiny_models, data_dir, tmp_path, name, rounds, **extra):
+    overrides = [f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}",
+                 "precision=fp32", f"output_dir={tmp_path}", f"run_name={name}", f"federation.rounds={rounds}",
+                 "federation.num_clients=3", "eval.limit=6", "kd.top_k=16", "llm.lr=0.01", "slm.lr=0.01",
+                 *[f"{k}={v}" for k, v in extra.items()]]
+    return load_config(None, overrides)
+
+
+def _adapters(run_dir, t):
+    base = run_dir / "rounds" / f"{t:03d}"
+    return {w: load_file(str(base / w / "adapter_model.safetensors")) for w in ("theta", "omega")}
+
+
+def test_simulated_run_trains_both_adapters_and_resume_equals_uninterrupted(tiny_models, data_dir, tmp_path):
+    full = run_fedcollm(_cfg(tiny_models, data_dir, tmp_path, "full", 2), progress=False)
+    records = full.records()
+    assert [r["round"] for r in records] == [0, 1, 2]
+    first = records[1]
+    assert len(first["per_client"]) == 3 and first["comm"]["updates_accepted"] == 3
+    # one worker process served all clients and loaded the SLM base once (adapters swapped, base shared)
+    assert {c["worker-pid"] for c in records[2]["per_client"]} == {first["per_client"][0]["worker-pid"]}
+    assert {c["slm-loads-in-worker"] for c in records[2]["per_client"]} == {1}
+    assert first["kd"]["llm_kl"] > 0 and first["kd"]["slm_kl"] > 0
+    r1, r2 = _adapters(full.path, 1), _adapters(full.path, 2)
+    for who in ("theta", "omega"):  # both adapters move every round
+        assert any(not np.array_equal(r1[who][k], r2[who][k]) for k in r1[who])
+    assert any(np.abs(v).sum() > 0 for k, v in r1["omega"].items() if "lora_B" in k)  # ω left its zero init
+    assert (full.path / "report.md").is_file() and (full.path / "config.yaml").is_file()
+
+    part = run_fedcollm(_cfg(tiny_models, data_dir, tmp_path, "part", 1), progress=False)
+    assert part.last_round() == 1
+    resumed = run_fedcollm(None, resume=str(part.path), overrides=("federation.rounds=2",), progress=False)
+    got = _adapters(resumed.path, 2)
+    for who in ("theta", "omega"):
+        for k in r2[who]:
+            np.testing.assert_array_equal(got[who][k], r2[who][k], err_msg=f"{who} {k}")
+    def accs(recs):
+        return [{role: {t: (m["acc"], m["acc_norm"]) for t, m in ev.items()} for role, ev in r["eval"].items()}
+                for r in recs]
+
+    assert accs(resumed.records()) == accs(records)
+    assert json.loads((resumed.path / "metrics.jsonl").read_text().splitlines()[-1])["round"] == 2
