@@ -21,7 +21,7 @@ def test_defaults_file_and_overrides(tmp_path):
     ("federation.rounds=three", r"federation.rounds = 'three' is not a int"),
     ("kd.temperature=0", "kd.temperature must be > 0"),
     ("tasks=arc_easy,mmlu", "unknown task 'mmlu'"),
-    ("precision=fp8", "precision must be bf16 or fp32"),
+    ("precision=fp8", "precision must be auto, bf16 or fp32"),
     ("rounds", "not of the form"),
 ])
 def test_bad_values_are_one_clear_line(override, match):

@@ -56,9 +56,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .evaluate import evaluate_tasks
     from .models.sources import load_model
+    from .precision import resolve_precision
 
     tasks = _tasks(args.tasks)
-    dtype = DTYPES[args.precision]
+    dtype = DTYPES[resolve_precision(args.precision)]
     model, tok = load_model(args.model, dtype=dtype, cache=args.cache)
     if args.adapter:
         from peft import PeftModel
@@ -113,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tasks", default=",".join(ALL_TASKS))
     e.add_argument("--limit", type=int, default=None, help="first N evaluation questions per task")
     e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--precision", choices=list(DTYPES), default="bf16")
+    e.add_argument("--precision", choices=["auto", *DTYPES], default="auto",
+                   help="auto: bf16 where the hardware has fast bf16 (AVX-512 BF16/AMX, GPU), else fp32")
     e.add_argument("--data-dir", default=None, help="local data folder (default $FEDCOLLM_DATA_DIR, else HF hub)")
     e.add_argument("--cache", default=None)
     e.add_argument("--out", default=None, help="write the metrics as JSON here")

@@ -73,7 +73,7 @@ class Config:
     output_dir: str = "runs"
     run_name: str | None = None
     seed: int = 0
-    precision: str = "bf16"  # bf16 | fp32
+    precision: str = "auto"  # auto (bf16 where the hardware has fast bf16, else fp32) | bf16 | fp32
     max_length: int = 256
     grad_clip: float = 1.0
     llm: ModelSection = field(default_factory=lambda: ModelSection("qwen2.5-coder-1.5b-instruct"))
@@ -188,7 +188,7 @@ def validate(cfg: Config) -> None:
         if t not in ALL_TASKS:
             raise ConfigError(f"unknown task {t!r} in tasks; choose from {', '.join(ALL_TASKS)}")
     checks = [
-        (cfg.precision in ("bf16", "fp32"), f"precision must be bf16 or fp32, got {cfg.precision!r}"),
+        (cfg.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {cfg.precision!r}"),
         (cfg.federation.partition in ("iid", "dirichlet"), "federation.partition must be iid or dirichlet"),
         (cfg.federation.engine in ("simulation", "deployment"), "federation.engine must be simulation or deployment"),
         (cfg.federation.num_clients >= 1, "federation.num_clients must be >= 1"),

@@ -2,7 +2,8 @@
 
 lm-evaluation-harness scores a question with one sequence per choice, ``context + choice``, so the
 shared context is recomputed once per choice and the LM head runs over every position. We pack a
-question into ONE row, ``context | choice_1 | choice_2 | ...``, with a tree-shaped attention mask
+question into ONE row, ``context | choice_1 | choice_2 | ...`` (each choice without its last token,
+which predicts nothing), with a tree-shaped attention mask
 (each choice sees the context and its own earlier tokens, never another choice) and position ids that
 restart after the context for every choice. Each choice token then sees exactly what it sees in
 lm-eval's sequence, so the log-likelihoods are the same up to float rounding. The LM head is applied
@@ -63,7 +64,7 @@ def encode_request(tokenizer, req: MCRequest, max_length: int) -> Encoded:
 
 def _pack(batch: Sequence[Encoded], pad_id: int, dtype: torch.dtype):
     """Input ids, position ids, additive tree mask and the (row, position, token, choice) gather plan."""
-    lengths = [len(e.context) + sum(len(c) for c in e.choices) for e in batch]
+    lengths = [len(e.context) + sum(len(c) - 1 for c in e.choices) for e in batch]
     width = max(lengths)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(batch), width), dtype=torch.long)
@@ -76,18 +77,19 @@ def _pack(batch: Sequence[Encoded], pad_id: int, dtype: torch.dtype):
         allowed[b, :n_ctx, :n_ctx] = torch.ones(n_ctx, n_ctx, dtype=torch.bool).tril()
         start = n_ctx
         for j, cont in enumerate(e.choices):
-            n = len(cont)
+            # A choice's last token predicts nothing and no other token attends to it: leave it out.
+            n = len(cont) - 1
             end = start + n
-            ids[b, start:end] = torch.tensor(cont)
+            ids[b, start:end] = torch.tensor(cont[:-1], dtype=torch.long)
             pos[b, start:end] = torch.arange(n_ctx, n_ctx + n)
             allowed[b, start:end, :n_ctx] = True
             allowed[b, start:end, start:end] = torch.ones(n, n, dtype=torch.bool).tril()
             # token k of the choice is predicted by the previous token: the context's last, then the choice's
-            preds = [n_ctx - 1] + list(range(start, end - 1))
-            rows += [b] * n
+            preds = [n_ctx - 1] + list(range(start, end))
+            rows += [b] * len(cont)
             src += preds
             tgt += cont
-            owner += [(b, j)] * n
+            owner += [(b, j)] * len(cont)
             start = end
         for p in range(start, width):  # padding attends to itself only (keeps softmax finite)
             allowed[b, p, p] = True

@@ -16,16 +16,17 @@ from ..data import Question, Splits, load_eval, load_split, split_train
 from ..data.schema import DataError
 from ..models.lora import attach_lora
 from ..models.sources import load_model
+from ..precision import resolve_precision
 from ..updates import TrainSettings
 
 
 def dtype(cfg: Config) -> torch.dtype:
-    return torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+    """Weights are bf16 only where bf16 is fast; LoRA weights stay fp32 either way (PEFT upcasts them)."""
+    return torch.bfloat16 if resolve_precision(cfg.precision) == "bf16" else torch.float32
 
 
 def autocast_dtype(cfg: Config) -> torch.dtype | None:
-    """bf16 autocast is the CPU fast path (≈4× fp32 matmul on AVX-512 BF16); fp32 runs without autocast."""
-    return torch.bfloat16 if cfg.precision == "bf16" else None
+    return torch.bfloat16 if resolve_precision(cfg.precision) == "bf16" else None
 
 
 def derive_seed(*parts: object) -> int:

@@ -1,0 +1,32 @@
+"""Choosing bf16 or fp32 from the hardware, because the fast path differs by machine.
+
+bf16 is ≈4× fp32 matmul throughput on CPUs with AVX-512 BF16 or AMX, and the usual choice on a GPU;
+on an AVX2-only CPU (this project's 2-core AMD EPYC, measured: results/precision_probe.json) bf16
+matmul is several times *slower* than fp32, because PyTorch emulates it. ``auto`` picks by the
+instruction set instead of guessing.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str) -> str:
+    """``bf16``/``fp32`` as given; ``auto``: bf16 on a bf16-capable GPU or CPU, else fp32."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
