@@ -97,6 +97,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy_local(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .federation.deploy import launch_local
+
+    run = launch_local(load_config(args.config, args.overrides), args.workdir, port=args.port)
+    print(f"deployment run finished: {run.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedcollm", description="Federated co-tuning of a server LLM and client SLMs")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -127,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", default=None, help="run folder to continue from its last finished round")
     r.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. federation.rounds=3")
     r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("deploy-local", help="run on Flower's deployment engine: SuperLink + K SuperNodes on localhost")
+    d.add_argument("--config", default=None, help="YAML config file")
+    d.add_argument("--workdir", default="runs/deploy-local", help="FLWR_HOME, logs and the resolved config go here")
+    d.add_argument("--port", type=int, default=39500, help="SuperLink port; SuperNodes use the next K ports")
+    d.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    d.set_defaults(func=cmd_deploy_local)
     return p
 
 

@@ -163,13 +163,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-        _build(Config, data, str(p), "", cfg)
+        cfg = config_from_text(p.read_text(), str(p))
     for text in overrides:
         keys, value = parse_override(text)
         nested: Any = value
@@ -208,4 +202,21 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(dump_config(cfg))
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_from_text(text: str, where: str = "config text") -> Config:
+    """A config from YAML text (what the server sends clients in each train message)."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: top level must be a mapping")
+    cfg = _build(Config, data, where, "", Config())
+    validate(cfg)
+    return cfg

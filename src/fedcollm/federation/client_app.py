@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from ..config import Config
+from ..config import Config, config_from_text
 from ..models.lora import check_adapter_arrays, get_adapter_arrays
 from ..recipes.common import client_data, derive_seed, load_peft, settings
 from ..updates import local_update
@@ -37,6 +36,17 @@ def worker_slm(cfg: Config):
         _WORKER["key"] = key
         _WORKER["loads"] = int(_WORKER["loads"]) + 1
     return _WORKER["model"], _WORKER["tokenizer"]
+
+
+CONFIG_KEY = "fedcollm-config"
+
+
+def client_config(msg: Message, context: Context) -> Config:
+    """The run's config as the server sent it, with this node's own data location when it has one."""
+    cfg = config_from_text(str(msg.content["config"][CONFIG_KEY]), "config from the server")
+    if "data-dir" in context.node_config:  # deployment: each SuperNode points at its own data
+        cfg.data_dir = str(context.node_config["data-dir"])
+    return cfg
 
 
 def client_train(cfg: Config, partition_id: int, msg: Message) -> Message:
@@ -65,12 +75,11 @@ def client_train(cfg: Config, partition_id: int, msg: Message) -> Message:
     return Message(reply, reply_to=msg)
 
 
-def make_client_app(config_of: Callable[[Context], Config]) -> ClientApp:
-    """A ClientApp taking its config from ``config_of(context)``: a closure in simulation, run config deployed."""
-    app = ClientApp()
+# The one ClientApp, for the simulation and the deployment engine alike (it lives in an importable
+# module so that Ray workers import it instead of unpickling a copy, and ``_WORKER`` persists).
+app = ClientApp()
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        return client_train(config_of(context), int(context.node_config["partition-id"]), msg)
 
-    return app
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    return client_train(client_config(msg, context), int(context.node_config["partition-id"]), msg)

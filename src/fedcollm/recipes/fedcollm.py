@@ -13,7 +13,8 @@ import time
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from ..config import Config
+from ..config import Config, dump_config
+from ..federation.client_app import CONFIG_KEY
 from ..federation.records import from_record, payload_bytes, to_record
 from ..federation.server import CoTuningServer
 from ..federation.strategy import CheckedFedAvg
@@ -31,7 +32,8 @@ def fedcollm_round(t: int, grid: Grid, strategy: CheckedFedAvg, server: CoTuning
     """Algorithm 1, round t: broadcast θ^t, local tuning, FedAvg, mutual KD on D^a."""
     theta = server.theta
     strategy.reference = theta
-    messages = list(strategy.configure_train(t, to_record(theta), ConfigRecord(), grid))  # 1. broadcast θ^t
+    config = ConfigRecord({CONFIG_KEY: dump_config(server.cfg)})  # what clients need to train (no data)
+    messages = list(strategy.configure_train(t, to_record(theta), config, grid))  # 1. broadcast θ^t
     replies = list(grid.send_and_receive(messages, timeout=timeout))  # 2. clients: E epochs of ℓ_TA on D^k
     theta_avg, client_metrics = strategy.aggregate_train(t, replies)  # 3. θ^{t,0} = Σ_k n_k θ_k / n
     if theta_avg is None:
@@ -91,7 +93,7 @@ def run_fedcollm(cfg: Config, resume: str | None = None, overrides: tuple[str, .
     """
     from flwr.simulation import run_simulation
 
-    from ..federation.client_app import make_client_app
+    from ..federation.client_app import app as client_app
 
     if resume:
         run, cfg = RunDir.open(resume, overrides)
@@ -110,7 +112,7 @@ def run_fedcollm(cfg: Config, resume: str | None = None, overrides: tuple[str, .
             raise
 
     cpus = cfg.federation.sim_cpus_per_client or os.cpu_count() or 1
-    run_simulation(server_app=server_app, client_app=make_client_app(lambda context: cfg),
+    run_simulation(server_app=server_app, client_app=client_app,
                    num_supernodes=cfg.federation.num_clients,
                    backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": cpus, "include_dashboard": False}})

@@ -1,0 +1,1 @@
+"""Flower apps, the checked FedAvg strategy, the server's state, record conversions, deployment."""
