@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 
 from ..config import Config, config_from_text
 from ..models.lora import check_adapter_arrays, get_adapter_arrays
-from ..recipes.common import client_data, derive_seed, load_peft, settings
+from ..recipes.common import client_data, derive_seed, load_peft, peak_rss_mb, settings
 from ..updates import local_update
 from .records import from_record, to_record
 
@@ -69,6 +69,7 @@ def client_train(cfg: Config, partition_id: int, msg: Message) -> Message:
             "partition-id": partition_id,
             "slm-loads-in-worker": int(_WORKER["loads"]),
             "worker-pid": os.getpid(),
+            "worker-peak-rss-mb": peak_rss_mb(),
         }),
     })
     log.info("client %d round %d: %d examples, loss %.4f", partition_id, server_round, len(data), m.get("loss", 0))

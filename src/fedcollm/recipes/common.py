@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import resource
 
 import torch
 
@@ -70,3 +71,8 @@ def settings(cfg: Config, section: ModelSection, seed: int, epochs: int, max_ste
     return TrainSettings(lr=section.lr, batch_size=section.batch_size, epochs=epochs, max_steps=max_steps,
                          max_length=cfg.max_length, grad_clip=cfg.grad_clip, autocast_dtype=autocast_dtype(cfg),
                          seed=seed, progress=progress)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -19,6 +19,7 @@ from ..federation.records import from_record, payload_bytes, to_record
 from ..federation.server import CoTuningServer
 from ..federation.strategy import CheckedFedAvg
 from ..runlog import RunDir
+from .common import peak_rss_mb
 from .summary import print_round, write_summary
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def serve(grid: Grid, cfg: Config, run: RunDir, progress: bool = True) -> None:
         if cfg.eval.every_round or t == cfg.federation.rounds:
             record["eval"] = server.evaluate()
         record["seconds"] = {"train": t1 - t0, "eval": time.perf_counter() - t1}
+        record["server_peak_rss_mb"] = peak_rss_mb()
         run.save_round(t, server.llm, server.slm)
         run.log(record)
         print_round(record)
