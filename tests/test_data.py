@@ -98,3 +98,19 @@ def test_too_many_clients_is_a_clear_error(data_dir):
     per_task = {"arc_easy": load_split("arc_easy", "train", data_dir)[:5]}
     with pytest.raises(DataError, match="cannot be dealt to 10 clients"):
         split_train(per_task, 10, aux_fraction=0.2)
+
+
+def test_exported_client_files_hold_exactly_each_split(data_dir, tmp_path):
+    from fedcollm.config import load_config
+    from fedcollm.data.schema import read_jsonl
+    from fedcollm.recipes.common import export_splits, load_splits
+
+    cfg = load_config(None, [f"data_dir={data_dir}", "tasks=arc_easy,commonsense_qa", "federation.num_clients=3"])
+    paths = export_splits(cfg, tmp_path / "split")
+    splits = load_splits(cfg)
+    for path, qs in zip(paths, splits.clients, strict=True):
+        assert read_jsonl(path, None) == qs  # same questions, tasks, labels and answers
+    assert read_jsonl(tmp_path / "split" / "server-aux.jsonl", None) == splits.aux
+    (tmp_path / "bad.jsonl").write_text('{"id": "x", "question": {"stem": "s", "choices": []}, "answerKey": "A"}\n')
+    with pytest.raises(DataError, match="bad.jsonl:1: record names no known task"):
+        read_jsonl(tmp_path / "bad.jsonl", None)

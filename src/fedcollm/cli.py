@@ -97,6 +97,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .recipes.common import export_splits, load_splits
+
+    cfg = load_config(args.config, args.overrides)
+    paths = export_splits(cfg, args.out)
+    splits = load_splits(cfg)
+    for path, qs in zip(paths, splits.clients):
+        print(f"{path}: {len(qs)} questions")
+    print(f"{args.out}/server-aux.jsonl: {len(splits.aux)} questions (D^a, stays on the server)")
+    return 0
+
+
 def cmd_deploy_local(args: argparse.Namespace) -> int:
     from .config import load_config
     from .federation.deploy import launch_local
@@ -136,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", default=None, help="run folder to continue from its last finished round")
     r.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. federation.rounds=3")
     r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("data", help="write each client's D^k to its own file (for deployment) and D^a")
+    s.add_argument("action", choices=["split"])
+    s.add_argument("--config", default=None)
+    s.add_argument("--out", required=True, help="folder for client-K.jsonl and server-aux.jsonl")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(func=cmd_data)
 
     d = sub.add_parser("deploy-local", help="run on Flower's deployment engine: SuperLink + K SuperNodes on localhost")
     d.add_argument("--config", default=None, help="YAML config file")

@@ -54,8 +54,11 @@ def task_config(task: str, data_file: Path) -> dict:
 
 def run_lm_eval(
     model_dir: str, questions: dict[str, Sequence[Question]], batch_size: int = 8, dtype: str = "float32",
-) -> tuple[dict[str, dict[str, float]], dict[str, list[dict]], float]:
-    """Run lm-eval's HF model on our questions; (metrics per task, per-question lls/acc/acc_norm, seconds)."""
+) -> tuple[dict[str, dict[str, float]], dict[str, list[dict]], dict[str, float]]:
+    """Run lm-eval's HF model on our questions: (metrics per task, per-question lls/acc/acc_norm, timing).
+
+    ``timing`` holds wall and CPU seconds of ``simple_evaluate`` alone (model loading excluded).
+    """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -66,12 +69,12 @@ def run_lm_eval(
             data.write_text("".join(json.dumps(_hub_layout(q)) + "\n" for q in qs))
             (Path(tmp) / f"{task}.yaml").write_text(yaml.safe_dump(task_config(task, data)))
         lm = HFLM(pretrained=model_dir, batch_size=batch_size, dtype=dtype, device="cpu")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = lm_eval.simple_evaluate(
             model=lm, tasks=[f"fedcollm_ref_{t}" for t in questions], task_manager=TaskManager(include_path=tmp),
             log_samples=True, num_fewshot=0, bootstrap_iters=0,
         )
-        seconds = time.perf_counter() - t0
+        timing = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
     metrics, samples = {}, {}
     for task in questions:
         name = f"fedcollm_ref_{task}"
@@ -81,4 +84,4 @@ def run_lm_eval(
             {"lls": [float(r[0]) for r in s["filtered_resps"]], "acc": s["acc"], "acc_norm": s.get("acc_norm")}
             for s in sorted(out["samples"][name], key=lambda s: s["doc_id"])
         ]
-    return metrics, samples, seconds
+    return metrics, samples, timing

@@ -78,8 +78,11 @@ def _record_to_question(rec: dict, task: str, where: str) -> Question:
         raise DataError(f"{where}: not a multiple-choice record ({type(exc).__name__}: {exc})") from None
 
 
-def read_jsonl(path: Path, task: str) -> list[Question]:
-    """Read one local JSONL file; a malformed line is reported with file and line number."""
+def read_jsonl(path: Path, task: str | None) -> list[Question]:
+    """Read one local JSONL file; a malformed line is reported with file and line number.
+
+    With ``task=None`` each record names its own task (the per-client files of ``write_jsonl``).
+    """
     if not path.is_file():
         raise DataError(f"missing data file {path} (task {task}); see README 'Data' for where it comes from")
     out = []
@@ -91,8 +94,23 @@ def read_jsonl(path: Path, task: str) -> list[Question]:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-            out.append(_record_to_question(rec, task, f"{path}:{lineno}"))
+            where = f"{path}:{lineno}"
+            rec_task = task if task is not None else (rec.get("task") if isinstance(rec, dict) else None)
+            if rec_task not in TASKS:
+                raise DataError(f"{where}: record names no known task ({rec_task!r})")
+            out.append(_record_to_question(rec, rec_task, where))
     return out
+
+
+def write_jsonl(path: Path, questions: list[Question]) -> None:
+    """Questions in the local layout plus a ``task`` field (what a deployed client reads as its D^k)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for q in questions:
+            choices = [{"label": lab, "text": txt} for lab, txt in zip(q.labels, q.choices)]
+            rec = {"id": q.id, "task": q.task, "question": {"stem": q.question, "choices": choices},
+                   "answerKey": q.labels[q.answer]}
+            fh.write(json.dumps(rec) + "\n")
 
 
 def _load_hub(task: str, split: str) -> list[Question]:

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from ..config import Config, config_from_text
+from ..data import Question
+from ..data.schema import read_jsonl
 from ..models.lora import check_adapter_arrays, get_adapter_arrays
 from ..recipes.common import client_data, derive_seed, load_peft, peak_rss_mb, settings
 from ..updates import local_update
@@ -49,13 +52,20 @@ def client_config(msg: Message, context: Context) -> Config:
     return cfg
 
 
-def client_train(cfg: Config, partition_id: int, msg: Message) -> Message:
+def node_data(cfg: Config, context: Context) -> list[Question]:
+    """This client's D^k: its own file when the node was given one (deployment), else its partition."""
+    node = context.node_config
+    if "data-file" in node:
+        return read_jsonl(Path(str(node["data-file"])), None)
+    return client_data(cfg, int(node["partition-id"]))
+
+
+def client_train(cfg: Config, partition_id: int, msg: Message, data: list[Question]) -> Message:
     """Set θ^t, run E epochs of ℓ_TA on D^k, reply θ_k with num-examples for the weighted mean."""
     model, tok = worker_slm(cfg)
     theta = from_record(msg.content["arrays"])
     check_adapter_arrays(get_adapter_arrays(model), theta, who=f"server broadcast to client {partition_id}")
     server_round = int(msg.content["config"]["server-round"])
-    data = client_data(cfg, partition_id)
     s = settings(cfg, cfg.slm, derive_seed(cfg.seed, "client", server_round, partition_id),
                  cfg.federation.local_epochs, cfg.federation.local_max_steps, progress=False)
     theta_k, m = local_update(model, tok, theta, data, s, desc=f"client {partition_id}")
@@ -83,4 +93,5 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    return client_train(client_config(msg, context), int(context.node_config["partition-id"]), msg)
+    cfg = client_config(msg, context)
+    return client_train(cfg, int(context.node_config["partition-id"]), msg, node_data(cfg, context))

@@ -24,6 +24,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from ..config import Config, ConfigError, save_config
+from ..recipes.common import export_splits
 from ..runlog import RunDir
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,9 @@ def launch_local(cfg: Config, workdir: str | Path, port: int = 39500, timeout: f
                             "--isolation", "subprocess", "--database", str(home / "state.db")])
         _wait_health(port, procs[0], logs / "superlink.log")
         k = cfg.federation.num_clients
+        files = export_splits(cfg, work / "client-data")  # each SuperNode gets only its own D^k
         for i in range(k):
-            node_cfg = f"partition-id={i} num-partitions={k}"
+            node_cfg = f"partition-id={i} num-partitions={k} data-file='{files[i]}'"
             start(f"supernode-{i}", [_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
                                      "--port", str(port + 1 + i), "--node-config", node_cfg])
         log.info("SuperLink 127.0.0.1:%d and %d SuperNodes started; logs in %s", port, k, logs)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import resource
+from pathlib import Path
 
 import torch
 
 from ..config import Config, ModelSection
 from ..data import Question, Splits, load_eval, load_split, split_train
-from ..data.schema import DataError
+from ..data.schema import DataError, write_jsonl
 from ..models.lora import attach_lora
 from ..models.sources import load_model
 from ..precision import resolve_precision
@@ -54,6 +55,21 @@ def client_data(cfg: Config, partition_id: int) -> list[Question]:
     if not 0 <= partition_id < len(clients):
         raise DataError(f"partition-id {partition_id} is outside 0..{len(clients) - 1} (num_clients={len(clients)})")
     return clients[partition_id]
+
+
+def export_splits(cfg: Config, out_dir: str | Path) -> list[Path]:
+    """Write each client's D^k to its own file (``client-K.jsonl``) and D^a to ``server-aux.jsonl``.
+
+    In a deployment every SuperNode is given only its own file (``--node-config data-file=...``).
+    """
+    splits = load_splits(cfg)
+    out = Path(out_dir)
+    paths = []
+    for k, qs in enumerate(splits.clients):
+        write_jsonl(out / f"client-{k}.jsonl", qs)
+        paths.append(out / f"client-{k}.jsonl")
+    write_jsonl(out / "server-aux.jsonl", splits.aux)
+    return paths
 
 
 def eval_questions(cfg: Config) -> dict[str, list[Question]]:
