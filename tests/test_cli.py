@@ -1,0 +1,40 @@
+"""User errors end with one line on stderr and exit code 2, and never touch an existing run."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedcollm.cli import main
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "federation.roundz=3"], "unknown config key federation.roundz (did you mean federation.rounds?)"),
+    (["run", "--config", "/nonexistent/c.yaml"], "config file /nonexistent/c.yaml does not exist"),
+    (["eval", "--model", "no-such-model", "--tasks", "arc_easy"], "unknown model 'no-such-model'"),
+    (["eval", "--model", "x", "--tasks", "arc_easy,mmlu"], "unknown task 'mmlu'"),
+    (["models", "prepare", "nope"], "unknown built-in model 'nope'"),
+])
+def test_user_errors_are_one_line_exit_2(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and needle in err and err.startswith("fedcollm: error:")
+
+
+def test_existing_run_is_not_overwritten(tmp_path, capsys):
+    run = tmp_path / "runs" / "taken"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"round": 1}\n')
+    assert main(["run", f"output_dir={tmp_path / 'runs'}", "run_name=taken"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_text() == '{"round": 1}\n'
+
+
+def test_eval_on_a_local_folder_prints_and_writes_metrics(tiny_models, data_dir, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "m.json"
+    assert main(["eval", "--model", str(tiny_models["slm"]), "--tasks", "arc_easy,commonsense_qa",
+                 "--data-dir", str(data_dir), "--limit", "5", "--precision", "fp32", "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert set(metrics) == {"arc_easy", "commonsense_qa"} and metrics["arc_easy"]["n"] == 5
+    assert "arc_easy" in capsys.readouterr().out
