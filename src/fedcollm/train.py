@@ -42,10 +42,7 @@ def encode_example(tokenizer, q: Question, max_length: int) -> tuple[list[int], 
     prompt, answer = training_pair(q)
     ctx = tokenizer(prompt)["input_ids"]
     whole = tokenizer(prompt + answer)["input_ids"]
-    n_answer = len(whole) - len(ctx)
-    eos = tokenizer.eos_token_id
-    if eos is not None:  # teach the model to stop after the answer
-        whole, n_answer = whole + [eos], n_answer + 1
+    n_answer = len(whole) - len(ctx)  # no EOS: ℓ_TA is the answer's tokens, exactly what the scorer reads
     if len(whole) > max_length:
         whole = whole[-max_length:]
         n_answer = min(n_answer, max_length - 1)
