@@ -68,6 +68,8 @@ class EvalSection:
 
 @dataclass
 class Config:
+    # fedcollm: Algorithm 1; fedavg: the same federation without the server's LLM and KD (a baseline)
+    method: str = "fedcollm"
     tasks: list[str] = field(default_factory=lambda: ["arc_easy"])
     data_dir: str | None = None  # None: $FEDCOLLM_DATA_DIR, else the HF hub
     output_dir: str = "runs"
@@ -182,6 +184,7 @@ def validate(cfg: Config) -> None:
         if t not in ALL_TASKS:
             raise ConfigError(f"unknown task {t!r} in tasks; choose from {', '.join(ALL_TASKS)}")
     checks = [
+        (cfg.method in ("fedcollm", "fedavg"), f"method must be fedcollm or fedavg, got {cfg.method!r}"),
         (cfg.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {cfg.precision!r}"),
         (cfg.federation.partition in ("iid", "dirichlet"), "federation.partition must be iid or dirichlet"),
         (cfg.federation.engine in ("simulation", "deployment"), "federation.engine must be simulation or deployment"),

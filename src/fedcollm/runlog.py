@@ -63,14 +63,16 @@ class RunDir:
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         save_adapter(slm, tmp / "theta")
-        save_adapter(llm, tmp / "omega")
+        if llm is not None:
+            save_adapter(llm, tmp / "omega")
         (tmp / "DONE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
 
     def load_round(self, t: int, llm, slm) -> None:
         load_adapter(slm, self.round_dir(t) / "theta")
-        load_adapter(llm, self.round_dir(t) / "omega")
+        if llm is not None:
+            load_adapter(llm, self.round_dir(t) / "omega")
 
     def log(self, record: dict) -> None:
         with (self.path / "metrics.jsonl").open("a") as fh:

@@ -21,11 +21,13 @@ class CoTuningServer:
     def __init__(self, cfg: Config, progress: bool = True) -> None:
         self.cfg = cfg
         self.progress = progress
-        self.llm, self.tokenizer = load_peft(cfg.llm, cfg, "llm")
-        self.slm, slm_tok = load_peft(cfg.slm, cfg, "slm")
-        check_same_tokenizer(self.tokenizer, slm_tok, cfg.llm.name, cfg.slm.name,
-                             self.llm.get_output_embeddings().weight.shape[0],
-                             self.slm.get_output_embeddings().weight.shape[0])
+        self.slm, self.tokenizer = load_peft(cfg.slm, cfg, "slm")
+        self.llm = None  # the FedAvg baseline has no server LLM
+        if cfg.method == "fedcollm":
+            self.llm, llm_tok = load_peft(cfg.llm, cfg, "llm")
+            check_same_tokenizer(llm_tok, self.tokenizer, cfg.llm.name, cfg.slm.name,
+                                 self.llm.get_output_embeddings().weight.shape[0],
+                                 self.slm.get_output_embeddings().weight.shape[0])
         self.aux = load_splits(cfg).aux
         self.eval_sets = eval_questions(cfg)
 
@@ -37,8 +39,14 @@ class CoTuningServer:
         set_adapter_arrays(self.slm, theta)
 
     def transfer(self, theta_avg: NamedArrays, server_round: int) -> dict[str, float]:
-        """Step 4: mutual KD on D^a from θ^{t,0}; leaves θ^{t+1} on the SLM and ω^{t+1} on the LLM."""
+        """Step 4: mutual KD on D^a from θ^{t,0}; leaves θ^{t+1} on the SLM and ω^{t+1} on the LLM.
+
+        Without an LLM (the FedAvg baseline) θ^{t+1} = θ^{t,0}.
+        """
         cfg = self.cfg
+        if self.llm is None:
+            self.set_theta(theta_avg)
+            return {}
         s = settings(cfg, cfg.slm, derive_seed(cfg.seed, "server", server_round), cfg.kd.epochs, cfg.kd.max_steps,
                      self.progress)
         _, metrics = mutual_transfer(self.llm, self.slm, self.tokenizer, theta_avg, self.aux, cfg.llm.lr, s,
@@ -50,10 +58,15 @@ class CoTuningServer:
         cfg = self.cfg
         out = {}
         for role, model in (("llm", self.llm), ("slm", self.slm)):
+            if model is None:
+                continue
             out[role] = evaluate_tasks(model, self.tokenizer, list(self.eval_sets), batch_size=cfg.eval.batch_size,
                                        max_length=max(cfg.max_length, 512), autocast_dtype=autocast_dtype(cfg),
                                        adapter=adapters, progress=self.progress, questions=self.eval_sets)
         return out
 
     def parameter_counts(self) -> dict[str, dict[str, int]]:
-        return {"llm": count_parameters(self.llm), "slm": count_parameters(self.slm)}
+        counts = {"slm": count_parameters(self.slm)}
+        if self.llm is not None:
+            counts["llm"] = count_parameters(self.llm)
+        return counts

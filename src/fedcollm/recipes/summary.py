@@ -29,7 +29,7 @@ def print_round(record: dict) -> None:
 
 
 def summary_table(records: list[dict]) -> Table:
-    tasks = sorted({t for r in records for t in r.get("eval", {}).get("llm", {})})
+    tasks = sorted({t for r in records for ev in r.get("eval", {}).values() for t in ev})
     table = Table(title="FedCoLLM: accuracy per round (acc)")
     table.add_column("round")
     for t in tasks:

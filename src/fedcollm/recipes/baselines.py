@@ -1,0 +1,63 @@
+"""The paper's baselines, each a few lines over the same loop, scorer and splits as FedCoLLM.
+
+- Zero-Shot: the base LLM and SLM, no adapter.
+- Standalone: each client tunes its own SLM adapter on its D^k alone for T·E epochs (the passes it
+  would make over D^k in T federated rounds); reported as the mean over clients.
+- FedAvg: ``run_fedcollm`` with ``method=fedavg`` (Algorithm 1 without the server's LLM and step 4).
+- Centralized: the LLM adapter tuned on the union of every D^k and D^a for T·E epochs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import Config
+from ..evaluate import evaluate_tasks
+from ..models.lora import get_adapter_arrays
+from ..updates import local_update
+from .common import autocast_dtype, derive_seed, eval_questions, load_peft, load_splits, settings
+
+Metrics = dict[str, dict[str, float]]
+
+
+def _evaluate(model, tok, cfg: Config, adapter: bool = True) -> Metrics:
+    return evaluate_tasks(model, tok, cfg.eval_tasks(), batch_size=cfg.eval.batch_size,
+                          max_length=max(cfg.max_length, 512), autocast_dtype=autocast_dtype(cfg), adapter=adapter,
+                          questions=eval_questions(cfg))
+
+
+def zero_shot(cfg: Config) -> dict[str, Metrics]:
+    out = {}
+    for role, section in (("llm", cfg.llm), ("slm", cfg.slm)):
+        model, tok = load_peft(section, cfg, role)
+        out[role] = _evaluate(model, tok, cfg, adapter=False)
+        del model
+    return out
+
+
+def standalone(cfg: Config) -> dict[str, Metrics]:
+    """Each client alone; ``slm`` holds the mean over clients, ``clients`` each client's metrics."""
+    model, tok = load_peft(cfg.slm, cfg, "slm")
+    theta0 = get_adapter_arrays(model)
+    per_client = []
+    fed = cfg.federation
+    epochs = fed.rounds * fed.local_epochs
+    max_steps = None if fed.local_max_steps is None else fed.local_max_steps * fed.rounds
+    for k, data in enumerate(load_splits(cfg).clients):
+        s = settings(cfg, cfg.slm, derive_seed(cfg.seed, "standalone", k), epochs, max_steps)
+        local_update(model, tok, theta0, data, s, desc=f"standalone client {k}")
+        per_client.append(_evaluate(model, tok, cfg))
+    mean = {t: {m: float(np.mean([c[t][m] for c in per_client])) for m in ("acc", "acc_norm")}
+            for t in per_client[0]}
+    return {"slm": mean, "clients": per_client}
+
+
+def centralized(cfg: Config) -> dict[str, Metrics]:
+    """The LLM adapter on all the data the federation has (every D^k and D^a), same number of passes."""
+    model, tok = load_peft(cfg.llm, cfg, "llm")
+    splits = load_splits(cfg)
+    data = [q for client in splits.clients for q in client] + splits.aux
+    epochs = cfg.federation.rounds * cfg.federation.local_epochs
+    s = settings(cfg, cfg.llm, derive_seed(cfg.seed, "centralized"), epochs, None)
+    local_update(model, tok, None, data, s, desc="centralized LLM")
+    return {"llm": _evaluate(model, tok, cfg)}
