@@ -97,6 +97,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .recipes.experiment import METHODS, run_experiment
+
+    if bool(args.preset) == bool(args.config):
+        raise ConfigError("give exactly one of --preset NAME or --config FILE")
+    presets = Path(__file__).resolve().parents[2] / "configs" / "presets"
+    path = Path(args.config) if args.config else presets / f"{args.preset}.yaml"
+    cfg = load_config(path, args.overrides)
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    out = run_experiment(cfg, args.out or Path(cfg.output_dir) / f"experiment-{args.preset or path.stem}", methods)
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from .config import load_config
     from .recipes.common import export_splits, load_splits
@@ -149,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", default=None, help="run folder to continue from its last finished round")
     r.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. federation.rounds=3")
     r.set_defaults(func=cmd_run)
+
+    x = sub.add_parser("experiment", help="every method (baselines + FedCoLLM) on the same splits, then a report")
+    x.add_argument("--preset", default=None, help="cpu-small or paper (configs/presets/NAME.yaml)")
+    x.add_argument("--config", default=None)
+    x.add_argument("--methods", default=None, help="comma list (default: all)")
+    x.add_argument("--out", default=None, help="experiment folder (default OUTPUT_DIR/experiment-NAME)")
+    x.add_argument("overrides", nargs="*")
+    x.set_defaults(func=cmd_experiment)
 
     s = sub.add_parser("data", help="write each client's D^k to its own file (for deployment) and D^a")
     s.add_argument("action", choices=["split"])

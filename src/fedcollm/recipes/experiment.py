@@ -1,0 +1,162 @@
+"""The paper's experiment in one call: every method on the same splits and budgets, then a report.
+
+Each method's result is a JSON file under ``OUT/methods/``; a finished method is skipped on rerun and
+a failed one leaves ``<method>.error`` without losing the others. ``report.md``, ``results.csv`` and
+PNG plots are rebuilt from whatever results exist.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..config import Config, save_config
+from ..runlog import RunDir
+from . import baselines
+from .fedcollm import run_fedcollm
+
+log = logging.getLogger(__name__)
+METHODS = ("zero_shot", "standalone", "fedavg", "centralized", "fedcollm")
+TASK_NAMES = {"commonsense_qa": "CQA", "openbookqa": "OBQA", "arc_challenge": "ARC-C", "arc_easy": "ARC-E"}
+# The paper's numbers (accuracy %), settings S1 GPT-2, S2 OPT, S3 LLaMA-2: see ../shared/docs/fedcollm-spec.md.
+PAPER_LLM = {  # Zero-Shot / Centralized / FedCoLLM
+    "commonsense_qa": ((36.3, 54.7, 53.5), (48.7, 68.6, 68.1), (39.5, 69.0, 67.1)),
+    "openbookqa": ((19.4, 28.2, 25.4), (27.6, 34.0, 34.4), (31.8, 39.8, 37.8)),
+    "arc_challenge": ((21.7, 28.8, 27.4), (30.7, 37.1, 36.0), (40.0, 49.0, 45.4)),
+    "arc_easy": ((53.2, 59.5, 59.5), (65.6, 70.2, 69.3), (69.3, 76.8, 75.2)),
+}
+PAPER_SLM = {  # Zero-Shot / Standalone / FedAvg / FedCoLLM
+    "commonsense_qa": ((28.3, 40.5, 41.7, 43.0), (41.9, 57.3, 58.6, 60.8), (30.1, 56.1, 56.8, 57.7)),
+    "openbookqa": ((16.4, 17.3, 15.8, 17.8), (23.4, 26.7, 27.2, 29.2), (23.2, 27.8, 26.0, 28.8)),
+    "arc_challenge": ((19.0, 21.4, 20.9, 21.8), (23.4, 28.2, 28.8, 29.4), (26.7, 29.3, 29.4, 30.6)),
+    "arc_easy": ((43.8, 46.4, 46.3, 46.8), (57.0, 59.93, 59.97, 60.01), (53.1, 60.1, 60.3, 61.1)),
+}
+
+
+def _federated(method: str) -> Callable[[Config, Path], dict]:
+    def run(cfg: Config, out: Path) -> dict:
+        c = copy.deepcopy(cfg)
+        c.method, c.output_dir, c.run_name = method, str(out / "runs"), method
+        existing = out / "runs" / method
+        run_dir = run_fedcollm(None, resume=str(existing)) if existing.exists() else run_fedcollm(c)
+        records = RunDir(run_dir.path).records()
+        last = records[-1]
+        return {**last["eval"], "rounds": records, "params": records[0].get("params")}
+
+    return run
+
+
+RUNNERS: dict[str, Callable[[Config, Path], dict]] = {
+    "zero_shot": lambda cfg, out: baselines.zero_shot(cfg),
+    "standalone": lambda cfg, out: baselines.standalone(cfg),
+    "centralized": lambda cfg, out: baselines.centralized(cfg),
+    "fedavg": _federated("fedavg"),
+    "fedcollm": _federated("fedcollm"),
+}
+
+
+def run_experiment(cfg: Config, out_dir: str | Path, methods: Sequence[str] = METHODS) -> Path:
+    out = Path(out_dir)
+    (out / "methods").mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    for m in methods:
+        done, failed = out / "methods" / f"{m}.json", out / "methods" / f"{m}.error"
+        if done.exists():
+            log.info("%s: already finished, skipped", m)
+            continue
+        log.info("%s: running", m)
+        try:
+            result = RUNNERS[m](cfg, out)
+        except Exception:  # one method's failure must not lose the others' results
+            failed.write_text(traceback.format_exc())
+            log.error("%s failed; see %s", m, failed)
+            continue
+        failed.unlink(missing_ok=True)
+        done.write_text(json.dumps(result, indent=1) + "\n")
+    write_report(out, cfg)
+    return out
+
+
+def _load(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "methods").glob("*.json"))}
+
+
+def _cell(results: dict, method: str, role: str, task: str) -> str:
+    m = results.get(method, {}).get(role, {}).get(task)
+    return f"{100 * m['acc']:.1f}" if m else "-"
+
+
+def write_report(out: Path, cfg: Config) -> None:
+    results = _load(out)
+    tasks = cfg.eval_tasks()
+    n = {t: results.get("fedcollm", results.get("zero_shot", {})).get("slm", {}).get(t, {}).get("n", "?")
+         for t in tasks}
+    lines = [f"# FedCoLLM experiment `{out.name}`", "",
+             f"LLM `{cfg.llm.name}`, SLM `{cfg.slm.name}`, {cfg.federation.num_clients} clients, "
+             f"{cfg.federation.rounds} rounds, test questions per task: "
+             + ", ".join(f"{TASK_NAMES[t]} {n[t]}" for t in tasks) + ". Accuracy in %.", "",
+             "## Table 1: server LLM", "",
+             "| task | Zero-Shot | Centralized | FedCoLLM | paper S1 / S2 / S3 (ZS, Cent., FedCoLLM) |",
+             "|---|---|---|---|---|"]
+    for t in tasks:
+        paper = " / ".join("(" + ", ".join(map(str, s)) + ")" for s in PAPER_LLM[t])
+        cells = [_cell(results, m, "llm", t) for m in ("zero_shot", "centralized", "fedcollm")]
+        lines.append(f"| {TASK_NAMES[t]} | " + " | ".join(cells) + f" | {paper} |")
+    lines += ["", "## Table 2: client SLM (Standalone: mean over clients)", "",
+              "| task | Zero-Shot | Standalone | FedAvg | FedCoLLM | paper S1 / S2 / S3 (ZS, SA, FedAvg, FedCoLLM) |",
+              "|---|---|---|---|---|---|"]
+    for t in tasks:
+        paper = " / ".join("(" + ", ".join(map(str, s)) + ")" for s in PAPER_SLM[t])
+        cells = [_cell(results, m, "slm", t) for m in ("zero_shot", "standalone", "fedavg", "fedcollm")]
+        lines.append(f"| {TASK_NAMES[t]} | " + " | ".join(cells) + f" | {paper} |")
+    fed = results.get("fedcollm", {})
+    if fed.get("params"):
+        slm = fed["params"]["slm"]
+        sent = [r["comm"]["bytes_sent_per_client"] for r in fed["rounds"] if "comm" in r]
+        recv = [r["comm"]["bytes_received_per_client"] for r in fed["rounds"] if "comm" in r]
+        mean = lambda xs: sum(map(sum, xs)) / max(sum(map(len, xs)), 1)  # noqa: E731
+        lines += ["", "## Table 3: transmitted per client per round", "",
+                  "| | parameters | % of SLM | bytes down | bytes up |", "|---|---|---|---|---|",
+                  f"| full-model FedAvg | {slm['base']:,} | 100 | {4 * slm['base']:,} | {4 * slm['base']:,} |",
+                  f"| FedCoLLM (LoRA θ) | {slm['trainable']:,} | {100 * slm['trainable'] / slm['base']:.3f} | "
+                  f"{mean(sent):,.0f} | {mean(recv):,.0f} |",
+                  "", "Paper: GPT-2 124M vs 0.29M (0.24%), OPT 1316M vs 3.15M (0.24%), LLaMA-2 1345M vs 3.15M (0.23%)."]
+    failed = sorted(p.stem for p in (out / "methods").glob("*.error"))
+    if failed:
+        lines += ["", f"Failed methods (see methods/*.error): {', '.join(failed)}"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    with (out / "results.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["method", "model", "task", "acc", "acc_norm", "n"])
+        for method, res in results.items():
+            for role in ("llm", "slm"):
+                for task, m in res.get(role, {}).items():
+                    w.writerow([method, role, task, m["acc"], m.get("acc_norm"), m.get("n")])
+    _plots(out, results, tasks)
+
+
+def _plots(out: Path, results: dict, tasks: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, role in zip(axes, ("llm", "slm")):
+        for method in ("fedcollm", "fedavg"):
+            rounds = results.get(method, {}).get("rounds", [])
+            for t in tasks:
+                pts = [(r["round"], 100 * r["eval"][role][t]["acc"])
+                       for r in rounds if t in r.get("eval", {}).get(role, {})]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=f"{method} {TASK_NAMES[t]}")
+        ax.set(title=f"{role.upper()} accuracy per round", xlabel="round", ylabel="acc %")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_per_round.png", dpi=110)
+    plt.close(fig)
