@@ -35,3 +35,10 @@ def test_toy_experiment_report_has_every_method_and_task(tiny_models, data_dir, 
     csv_rows = (out / "results.csv").read_text().splitlines()
     assert {r.split(",")[0] for r in csv_rows[1:]} == set(experiment.METHODS)
     assert (out / "accuracy_per_round.png").stat().st_size > 1000
+    assert (out / "bytes_per_round.png").stat().st_size > 1000
+    claims = [line for line in report.splitlines() if line.startswith("| LLM: ") or line.startswith("| SLM: ")]
+    for claim in ("LLM: fedcollm > zero_shot", "LLM: fedcollm ≈ centralized", "SLM: fedcollm > fedavg",
+                  "SLM: fedcollm > standalone"):
+        rows = [line for line in claims if line.startswith(f"| {claim} |")]
+        assert {r.split("|")[2].strip() for r in rows} == {"ARC-E", "CQA", "**all**"}, claim
+        assert all(r.split("|")[3].strip() in ("3", "6") for r in rows)  # n questions, pooled = 6

@@ -18,6 +18,7 @@ without reloading the base).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -166,12 +167,20 @@ def score_questions(
     return [QuestionResult(q.id, q.answer, p, pn, ll) for q, p, pn, ll in zip(questions, pred, pred_norm, lls)]
 
 
-def accuracy(results: Sequence[QuestionResult]) -> dict[str, float]:
+def accuracy(results: Sequence[QuestionResult]) -> dict[str, float | int | str]:
+    """acc / acc_norm, plus each question's outcome as a 0/1 string and a digest of the question ids.
+
+    The per-question outcomes let a report test whether two methods differ (paired bootstrap, McNemar)
+    on the same questions; the digest proves they were the same questions, in the same order.
+    """
     n = len(results)
     return {
         "acc": sum(r.pred == r.gold for r in results) / n if n else float("nan"),
         "acc_norm": sum(r.pred_norm == r.gold for r in results) / n if n else float("nan"),
         "n": n,
+        "correct": "".join("1" if r.pred == r.gold else "0" for r in results),
+        "correct_norm": "".join("1" if r.pred_norm == r.gold else "0" for r in results),
+        "ids_sha1": hashlib.sha1("\n".join(r.id for r in results).encode()).hexdigest()[:12],
     }
 
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 import logging
 
 from ..config import Config
-from ..evaluate import evaluate_tasks
 from ..models.lora import NamedArrays, count_parameters, get_adapter_arrays, set_adapter_arrays
 from ..models.sources import check_same_tokenizer
-from ..recipes.common import autocast_dtype, derive_seed, eval_questions, load_peft, load_splits, settings
+from ..recipes.common import derive_seed, eval_questions, evaluate_model, load_peft, load_splits, settings
 from ..updates import mutual_transfer
 
 log = logging.getLogger(__name__)
@@ -60,9 +59,7 @@ class CoTuningServer:
         for role, model in (("llm", self.llm), ("slm", self.slm)):
             if model is None:
                 continue
-            out[role] = evaluate_tasks(model, self.tokenizer, list(self.eval_sets), batch_size=cfg.eval.batch_size,
-                                       max_length=max(cfg.max_length, 512), autocast_dtype=autocast_dtype(cfg),
-                                       adapter=adapters, progress=self.progress, questions=self.eval_sets)
+            out[role] = evaluate_model(model, self.tokenizer, cfg, self.eval_sets, adapters, self.progress)
         return out
 
     def parameter_counts(self) -> dict[str, dict[str, int]]:

@@ -12,18 +12,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import Config
-from ..evaluate import evaluate_tasks
 from ..models.lora import get_adapter_arrays
 from ..updates import local_update
-from .common import autocast_dtype, derive_seed, eval_questions, load_peft, load_splits, settings
+from .common import derive_seed, eval_questions, evaluate_model, load_peft, load_splits, settings
 
 Metrics = dict[str, dict[str, float]]
 
 
 def _evaluate(model, tok, cfg: Config, adapter: bool = True) -> Metrics:
-    return evaluate_tasks(model, tok, cfg.eval_tasks(), batch_size=cfg.eval.batch_size,
-                          max_length=max(cfg.max_length, 512), autocast_dtype=autocast_dtype(cfg), adapter=adapter,
-                          questions=eval_questions(cfg))
+    return evaluate_model(model, tok, cfg, eval_questions(cfg), adapter)
 
 
 def zero_shot(cfg: Config) -> dict[str, Metrics]:

@@ -92,3 +92,13 @@ def settings(cfg: Config, section: ModelSection, seed: int, epochs: int, max_ste
 def peak_rss_mb() -> float:
     """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def evaluate_model(model, tokenizer, cfg: Config, questions: dict[str, list[Question]], adapter: bool = True,
+                   progress: bool = True) -> dict[str, dict[str, float]]:
+    """The scorer with the config's batch size and precision (every recipe evaluates through this)."""
+    from ..evaluate import evaluate_tasks
+
+    return evaluate_tasks(model, tokenizer, list(questions), batch_size=cfg.eval.batch_size,
+                          max_length=max(cfg.max_length, 512), autocast_dtype=autocast_dtype(cfg), adapter=adapter,
+                          progress=progress, questions=questions)

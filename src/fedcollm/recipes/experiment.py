@@ -15,8 +15,11 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from ..config import Config, save_config
 from ..runlog import RunDir
+from ..stats import compare, outcomes
 from . import baselines
 from .fedcollm import run_fedcollm
 
@@ -91,6 +94,61 @@ def _cell(results: dict, method: str, role: str, task: str) -> str:
     return f"{100 * m['acc']:.1f}" if m else "-"
 
 
+# The paper's claims, as (model, method a, method b, expectation): a > b ("better") or a ≈ b ("same").
+CLAIMS = (
+    ("llm", "fedcollm", "zero_shot", "better"),
+    ("llm", "fedcollm", "centralized", "same"),
+    ("slm", "fedcollm", "fedavg", "better"),
+    ("slm", "fedcollm", "standalone", "better"),
+    ("slm", "fedcollm", "zero_shot", "better"),
+)
+
+
+def _outcomes(results: dict, method: str, role: str, task: str) -> tuple[np.ndarray, str] | None:
+    """Per-question outcomes of a method (Standalone: the mean over clients) and the questions' digest."""
+    res = results.get(method, {})
+    if method == "standalone" and role == "slm" and res.get("clients"):
+        ms = [c.get(task, {}) for c in res["clients"]]
+        if not all("correct" in m for m in ms):
+            return None
+        return np.mean([outcomes(m["correct"]) for m in ms], axis=0), ms[0]["ids_sha1"]
+    m = res.get(role, {}).get(task, {})
+    return (outcomes(m["correct"]), m["ids_sha1"]) if "correct" in m else None
+
+
+def claims_section(results: dict, tasks: list[str]) -> list[str]:
+    """One row per claim and task (and all tasks pooled): difference, 95% interval, McNemar p, verdict."""
+    lines = ["", "## Which of the paper's claims hold here", "",
+             "Difference in accuracy points (a − b) on the same questions, paired bootstrap 95% interval "
+             "(10,000 resamples of the questions), exact McNemar p (binary outcomes only; Standalone is a mean "
+             "over clients). \"within noise\" = the interval contains 0.", "",
+             "| claim | task | n | a − b | 95% interval | McNemar p | verdict |", "|---|---|---|---|---|---|---|"]
+    for role, a, b, expect in CLAIMS:
+        claim = f"{role.upper()}: {a} {'>' if expect == 'better' else '≈'} {b}"
+        pooled_a, pooled_b = [], []
+        rows = []
+        for t in tasks:
+            oa, ob = _outcomes(results, a, role, t), _outcomes(results, b, role, t)
+            if oa is None or ob is None:
+                continue
+            if oa[1] != ob[1]:
+                rows.append(f"| {claim} | {TASK_NAMES[t]} | - | - | - | - | not comparable: different questions |")
+                continue
+            pooled_a.append(oa[0])
+            pooled_b.append(ob[0])
+            rows.append(_claim_row(claim, TASK_NAMES[t], oa[0], ob[0], expect))
+        if len(pooled_a) > 1:
+            rows.append(_claim_row(claim, "**all**", np.concatenate(pooled_a), np.concatenate(pooled_b), expect))
+        lines += rows
+    return lines
+
+
+def _claim_row(claim: str, task: str, a: np.ndarray, b: np.ndarray, expect: str) -> str:
+    c = compare(a, b)
+    p = "-" if c.p is None else f"{c.p:.3f}"
+    return f"| {claim} | {task} | {c.n} | {c.diff:+.1f} | [{c.lo:+.1f}, {c.hi:+.1f}] | {p} | {c.verdict(expect)} |"
+
+
 def write_report(out: Path, cfg: Config) -> None:
     results = _load(out)
     tasks = cfg.eval_tasks()
@@ -126,6 +184,7 @@ def write_report(out: Path, cfg: Config) -> None:
                   f"| FedCoLLM (LoRA θ) | {slm['trainable']:,} | {100 * slm['trainable'] / slm['base']:.3f} | "
                   f"{mean(sent):,.0f} | {mean(recv):,.0f} |",
                   "", "Paper: GPT-2 124M vs 0.29M (0.24%), OPT 1316M vs 3.15M (0.24%), LLaMA-2 1345M vs 3.15M (0.23%)."]
+    lines += claims_section(results, tasks)
     failed = sorted(p.stem for p in (out / "methods").glob("*.error"))
     if failed:
         lines += ["", f"Failed methods (see methods/*.error): {', '.join(failed)}"]
@@ -159,4 +218,21 @@ def _plots(out: Path, results: dict, tasks: list[str]) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "accuracy_per_round.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, marker in (("fedcollm", "o"), ("fedavg", "s")):
+        rounds = [r for r in results.get(method, {}).get("rounds", []) if "comm" in r]
+        for key, label in (("bytes_sent_per_client", "down"), ("bytes_received_per_client", "up")):
+            pts = [(r["round"], sum(r["comm"][key]) / max(len(r["comm"][key]), 1) / 1e6) for r in rounds]
+            if pts:
+                ax.plot(*zip(*pts), marker=marker, label=f"{method} {label} (LoRA)")
+    params = results.get("fedcollm", {}).get("params") or results.get("fedavg", {}).get("params")
+    if params:
+        ax.axhline(4 * params["slm"]["base"] / 1e6, color="grey", ls="--", label="full-model FedAvg (fp32)")
+        ax.set_yscale("log")
+    ax.set(title="bytes per client per round", xlabel="round", ylabel="MB")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "bytes_per_round.png", dpi=110)
     plt.close(fig)

@@ -1,0 +1,75 @@
+"""Is a difference in accuracy real? Paired tests over per-question outcomes.
+
+Two methods scored on the same questions give two paired vectors of outcomes (1 = right, 0 = wrong;
+a fraction for a mean over clients). With 100-400 questions a few points of difference is often
+noise, so the report states each claim with:
+
+- a paired bootstrap 95% interval of the accuracy difference (resample questions, keep the pairs), and
+- McNemar's exact test on the questions where exactly one method is right (binary outcomes only).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def outcomes(bits: str) -> np.ndarray:
+    """A ``"0110..."`` string (as the scorer writes it) as a float vector."""
+    return np.frombuffer(bits.encode(), dtype=np.uint8).astype(np.float64) - ord("0")
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], iters: int = 10_000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``a - b`` and its percentile bootstrap interval, resampling questions with replacement."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.size == 0:
+        raise ValueError("paired_bootstrap needs at least one question")
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(iters, d.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(lo), float(hi)
+
+
+def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided exact McNemar p-value; None when an outcome is not 0/1 (e.g. a mean over clients)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if not (np.isin(a, (0, 1)).all() and np.isin(b, (0, 1)).all()):
+        return None
+    only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``a`` vs ``b`` on ``n`` paired questions; differences in accuracy points (percent)."""
+
+    n: int
+    diff: float
+    lo: float
+    hi: float
+    p: float | None
+
+    def verdict(self, expect: str) -> str:
+        """Plain words for a claim ``a > b`` (``expect="better"``) or ``a ≈ b`` (``expect="same"``)."""
+        if expect == "same":
+            if self.lo <= 0 <= self.hi:
+                return "holds: no significant difference"
+            return f"does not hold: significantly {'higher' if self.lo > 0 else 'lower'}"
+        if self.lo > 0:
+            return "holds (significant)"
+        if self.hi < 0:
+            return "does not hold: significantly worse"
+        return "not shown: " + ("direction as claimed" if self.diff > 0 else "opposite direction") + ", within noise"
+
+
+def compare(a: Sequence[float], b: Sequence[float], iters: int = 10_000, seed: int = 0) -> Comparison:
+    diff, lo, hi = paired_bootstrap(a, b, iters, seed)
+    return Comparison(len(a), 100 * diff, 100 * lo, 100 * hi, mcnemar_exact(a, b))
