@@ -64,6 +64,7 @@ class EvalSection:
     limit: int | None = None  # first N test questions per task (None = all)
     batch_size: int = 8
     every_round: bool = True
+    zero_shot: bool = True  # score the base models before round 1 (the experiment does it once, not per method)
 
 
 @dataclass

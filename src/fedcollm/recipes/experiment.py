@@ -45,6 +45,7 @@ def _federated(method: str) -> Callable[[Config, Path], dict]:
     def run(cfg: Config, out: Path) -> dict:
         c = copy.deepcopy(cfg)
         c.method, c.output_dir, c.run_name = method, str(out / "runs"), method
+        c.eval.zero_shot = False  # the zero_shot method scores the base models once for everyone
         existing = out / "runs" / method
         run_dir = run_fedcollm(None, resume=str(existing)) if existing.exists() else run_fedcollm(c)
         records = RunDir(run_dir.path).records()
@@ -209,6 +210,9 @@ def _plots(out: Path, results: dict, tasks: list[str]) -> None:
     for ax, role in zip(axes, ("llm", "slm")):
         for method in ("fedcollm", "fedavg"):
             rounds = results.get(method, {}).get("rounds", [])
+            zero = results.get("zero_shot", {}).get(role)
+            if rounds and zero:  # round 0 = the base models, scored once by the zero_shot method
+                rounds = [{"round": 0, "eval": {role: zero}}, *rounds]
             for t in tasks:
                 pts = [(r["round"], 100 * r["eval"][role][t]["acc"])
                        for r in rounds if t in r.get("eval", {}).get(role, {})]

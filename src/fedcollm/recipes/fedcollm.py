@@ -65,8 +65,8 @@ def serve(grid: Grid, cfg: Config, run: RunDir, progress: bool = True) -> None:
         log.info("resuming %s after round %d of %d", run.path, done, cfg.federation.rounds)
     else:
         t0 = time.perf_counter()
-        record = {"round": 0, "eval": server.evaluate(adapters=False), "params": server.parameter_counts(),
-                  "seconds": {"eval": time.perf_counter() - t0}}
+        record = {"round": 0, "eval": server.evaluate(adapters=False) if cfg.eval.zero_shot else {},
+                  "params": server.parameter_counts(), "seconds": {"eval": time.perf_counter() - t0}}
         run.log(record)
         print_round(record)
     k = cfg.federation.num_clients
