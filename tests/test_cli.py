@@ -38,3 +38,39 @@ def test_eval_on_a_local_folder_prints_and_writes_metrics(tiny_models, data_dir,
     metrics = json.loads(out.read_text())["metrics"]
     assert set(metrics) == {"arc_easy", "commonsense_qa"} and metrics["arc_easy"]["n"] == 5
     assert "arc_easy" in capsys.readouterr().out
+
+
+@pytest.fixture
+def other_tokenizer_model(tiny_models, tmp_path):
+    """The tiny LLM's weights with a tokenizer of another vocabulary (another model family)."""
+    import shutil
+
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    out = tmp_path / "other-family"
+    shutil.copytree(tiny_models["llm"], out)
+    for f in out.glob("tokenizer*"):
+        f.unlink()
+    tok = Tokenizer(models.WordLevel({"<pad>": 0, "x": 1, "y": 2}, unk_token="x"))
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>").save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["federation.client_size=0"], "federation.client_size must be >= 1"),
+    (["federation.num_clients=500"], "cannot be dealt to 500 clients"),
+    (["federation.min_clients=5"], "federation.min_clients must be between 1 and federation.num_clients"),
+    (["llm.name=OTHER"], "tokenizers differ"),
+    (["data_dir=/nonexistent/data"], "/nonexistent/data"),
+])
+def test_bad_run_configs_fail_before_any_run_folder_exists(extra, needle, tiny_models, data_dir, tmp_path,
+                                                           other_tokenizer_model, capsys):
+    extra = [e.replace("OTHER", str(other_tokenizer_model)) for e in extra]
+    out = tmp_path / "runs"
+    argv = ["run", f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}",
+            f"output_dir={out}", "run_name=r", "federation.num_clients=4", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and needle in err, err
+    assert not out.exists()  # nothing written

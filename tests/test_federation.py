@@ -42,6 +42,7 @@ def test_aggregate_is_the_sample_weighted_mean():
     (lambda a: [(a[0][0], np.full_like(a[0][1], np.nan)), a[1]], "NaN or Inf"),
     (lambda a: [a[0]], "keys differ"),
     (lambda a: [a[0], (a[1][0], a[1][1][:3])], "has shape"),
+    (lambda a: [(k, v * 1000) for k, v in a], "more than 10× the round's median"),
 ])
 def test_bad_update_is_rejected_and_the_round_goes_on(corrupt, reason, caplog):
     rng = np.random.default_rng(1)
@@ -53,6 +54,19 @@ def test_bad_update_is_rejected_and_the_round_goes_on(corrupt, reason, caplog):
     np.testing.assert_allclose(agg["a.lora_A.weight"].numpy(), want, rtol=1e-6, atol=1e-7)
     assert len(strategy.rejected) == 1 and strategy.rejected[0][0] == 3 and reason in strategy.rejected[0][1]
     assert "rejected update from node 3" in caplog.text
+
+
+def test_absolute_norm_cap_rejects_every_update_above_it():
+    rng = np.random.default_rng(3)
+    ref = _adapter(rng)
+    near = [(k, v + 0.01) for k, v in ref]  # delta norm 0.01 * sqrt(48) ≈ 0.07
+    far = [(k, v + 1.0) for k, v in ref]  # ≈ 6.9
+    strategy = CheckedFedAvg(ref, max_update_norm=1.0, outlier_factor=None, min_available_nodes=2,
+                             min_train_nodes=2)
+    agg, _ = strategy.aggregate_train(1, [_reply(1, near, 5), _reply(2, far, 5)])
+    np.testing.assert_allclose(agg["a.lora_A.weight"].numpy(), near[0][1], rtol=1e-6)
+    assert [n for n, _ in strategy.rejected] == [2] and "exceeds max_update_norm" in strategy.rejected[0][1]
+    assert strategy.norms[1] == pytest.approx(0.01 * np.sqrt(48), rel=1e-4)
 
 
 def test_payload_bytes_counts_the_adapter():

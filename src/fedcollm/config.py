@@ -44,6 +44,10 @@ class FederationSection:
     client_size: int | None = None  # cap on each client's D^k
     engine: str = "simulation"  # simulation | deployment
     min_clients: int | None = None  # rounds go on with at least this many updates (default: all)
+    # Gate on each update's distance from the broadcast θ: an absolute cap (None = off) and a robust one,
+    # "more than this many times the round's median" (needs >= 3 updates; None = off).
+    max_update_norm: float | None = None
+    update_outlier_factor: float | None = 10.0
     # CPUs per simulated client; default all cores, so ONE worker process runs the clients in turn and
     # shares one frozen SLM base between them (only adapters are swapped).
     sim_cpus_per_client: int | None = None
@@ -191,6 +195,12 @@ def validate(cfg: Config) -> None:
         (cfg.federation.engine in ("simulation", "deployment"), "federation.engine must be simulation or deployment"),
         (cfg.federation.num_clients >= 1, "federation.num_clients must be >= 1"),
         (cfg.federation.rounds >= 1, "federation.rounds must be >= 1"),
+        (cfg.federation.min_clients is None or 1 <= cfg.federation.min_clients <= cfg.federation.num_clients,
+         "federation.min_clients must be between 1 and federation.num_clients"),
+        (cfg.federation.client_size is None or cfg.federation.client_size >= 1,
+         "federation.client_size must be >= 1 (a client with no data has nothing to train on)"),
+        (cfg.federation.update_outlier_factor is None or cfg.federation.update_outlier_factor > 1,
+         "federation.update_outlier_factor must be > 1 or null"),
         (cfg.kd.temperature > 0, "kd.temperature must be > 0"),
         (cfg.kd.weight >= 0, "kd.weight (λ) must be >= 0"),
         (cfg.kd.top_k is None or cfg.kd.top_k >= 1, "kd.top_k must be >= 1 or null"),

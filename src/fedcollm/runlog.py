@@ -28,13 +28,18 @@ class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
-    @classmethod
-    def create(cls, cfg: Config) -> RunDir:
-        """A new folder under ``output_dir`` (never an existing run's: results are not overwritten)."""
-        name = cfg.run_name or time.strftime("fedcollm-%Y%m%d-%H%M%S")
-        path = Path(cfg.output_dir) / name
+    @staticmethod
+    def new_path(cfg: Config) -> Path:
+        """Where ``create`` will put the run; refused if an earlier run is there (results are never overwritten)."""
+        path = Path(cfg.output_dir) / (cfg.run_name or time.strftime("fedcollm-%Y%m%d-%H%M%S"))
         if path.exists() and any(path.iterdir()):
             raise ConfigError(f"run folder {path} already holds a run; use --resume {path} or another run_name")
+        return path
+
+    @classmethod
+    def create(cls, cfg: Config) -> RunDir:
+        """A new folder under ``output_dir`` with the resolved config in it."""
+        path = cls.new_path(cfg)
         path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, path / "config.yaml")
         return cls(path)

@@ -119,7 +119,11 @@ def _load_hub(task: str, split: str) -> list[Question]:
     except ImportError as exc:
         raise DataError("no data directory given and `datasets` is not installed: pip install 'fedcollm[hub]'") from exc
     repo, _, name = TASKS[task]["hub"].partition(":")
-    ds = datasets.load_dataset(repo, name or None, split=split)
+    try:
+        ds = datasets.load_dataset(repo, name or None, split=split)
+    except (OSError, ConnectionError) as exc:  # requests' ConnectionError is an OSError too
+        raise DataError(f"no data directory given (--data-dir / FEDCOLLM_DATA_DIR) and the HF hub dataset {repo} "
+                        f"cannot be loaded: {str(exc).splitlines()[0][:200]}") from None
     out = []
     for i, row in enumerate(ds):
         if task == "openbookqa":

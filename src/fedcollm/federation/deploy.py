@@ -24,7 +24,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from ..config import Config, ConfigError, save_config
-from ..recipes.common import export_splits
+from ..recipes.common import export_splits, preflight
 from ..runlog import RunDir
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def main(grid: Grid, context: Context) -> None:
         from ..config import load_config
 
         cfg = load_config(str(rc["config"]))
+        preflight(cfg)
         run = RunDir.create(cfg)
     else:
         raise ConfigError("flwr run needs --run-config \"config='/abs/path.yaml'\" (or resume='RUN_DIR')")
@@ -69,14 +70,16 @@ def _wait_health(port: int, proc: subprocess.Popen, logfile: Path, timeout: floa
 
 def launch_local(cfg: Config, workdir: str | Path, port: int = 39500, timeout: float = 3600.0) -> RunDir:
     """Run ``cfg`` on a localhost deployment: 1 SuperLink + K SuperNodes, each its own process."""
-    work = Path(workdir).resolve()
-    home = work / "flwr-home"
-    shutil.rmtree(home, ignore_errors=True)
-    home.mkdir(parents=True)
     cfg.output_dir = str(Path(cfg.output_dir).resolve())
     cfg.run_name = cfg.run_name or time.strftime("fedcollm-deploy-%Y%m%d-%H%M%S")
     if cfg.data_dir:
         cfg.data_dir = str(Path(cfg.data_dir).resolve())
+    RunDir.new_path(cfg)  # refuse a taken run folder and a config that cannot run before starting any process
+    preflight(cfg)
+    work = Path(workdir).resolve()
+    home = work / "flwr-home"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
     cfg_path = work / "run-config.yaml"
     save_config(cfg, cfg_path)
     (home / "config.toml").write_text(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
@@ -14,36 +15,66 @@ from .records import from_record
 log = logging.getLogger(__name__)
 
 
+def delta_norm(reference: NamedArrays, update: NamedArrays) -> float:
+    """L2 norm of ``update − reference`` over all arrays (how far a client moved θ this round)."""
+    ref = dict(reference)
+    return float(np.sqrt(sum(float(np.sum((np.asarray(v, np.float64) - ref[k]) ** 2)) for k, v in update)))
+
+
 class CheckedFedAvg(FedAvg):
     """Sample-weighted FedAvg (Flower's) over the updates that fit the broadcast adapter.
 
-    An update with missing/extra keys, wrong shapes or NaN/Inf is dropped with a log line naming the
-    node and the reason; the round goes on with the others (Flower's ``min_train_nodes`` still applies).
+    An update with missing/extra keys, wrong shapes, NaN/Inf or an absurd norm is dropped with a log
+    line naming the node and the reason; the round goes on with the others. "Absurd" is either above
+    ``max_update_norm`` (absolute, on ||θ_k − θ^t||) or more than ``outlier_factor`` × the median of
+    the round's update norms (with 3 or more updates, so one wild client cannot set the median).
     """
 
-    def __init__(self, reference: NamedArrays, **kwargs) -> None:
+    def __init__(self, reference: NamedArrays, max_update_norm: float | None = None,
+                 outlier_factor: float | None = 10.0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.reference = reference
+        self.max_update_norm = max_update_norm
+        self.outlier_factor = outlier_factor
         self.rejected: list[tuple[int, str]] = []
+        self.norms: dict[int, float] = {}
+
+    def _reject(self, server_round: int, node: int, why: str) -> None:
+        log.warning("round %d: rejected update from node %d: %s", server_round, node, why)
+        self.rejected.append((node, why))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        accepted = []
-        self.rejected = []
+        errors, fitting = [], []
+        self.rejected, self.norms = [], {}
         for msg in replies:
             if msg.has_error():
-                accepted.append(msg)  # Flower logs and skips error replies itself
+                errors.append(msg)  # Flower logs and skips error replies itself
                 continue
             node = msg.metadata.src_node_id
             try:
                 record = msg.content.array_records.get(self.arrayrecord_key)
                 if record is None:
                     raise AdapterError(f"no '{self.arrayrecord_key}' ArrayRecord in the reply")
-                check_adapter_arrays(self.reference, from_record(record), who=f"node {node}")
+                update = from_record(record)
+                check_adapter_arrays(self.reference, update, who=f"node {node}")
             except AdapterError as exc:
-                log.warning("round %d: rejected update from node %d: %s", server_round, node, exc)
-                self.rejected.append((node, str(exc)))
+                self._reject(server_round, node, str(exc))
                 continue
-            accepted.append(msg)
-        return super().aggregate_train(server_round, accepted)
+            self.norms[node] = delta_norm(self.reference, update)
+            fitting.append(msg)
+        accepted = []
+        median = float(np.median(list(self.norms.values()))) if len(self.norms) >= 3 else None
+        for msg in fitting:
+            node = msg.metadata.src_node_id
+            norm = self.norms[node]
+            if self.max_update_norm is not None and norm > self.max_update_norm:
+                self._reject(server_round, node, f"update norm {norm:.4g} exceeds max_update_norm "
+                                                 f"{self.max_update_norm:.4g}")
+            elif median is not None and self.outlier_factor is not None and norm > self.outlier_factor * median:
+                self._reject(server_round, node, f"update norm {norm:.4g} is more than {self.outlier_factor:g}× "
+                                                 f"the round's median {median:.4g}")
+            else:
+                accepted.append(msg)
+        return super().aggregate_train(server_round, [*accepted, *errors])

@@ -50,6 +50,18 @@ def resolve_model(spec: str, cache: str | Path | None = None, prepare: bool = Tr
     )
 
 
+def load_tokenizer(spec: str, cache: str | Path | None = None):
+    """The tokenizer alone (cheap: checks a model pair before any weights are loaded)."""
+    from transformers import AutoTokenizer
+
+    where = resolve_model(spec, cache)
+    try:
+        return AutoTokenizer.from_pretrained(where)
+    except OSError as exc:
+        raise ModelSourceError(f"cannot load the tokenizer of {spec!r} from {where}: {str(exc).splitlines()[0]}") \
+            from None
+
+
 def load_model(spec: str, dtype: torch.dtype = torch.bfloat16, cache: str | Path | None = None):
     """(frozen model in eval mode, tokenizer) for any model source."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -72,6 +72,25 @@ def export_splits(cfg: Config, out_dir: str | Path) -> list[Path]:
     return paths
 
 
+def preflight(cfg: Config) -> None:
+    """Every cheap check of a config before anything is written or any weights are loaded.
+
+    Data present and parseable, every client with data, the evaluation sets present, and (for
+    FedCoLLM) an LLM/SLM pair with one tokenizer: a run that would fail on these fails here, in one
+    line, before a run folder exists.
+    """
+    from ..models.sources import check_same_tokenizer, load_tokenizer
+
+    splits = load_splits(cfg)
+    empty = [k for k, qs in enumerate(splits.clients) if not qs]
+    if empty:
+        raise DataError(f"clients {empty} would get no training data ({sum(map(len, splits.clients))} questions "
+                        f"for {cfg.federation.num_clients} clients); lower federation.num_clients")
+    eval_questions(cfg)
+    if cfg.method == "fedcollm":
+        check_same_tokenizer(load_tokenizer(cfg.llm.name), load_tokenizer(cfg.slm.name), cfg.llm.name, cfg.slm.name)
+
+
 def eval_questions(cfg: Config) -> dict[str, list[Question]]:
     return {t: load_eval(t, cfg.data_dir, cfg.eval.limit) for t in cfg.eval_tasks()}
 

@@ -19,7 +19,7 @@ from ..federation.records import from_record, payload_bytes, to_record
 from ..federation.server import CoTuningServer
 from ..federation.strategy import CheckedFedAvg
 from ..runlog import RunDir
-from .common import peak_rss_mb
+from .common import peak_rss_mb, preflight
 from .summary import print_round, write_summary
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,9 @@ def serve(grid: Grid, cfg: Config, run: RunDir, progress: bool = True) -> None:
         run.log(record)
         print_round(record)
     k = cfg.federation.num_clients
-    strategy = CheckedFedAvg(server.theta, fraction_evaluate=0.0, min_available_nodes=k,
-                             min_train_nodes=cfg.federation.min_clients or k)
+    strategy = CheckedFedAvg(server.theta, max_update_norm=cfg.federation.max_update_norm,
+                             outlier_factor=cfg.federation.update_outlier_factor, fraction_evaluate=0.0,
+                             min_available_nodes=k, min_train_nodes=cfg.federation.min_clients or k)
     for t in range(done + 1, cfg.federation.rounds + 1):
         t0 = time.perf_counter()
         record = {"round": t, **fedcollm_round(t, grid, strategy, server, timeout=24 * 3600)}
@@ -100,6 +101,8 @@ def run_fedcollm(cfg: Config, resume: str | None = None, overrides: tuple[str, .
     if resume:
         run, cfg = RunDir.open(resume, overrides)
     else:
+        RunDir.new_path(cfg)  # a taken run folder is refused first: nothing else is checked or written
+        preflight(cfg)
         run = RunDir.create(cfg)
     log.info("run folder: %s", run.path)
     failure: list[BaseException] = []
