@@ -44,13 +44,16 @@ class FederationSection:
     client_size: int | None = None  # cap on each client's D^k
     engine: str = "simulation"  # simulation | deployment
     min_clients: int | None = None  # rounds go on with at least this many updates (default: all)
+    connect_timeout: float = 600.0  # seconds to wait for all clients before a round starts with min_clients
+    round_timeout: float = 24 * 3600.0  # seconds to wait for client replies; a silent client counts as dropped
     # Gate on each update's distance from the broadcast θ: an absolute cap (None = off) and a robust one,
     # "more than this many times the round's median" (needs >= 3 updates; None = off).
     max_update_norm: float | None = None
     update_outlier_factor: float | None = 10.0
-    # CPUs per simulated client; default all cores, so ONE worker process runs the clients in turn and
-    # shares one frozen SLM base between them (only adapters are swapped).
-    sim_cpus_per_client: int | None = None
+    # Simulation: client worker processes. One (the default) runs the clients in turn and shares one
+    # frozen SLM base between them (only adapters are swapped); K gives each client its own process
+    # (K copies of the base), so a crashed client takes only itself down, as in a deployment.
+    sim_workers: int = 1
 
 
 @dataclass
@@ -60,6 +63,29 @@ class KDSection:
     top_k: int | None = 128  # teacher logits kept for the KL (None = full vocabulary)
     epochs: int = 1  # passes over D^a per round (R = epochs * |D^a| / batch)
     max_steps: int | None = None  # or a cap on R
+
+
+@dataclass
+class SecAggSection:
+    """Flower's SecAgg+ for step 3: the server learns only the weighted sum of the client adapters."""
+
+    enabled: bool | None = None  # None: on in deployment, off in simulation
+    num_shares: float = 1.0  # fraction of the round's clients each client shares its keys with (1.0 = all)
+    reconstruction_threshold: float = 0.75  # fraction of num_shares needed to unmask (min 2): dropouts tolerated
+    clipping_range: float = 8.0  # |n_k / max_weight · θ_k| is clipped here before quantization
+    quantization_range: int = 4194304  # 2^22 levels over [-clipping_range, clipping_range]
+    max_weight: float | None = None  # client weight = num_examples / max_weight; None: largest possible D^k
+    timeout: float | None = 3600.0  # seconds per protocol stage before a silent client counts as dropped
+
+
+@dataclass
+class DPSection:
+    """Central DP with client-side fixed clipping (Flower's wrapper and mod): clip each Δθ_k, noise the mean."""
+
+    enabled: bool = False
+    clipping_norm: float = 1.0  # C: bound on ||θ_k − θ^t||
+    noise_multiplier: float = 1.0  # z: noise std on the mean is z·C/K
+    delta: float = 1e-5  # δ of the (ε, δ) reported per round
 
 
 @dataclass
@@ -86,11 +112,19 @@ class Config:
     llm: ModelSection = field(default_factory=lambda: ModelSection("qwen2.5-coder-1.5b-instruct"))
     slm: ModelSection = field(default_factory=lambda: ModelSection("qwen2.5-coder-0.5b-instruct"))
     federation: FederationSection = field(default_factory=FederationSection)
+    secagg: SecAggSection = field(default_factory=SecAggSection)
+    dp: DPSection = field(default_factory=DPSection)
     kd: KDSection = field(default_factory=KDSection)
     eval: EvalSection = field(default_factory=EvalSection)
 
     def eval_tasks(self) -> list[str]:
         return list(self.eval.tasks or self.tasks)
+
+    def secure_aggregation(self) -> bool:
+        """SecAgg+ as configured, or by engine: on in deployment (real network), off in simulation."""
+        if self.secagg.enabled is None:
+            return self.federation.engine == "deployment"
+        return self.secagg.enabled
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
@@ -195,12 +229,20 @@ def validate(cfg: Config) -> None:
         (cfg.federation.engine in ("simulation", "deployment"), "federation.engine must be simulation or deployment"),
         (cfg.federation.num_clients >= 1, "federation.num_clients must be >= 1"),
         (cfg.federation.rounds >= 1, "federation.rounds must be >= 1"),
+        (cfg.federation.sim_workers >= 1, "federation.sim_workers must be >= 1"),
         (cfg.federation.min_clients is None or 1 <= cfg.federation.min_clients <= cfg.federation.num_clients,
          "federation.min_clients must be between 1 and federation.num_clients"),
         (cfg.federation.client_size is None or cfg.federation.client_size >= 1,
          "federation.client_size must be >= 1 (a client with no data has nothing to train on)"),
         (cfg.federation.update_outlier_factor is None or cfg.federation.update_outlier_factor > 1,
          "federation.update_outlier_factor must be > 1 or null"),
+        (0 < cfg.secagg.num_shares <= 1, "secagg.num_shares must be a fraction in (0, 1]"),
+        (0 < cfg.secagg.reconstruction_threshold <= 1, "secagg.reconstruction_threshold must be a fraction in (0, 1]"),
+        (cfg.secagg.clipping_range > 0 and cfg.secagg.quantization_range > 0,
+         "secagg.clipping_range and secagg.quantization_range must be > 0"),
+        (cfg.secagg.max_weight is None or cfg.secagg.max_weight > 0, "secagg.max_weight must be > 0"),
+        (cfg.dp.clipping_norm > 0 and cfg.dp.noise_multiplier >= 0 and 0 < cfg.dp.delta < 1,
+         "dp.clipping_norm must be > 0, dp.noise_multiplier >= 0 and 0 < dp.delta < 1"),
         (cfg.kd.temperature > 0, "kd.temperature must be > 0"),
         (cfg.kd.weight >= 0, "kd.weight (λ) must be >= 0"),
         (cfg.kd.top_k is None or cfg.kd.top_k >= 1, "kd.top_k must be >= 1 or null"),

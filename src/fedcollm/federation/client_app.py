@@ -18,6 +18,8 @@ from pathlib import Path
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from ..config import Config, config_from_text
 from ..data import Question
@@ -25,7 +27,9 @@ from ..data.schema import read_jsonl
 from ..models.lora import check_adapter_arrays, get_adapter_arrays
 from ..recipes.common import client_data, derive_seed, load_peft, peak_rss_mb, settings
 from ..updates import local_update
+from . import faults
 from .records import from_record, to_record
+from .secagg import legacy_fit_mod, secagg_mod
 
 log = logging.getLogger(__name__)
 _WORKER: dict[str, object] = {"key": None, "model": None, "tokenizer": None, "loads": 0}
@@ -66,11 +70,13 @@ def client_train(cfg: Config, partition_id: int, msg: Message, data: list[Questi
     theta = from_record(msg.content["arrays"])
     check_adapter_arrays(get_adapter_arrays(model), theta, who=f"server broadcast to client {partition_id}")
     server_round = int(msg.content["config"]["server-round"])
+    fault = faults.planned(partition_id, server_round)
+    faults.before_training(fault)
     s = settings(cfg, cfg.slm, derive_seed(cfg.seed, "client", server_round, partition_id),
                  cfg.federation.local_epochs, cfg.federation.local_max_steps, progress=False)
     theta_k, m = local_update(model, tok, theta, data, s, desc=f"client {partition_id}")
     reply = RecordDict({
-        "arrays": to_record(theta_k),
+        "arrays": to_record(faults.corrupt(fault, theta_k)),
         "metrics": MetricRecord({
             "num-examples": len(data),
             "train-loss": float(m.get("loss", 0.0)),
@@ -86,9 +92,19 @@ def client_train(cfg: Config, partition_id: int, msg: Message, data: list[Questi
     return Message(reply, reply_to=msg)
 
 
+def dp_clip_mod(msg: Message, context: Context, call_next) -> Message:
+    """Flower's ``fixedclipping_mod`` (clip Δθ_k to the norm the server sends) when the run uses DP."""
+    config = msg.content.config_records.get("config")
+    if config is not None and KEY_CLIPPING_NORM in config:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
 # The one ClientApp, for the simulation and the deployment engine alike (it lives in an importable
 # module so that Ray workers import it instead of unpickling a copy, and ``_WORKER`` persists).
-app = ClientApp()
+# Mods, outermost first: SecAgg+ masks what the bridge hands it; the bridge turns SecAgg+'s legacy
+# fit messages into ours; DP clipping sees our message and bounds the update before anything else.
+app = ClientApp(mods=[secagg_mod, legacy_fit_mod, dp_clip_mod])
 
 
 @app.train()

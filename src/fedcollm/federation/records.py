@@ -19,5 +19,7 @@ def from_record(record: ArrayRecord) -> NamedArrays:
 
 
 def payload_bytes(content: RecordDict) -> int:
-    """Bytes of a message's records as Flower serialises them (array buffers + keys + config/metrics)."""
-    return int(sum(r.count_bytes() for r in content.values()))
+    """Bytes of a message's records as Flower serialises them for the wire (its protobuf encoding)."""
+    from flwr.common.serde import recorddict_to_proto
+
+    return int(recorddict_to_proto(content).ByteSize())

@@ -58,7 +58,7 @@ class CheckedFedAvg(FedAvg):
                 if record is None:
                     raise AdapterError(f"no '{self.arrayrecord_key}' ArrayRecord in the reply")
                 update = from_record(record)
-                check_adapter_arrays(self.reference, update, who=f"node {node}")
+                check_adapter_arrays(self.reference, update, who="update")
             except AdapterError as exc:
                 self._reject(server_round, node, str(exc))
                 continue

@@ -14,45 +14,57 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from ..config import Config, dump_config
+from ..federation.aggregation import MeteredGrid, PlainAggregation, SecureAggregation, connected_nodes
 from ..federation.client_app import CONFIG_KEY
-from ..federation.records import from_record, payload_bytes, to_record
 from ..federation.server import CoTuningServer
-from ..federation.strategy import CheckedFedAvg
 from ..runlog import RunDir
-from .common import peak_rss_mb, preflight
+from .common import derive_seed, load_splits, peak_rss_mb, preflight
 from .summary import print_round, write_summary
 
 log = logging.getLogger(__name__)
+Aggregation = PlainAggregation | SecureAggregation
 
 
 class RoundError(RuntimeError):
-    """A round that cannot produce an aggregate (too few valid client updates)."""
+    """A round that cannot produce an aggregate (fewer valid client updates than ``min_clients``)."""
 
 
-def fedcollm_round(t: int, grid: Grid, strategy: CheckedFedAvg, server: CoTuningServer, timeout: float) -> dict:
-    """Algorithm 1, round t: broadcast θ^t, local tuning, FedAvg, mutual KD on D^a."""
-    theta = server.theta
-    strategy.reference = theta
-    config = ConfigRecord({CONFIG_KEY: dump_config(server.cfg)})  # what clients need to train (no data)
-    messages = list(strategy.configure_train(t, to_record(theta), config, grid))  # 1. broadcast θ^t
-    replies = list(grid.send_and_receive(messages, timeout=timeout))  # 2. clients: E epochs of ℓ_TA on D^k
-    theta_avg, client_metrics = strategy.aggregate_train(t, replies)  # 3. θ^{t,0} = Σ_k n_k θ_k / n
-    if theta_avg is None:
-        raise RoundError(f"round {t}: no valid client update arrived ({len(replies)} replies)")
-    kd = server.transfer(from_record(theta_avg), t)  # 4. R steps of CE + λ·KL both ways -> θ^{t+1}, ω^{t+1}
-    ok = [r for r in replies if not r.has_error()]
+def fedcollm_round(t: int, grid: Grid, server: CoTuningServer, aggregation: Aggregation) -> dict:
+    """Algorithm 1, round t: broadcast θ^t, local tuning, (secure) FedAvg, mutual KD on D^a."""
+    cfg, metered = server.cfg, MeteredGrid(grid)
+    nodes = connected_nodes(grid, cfg.federation.num_clients, min_clients(cfg), cfg.federation.connect_timeout)
+    config = ConfigRecord({CONFIG_KEY: dump_config(cfg)})  # what clients need to train (no data)
+    # 1. broadcast θ^t; 2. each client: E epochs of ℓ_TA on D^k; 3. θ^{t,0} = Σ_k n_k θ_k / Σ_k n_k
+    up = aggregation.run(t, metered, nodes, server.theta, config, cfg.federation.round_timeout,
+                         derive_seed(cfg.seed, "aggregate", t))
+    if up.theta is None or up.accepted < min_clients(cfg):
+        raise RoundError(f"round {t}: {up.accepted} usable client updates, federation.min_clients is "
+                         f"{min_clients(cfg)} (errors: {up.errors or 'none'}; rejected: {up.rejected or 'none'})")
+    kd = server.transfer(up.theta, t)  # 4. R steps of CE + λ·KL both ways -> θ^{t+1}, ω^{t+1}
     return {
-        "clients": {k: float(v) for k, v in (client_metrics or {}).items()},
-        "per_client": [dict(r.content["metrics"]) for r in ok if "metrics" in r.content.metric_records],
+        "per_client": up.per_client,
         "kd": kd,
+        "privacy": up.privacy,
         "comm": {
-            "bytes_sent_per_client": [payload_bytes(m.content) for m in messages],
-            "bytes_received_per_client": [payload_bytes(r.content) for r in ok],
-            "updates_accepted": len(ok) - len(strategy.rejected),
-            "updates_rejected": [f"node {n}: {why}" for n, why in strategy.rejected],
-            "client_errors": [f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()],
+            "bytes_sent_per_client": [metered.sent[n] for n in nodes],
+            "bytes_received_per_client": [metered.received[n] for n in nodes if metered.received[n]],
+            "updates_accepted": up.accepted,
+            "updates_rejected": up.rejected,
+            "client_errors": up.errors,
         },
     }
+
+
+def min_clients(cfg: Config) -> int:
+    return cfg.federation.min_clients or cfg.federation.num_clients
+
+
+def make_aggregation(cfg: Config, server: CoTuningServer) -> Aggregation:
+    if not cfg.secure_aggregation():
+        return PlainAggregation(cfg, server.theta)
+    # SecAgg+ weights client k by n_k / max_weight: the largest D^k keeps every weight <= 1 (no clipping)
+    max_weight = cfg.secagg.max_weight or max(len(c) for c in load_splits(cfg).clients)
+    return SecureAggregation(cfg, max_weight)
 
 
 def serve(grid: Grid, cfg: Config, run: RunDir, progress: bool = True) -> None:
@@ -69,13 +81,10 @@ def serve(grid: Grid, cfg: Config, run: RunDir, progress: bool = True) -> None:
                   "params": server.parameter_counts(), "seconds": {"eval": time.perf_counter() - t0}}
         run.log(record)
         print_round(record)
-    k = cfg.federation.num_clients
-    strategy = CheckedFedAvg(server.theta, max_update_norm=cfg.federation.max_update_norm,
-                             outlier_factor=cfg.federation.update_outlier_factor, fraction_evaluate=0.0,
-                             min_available_nodes=k, min_train_nodes=cfg.federation.min_clients or k)
+    aggregation = make_aggregation(cfg, server)
     for t in range(done + 1, cfg.federation.rounds + 1):
         t0 = time.perf_counter()
-        record = {"round": t, **fedcollm_round(t, grid, strategy, server, timeout=24 * 3600)}
+        record = {"round": t, **fedcollm_round(t, grid, server, aggregation)}
         t1 = time.perf_counter()
         if cfg.eval.every_round or t == cfg.federation.rounds:
             record["eval"] = server.evaluate()
@@ -104,6 +113,7 @@ def run_fedcollm(cfg: Config, resume: str | None = None, overrides: tuple[str, .
         RunDir.new_path(cfg)  # a taken run folder is refused first: nothing else is checked or written
         preflight(cfg)
         run = RunDir.create(cfg)
+    cfg.federation.engine = "simulation"  # how this process drives the run (decides SecAgg+'s default)
     log.info("run folder: %s", run.path)
     failure: list[BaseException] = []
     server_app = ServerApp()
@@ -116,11 +126,14 @@ def run_fedcollm(cfg: Config, resume: str | None = None, overrides: tuple[str, .
             failure.append(exc)
             raise
 
-    cpus = cfg.federation.sim_cpus_per_client or os.cpu_count() or 1
+    workers = cfg.federation.sim_workers
+    cpus = max(1, (os.cpu_count() or 1) // workers)  # Ray's CPUs are logical: each worker gets its share
     run_simulation(server_app=server_app, client_app=client_app,
                    num_supernodes=cfg.federation.num_clients,
-                   backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": cpus, "include_dashboard": False}})
+                   # a simulated client worker that dies is restarted (max_restarts), as a SuperNode starts a
+                   # fresh ClientApp process: the messages it held fail, the round goes on without them
+                   backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": 0.0, "max_restarts": -1},
+                                   "init_args": {"num_cpus": cpus * workers, "include_dashboard": False}})
     if failure:
         raise failure[0]
     return run

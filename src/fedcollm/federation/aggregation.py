@@ -1,0 +1,170 @@
+"""Steps 1-3 of Algorithm 1 as one call: broadcast θ^t, let the clients train, aggregate.
+
+Two ways, one result type (``TrainRound``):
+
+- ``PlainAggregation``: Flower's FedAvg behind our update gate (``CheckedFedAvg``), optionally inside
+  Flower's central-DP wrapper (client-side fixed clipping + Gaussian noise on the mean);
+- ``SecureAggregation``: Flower's SecAgg+ (``secagg.py``): the server only ever sees the weighted sum.
+  With DP on, clients clip their update (Flower's ``fixedclipping_mod``) before masking and the
+  server noises the unmasked mean, as the wrapper would.
+
+Both count the bytes of every message at the Flower level per client (all SecAgg+ stages included)
+through ``MeteredGrid``, and both go on without clients that fail or drop, down to ``min_clients``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, add_gaussian_noise_inplace, compute_stdv
+
+from ..config import Config
+from ..models.lora import NamedArrays
+from .dp import epsilon
+from .records import from_record, payload_bytes, to_record
+from .secagg import secure_train_round, workflow
+from .strategy import CheckedFedAvg
+
+log = logging.getLogger(__name__)
+
+
+class MeteredGrid:
+    """The server's Grid, counting the bytes of every message to and from each node, and what failed.
+
+    Every protocol stage goes through ``send_and_receive``, so a client's total here is what it cost on
+    the wire (SecAgg+'s key and share exchanges included), and ``failed`` names each node that replied
+    with an error or not at all, whichever stage it dropped in.
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+        self.sent: Counter[int] = Counter()
+        self.received: Counter[int] = Counter()
+        self.failed: dict[int, str] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        for m in messages:
+            self.sent[m.metadata.dst_node_id] += payload_bytes(m.content)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        for r in replies:
+            if r.has_error():
+                self.failed.setdefault(r.metadata.src_node_id, r.error.reason.strip().splitlines()[-1][:300])
+            else:
+                self.received[r.metadata.src_node_id] += payload_bytes(r.content)
+        for n in {m.metadata.dst_node_id for m in messages} - {r.metadata.src_node_id for r in replies}:
+            self.failed.setdefault(n, f"no reply within {timeout} s")
+        return replies
+
+    def errors(self) -> list[str]:
+        return [f"node {n}: {why}" for n, why in sorted(self.failed.items())]
+
+
+def connected_nodes(grid: Grid, want: int, at_least: int, wait_s: float) -> list[int]:
+    """The node ids to train this round: all ``want`` once connected, else (after ``wait_s``) those there."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= want:
+            return nodes
+        if time.monotonic() >= deadline:
+            if len(nodes) >= at_least:
+                log.warning("%d of %d clients connected after %.0f s: training with those", len(nodes), want, wait_s)
+                return nodes
+            raise RuntimeError(f"only {len(nodes)} clients connected within {wait_s:.0f} s; "
+                               f"federation.min_clients is {at_least}")
+        time.sleep(0.5)
+
+
+@dataclass
+class TrainRound:
+    """θ^{t,0} and what the server may know about how it came about."""
+
+    theta: NamedArrays | None
+    per_client: list[dict] = field(default_factory=list)  # plaintext metrics each client reported
+    accepted: int = 0
+    rejected: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    privacy: dict = field(default_factory=dict)
+
+
+def _privacy(cfg: Config, t: int, n_clients: int, secure: bool) -> dict:
+    out: dict = {"secure_aggregation": secure}
+    if cfg.dp.enabled:
+        out["dp"] = {"clipping_norm": cfg.dp.clipping_norm, "noise_multiplier": cfg.dp.noise_multiplier,
+                     "noise_std": compute_stdv(cfg.dp.noise_multiplier, cfg.dp.clipping_norm, n_clients),
+                     "delta": cfg.dp.delta, "epsilon": epsilon(cfg.dp.noise_multiplier, t, cfg.dp.delta)}
+    return out
+
+
+class PlainAggregation:
+    """FedAvg over checked updates (the server sees each θ_k, and rejects bad ones by name)."""
+
+    def __init__(self, cfg: Config, reference: NamedArrays) -> None:
+        f = cfg.federation
+        self.cfg = cfg
+        self.gate = CheckedFedAvg(reference, max_update_norm=f.max_update_norm, outlier_factor=f.update_outlier_factor,
+                                  fraction_evaluate=0.0)
+        self.strategy = self.gate
+        if cfg.dp.enabled:
+            self.strategy = DifferentialPrivacyClientSideFixedClipping(
+                self.gate, cfg.dp.noise_multiplier, cfg.dp.clipping_norm, f.num_clients)
+
+    def run(self, t: int, grid: MeteredGrid, nodes: list[int], theta: NamedArrays, config: ConfigRecord,
+            timeout: float, seed: int) -> TrainRound:
+        self.gate.reference = theta
+        self.gate.min_available_nodes = self.gate.min_train_nodes = len(nodes)  # train every connected node
+        messages = list(self.strategy.configure_train(t, to_record(theta), config, grid))
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        ok = [r for r in replies if not r.has_error()]
+        np.random.seed(seed)  # Flower's DP noise draws from numpy's global RNG: seeded, a resumed run repeats it
+        mean, _ = self.strategy.aggregate_train(t, ok)  # failed clients are left out here, not fatal to the round
+        rejected = {n for n, _ in self.gate.rejected}
+        return TrainRound(
+            theta=None if mean is None else from_record(mean),
+            per_client=[dict(r.content["metrics"]) for r in ok
+                        if r.metadata.src_node_id not in rejected and "metrics" in r.content.metric_records],
+            accepted=len(ok) - len(rejected) if mean is not None else 0,
+            rejected=[f"node {n}: {why}" for n, why in self.gate.rejected],
+            errors=grid.errors(),
+            privacy=_privacy(self.cfg, t, self.cfg.federation.num_clients, secure=False),
+        )
+
+
+class SecureAggregation:
+    """FedAvg through SecAgg+: no per-client checks are possible, by design; the mean is checked instead."""
+
+    def __init__(self, cfg: Config, max_weight: float) -> None:
+        self.cfg = cfg
+        self.workflow = workflow(cfg.secagg, max_weight)
+
+    def run(self, t: int, grid: MeteredGrid, nodes: list[int], theta: NamedArrays, config: ConfigRecord,
+            timeout: float, seed: int) -> TrainRound:
+        config = ConfigRecord(dict(config))
+        if self.cfg.dp.enabled:
+            config[KEY_CLIPPING_NORM] = self.cfg.dp.clipping_norm  # clients clip Δθ_k before masking it
+        res = secure_train_round(grid, nodes, theta, config, t, self.workflow)
+        mean, errors = res.aggregate, grid.errors()
+        if mean is not None and not all(np.all(np.isfinite(v)) for _, v in mean):
+            errors.append("the unmasked aggregate holds NaN/Inf: round discarded")
+            mean = None
+        if mean is not None and self.cfg.dp.enabled:
+            arrays = [v.copy() for _, v in mean]
+            np.random.seed(seed)
+            std = compute_stdv(self.cfg.dp.noise_multiplier, self.cfg.dp.clipping_norm,
+                               self.cfg.federation.num_clients)
+            add_gaussian_noise_inplace(arrays, std)
+            mean = [(k, v) for (k, _), v in zip(mean, arrays)]
+        return TrainRound(theta=mean, per_client=[m for _, m in res.metrics], accepted=len(res.metrics) if mean else 0,
+                          errors=errors, privacy=_privacy(self.cfg, t, self.cfg.federation.num_clients, secure=True))

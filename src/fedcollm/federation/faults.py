@@ -1,0 +1,56 @@
+"""Fault injection for tests and drills: make one client misbehave on purpose, from the environment.
+
+``FEDCOLLM_FAULT="KIND:PARTITION:ROUND"`` (several separated by ``;``) makes the client with that
+partition id, in that round, do KIND instead of replying normally:
+
+- ``exit``: its process dies mid-round (``os._exit``), as a crashed or killed client would;
+- ``kill-node``: it kills its parent process too (the SuperNode in deployment) and dies;
+- ``raise``: the train handler raises (Flower returns an error reply);
+- ``nan`` / ``scale`` / ``shape`` / ``keys``: it replies with a NaN, 1000×-scaled, wrongly shaped
+  or renamed adapter.
+
+Nothing happens when the variable is unset; the README's fault table lists what each one shows.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+
+from ..models.lora import NamedArrays
+
+ENV = "FEDCOLLM_FAULT"
+
+
+def planned(partition_id: int, server_round: int) -> str | None:
+    for spec in filter(None, os.environ.get(ENV, "").split(";")):
+        kind, part, rnd = spec.split(":")
+        if int(part) == partition_id and int(rnd) == server_round:
+            return kind
+    return None
+
+
+def before_training(kind: str | None) -> None:
+    """The faults that end the round for this client before it replies."""
+    if kind == "exit":
+        os._exit(17)
+    if kind == "kill-node":
+        os.kill(os.getppid(), signal.SIGKILL)
+        os._exit(17)
+    if kind == "raise":
+        raise RuntimeError("injected client failure (FEDCOLLM_FAULT)")
+
+
+def corrupt(kind: str | None, theta: NamedArrays) -> NamedArrays:
+    """The faults that reply with a bad update."""
+    if kind == "nan":
+        return [(k, np.full_like(v, np.nan)) if i == 0 else (k, v) for i, (k, v) in enumerate(theta)]
+    if kind == "scale":
+        return [(k, v * 1000.0) for k, v in theta]
+    if kind == "shape":
+        return [(k, v[..., :-1]) if i == 0 else (k, v) for i, (k, v) in enumerate(theta)]
+    if kind == "keys":
+        return [(k + ".extra", v) if i == 0 else (k, v) for i, (k, v) in enumerate(theta)]
+    return theta
