@@ -18,6 +18,7 @@ from .config import ConfigError
 from .data import ALL_TASKS, DataError
 from .models.lora import AdapterError
 from .models.offline import ModelSourceError
+from .runlog import RoundError
 
 USER_ERRORS = (ConfigError, DataError, ModelSourceError, AdapterError, FileNotFoundError)
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -84,6 +85,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The positional ``section.key=value`` overrides plus what flags set (flags are shorthands)."""
+    extra = []
+    if getattr(args, "secure_aggregation", None) is not None:
+        extra.append(f"secagg.enabled={str(args.secure_aggregation).lower()}")
+    return [*args.overrides, *extra]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .recipes.fedcollm import run_fedcollm
@@ -91,9 +100,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config:
             raise ConfigError("--resume uses the run folder's config.yaml; pass overrides, not --config")
-        run_fedcollm(None, resume=args.resume, overrides=tuple(args.overrides))
+        run_fedcollm(None, resume=args.resume, overrides=tuple(_overrides(args)))
     else:
-        run_fedcollm(load_config(args.config, args.overrides))
+        run_fedcollm(load_config(args.config, _overrides(args)))
     return 0
 
 
@@ -132,8 +141,18 @@ def cmd_deploy_local(args: argparse.Namespace) -> int:
     from .config import load_config
     from .federation.deploy import launch_local
 
-    run = launch_local(load_config(args.config, args.overrides), args.workdir, port=args.port)
+    run = launch_local(load_config(args.config, _overrides(args)), args.workdir, port=args.port, tls=not args.insecure)
     print(f"deployment run finished: {run.path}")
+    return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from .federation.tls import make_certs
+
+    certs = make_certs(args.out, args.nodes, tuple(args.hosts.split(",")))
+    print(f"CA {certs.ca}\nSuperLink certificate {certs.server_cert} (key {certs.server_key}) for {args.hosts}")
+    for key in certs.node_keys:
+        print(f"SuperNode key {key} (register {key}.pub with `flwr supernode register`)")
     return 0
 
 
@@ -166,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", default=None, help="YAML config file")
     r.add_argument("--resume", default=None, help="run folder to continue from its last finished round")
     r.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. federation.rounds=3")
+    r.add_argument("--secure-aggregation", action=argparse.BooleanOptionalAction, default=None,
+                   help="aggregate client adapters with SecAgg+ (secagg.enabled; default off in simulation)")
     r.set_defaults(func=cmd_run)
 
     x = sub.add_parser("experiment", help="every method (baselines + FedCoLLM) on the same splits, then a report")
@@ -188,7 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", default="runs/deploy-local", help="FLWR_HOME, logs and the resolved config go here")
     d.add_argument("--port", type=int, default=39500, help="SuperLink port; SuperNodes use the next K ports")
     d.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    d.add_argument("--secure-aggregation", action=argparse.BooleanOptionalAction, default=None,
+                   help="aggregate client adapters with SecAgg+ (default on in deployment)")
+    d.add_argument("--insecure", action="store_true",
+                   help="no TLS and no SuperNode authentication (default: both, with certificates made in WORKDIR)")
     d.set_defaults(func=cmd_deploy_local)
+
+    c = sub.add_parser("certs", help="a CA, a SuperLink certificate and SuperNode keys for a TLS federation")
+    c.add_argument("--out", required=True, help="folder for ca.crt, server.pem/key, supernode-K[.pub]")
+    c.add_argument("--nodes", type=int, default=4, help="number of SuperNode key pairs")
+    c.add_argument("--hosts", default="127.0.0.1,localhost", help="SuperLink host names/IPs the certificate names")
+    c.set_defaults(func=cmd_certs)
     return p
 
 
@@ -205,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"fedcollm: error: {exc}", file=sys.stderr)
         return 2
+    except RoundError as exc:  # too few clients: the finished rounds are on disk, the run can resume
+        print(f"fedcollm: error: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

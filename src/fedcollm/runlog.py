@@ -24,6 +24,13 @@ from .config import Config, ConfigError, load_config, save_config
 from .models.lora import load_adapter, save_adapter
 
 
+class RoundError(RuntimeError):
+    """A round that cannot produce an aggregate (fewer usable client updates than ``min_clients``).
+
+    The rounds before it are on disk, so the run can be resumed once enough clients are back.
+    """
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

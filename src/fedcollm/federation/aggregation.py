@@ -24,6 +24,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+from flwr.supercore.constant import NodeStatus
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, add_gaussian_noise_inplace, compute_stdv
 
 from ..config import Config
@@ -71,11 +72,17 @@ class MeteredGrid:
         return [f"node {n}: {why}" for n, why in sorted(self.failed.items())]
 
 
+def online_nodes(grid: Grid) -> list[int]:
+    """Node ids the SuperLink sees alive (its heartbeat marks a killed SuperNode offline; simulated nodes
+    carry no status and are always there)."""
+    return sorted(n.node_id for n in grid.get_nodes() if getattr(n, "status", "") in ("", NodeStatus.ONLINE))
+
+
 def connected_nodes(grid: Grid, want: int, at_least: int, wait_s: float) -> list[int]:
     """The node ids to train this round: all ``want`` once connected, else (after ``wait_s``) those there."""
     deadline = time.monotonic() + wait_s
     while True:
-        nodes = sorted(grid.get_node_ids())
+        nodes = online_nodes(grid)
         if len(nodes) >= want:
             return nodes
         if time.monotonic() >= deadline:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 from ..config import Config, ConfigError, save_config
 from ..recipes.common import export_splits, preflight
 from ..runlog import RunDir
+from .tls import make_certs
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[3]  # the folder holding pyproject.toml ([tool.flwr.app])
@@ -56,20 +58,95 @@ def _bin(name: str) -> str:
     return str(path) if path.exists() else name
 
 
-def _wait_health(port: int, proc: subprocess.Popen, logfile: Path, timeout: float = 60.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"SuperLink exited with code {proc.returncode}; see {logfile}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"SuperLink on 127.0.0.1:{port} did not become healthy in {timeout:.0f} s")
+class LocalFederation:
+    """A SuperLink and SuperNodes as separate processes on 127.0.0.1, torn down on exit.
+
+    With ``tls`` (the default) the SuperLink serves TLS with a certificate from ``tls.make_certs`` and
+    only admits SuperNodes whose public key was registered (``flwr supernode register``); without it,
+    everything runs ``--insecure`` (a trusted test network only).
+    """
+
+    def __init__(self, workdir: str | Path, port: int, num_nodes: int, tls: bool = True) -> None:
+        self.work = Path(workdir).resolve()
+        self.port, self.tls = port, tls
+        self.home = self.work / "flwr-home"
+        shutil.rmtree(self.home, ignore_errors=True)
+        self.home.mkdir(parents=True)
+        self.logs = self.work / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.certs = make_certs(self.work / "certs", num_nodes) if tls else None
+        conn = f'root-certificates = "{self.certs.ca}"' if self.certs else "insecure = true"
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "local-deploy"\n\n[superlink.local-deploy]\n'
+            f'address = "127.0.0.1:{port}"\n{conn}\n')
+        # Flower's daemons spawn flower-superexec / flwr-serverapp / flwr-clientapp by name: ours first on PATH.
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        self.env = {**os.environ, "PATH": path, "FLWR_HOME": str(self.home),
+                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        out = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        self.procs[name] = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.work)
+        return self.procs[name]
+
+    def __enter__(self) -> LocalFederation:
+        security = (["--ssl-ca-certfile", str(self.certs.ca), "--ssl-certfile", str(self.certs.server_cert),
+                     "--ssl-keyfile", str(self.certs.server_key), "--enable-supernode-auth"]
+                    if self.certs else ["--insecure"])
+        proc = self._start("superlink", [_bin("flower-superlink"), *security, "--host", "127.0.0.1",
+                                         "--port", str(self.port), "--isolation", "subprocess",
+                                         "--database", str(self.home / "state.db")])
+        self._wait_health(proc)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in reversed(self.procs.values()):
+            p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        return subprocess.run([_bin("flwr"), *args], env=self.env, cwd=self.work, timeout=timeout,
+                              capture_output=True, text=True)
+
+    def add_supernode(self, i: int, node_config: str, key: Path | None = None, register: bool = True,
+                      name: str | None = None) -> subprocess.Popen:
+        """Start SuperNode ``i`` (its own port); with TLS, authenticate it with ``key`` (registered first)."""
+        if self.certs:
+            key = key or self.certs.node_keys[i]
+            if register:
+                done = self.flwr("supernode", "register", f"{key}.pub", "local-deploy")
+                if done.returncode != 0:
+                    why = (done.stdout + done.stderr).strip()[-300:]
+                    raise RuntimeError(f"flwr supernode register {key}.pub failed: {why}")
+            security = ["--root-certificates", str(self.certs.ca), "--auth-supernode-private-key", str(key)]
+        else:
+            security = ["--insecure"]
+        return self._start(name or f"supernode-{i}", [
+            _bin("flower-supernode"), *security, "--superlink", f"127.0.0.1:{self.port}",
+            "--port", str(self.port + 1 + i), "--node-config", node_config, "--max-retries", "3"])
+
+    def _wait_health(self, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+        scheme = "https" if self.certs else "http"
+        ctx = ssl.create_default_context(cafile=str(self.certs.ca)) if self.certs else None
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"SuperLink exited with code {proc.returncode}; see {self.logs / 'superlink.log'}")
+            try:
+                with urllib.request.urlopen(f"{scheme}://127.0.0.1:{self.port}/health", timeout=2, context=ctx):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"SuperLink on 127.0.0.1:{self.port} did not become healthy in {timeout:.0f} s")
 
 
-def launch_local(cfg: Config, workdir: str | Path, port: int = 39500, timeout: float = 3600.0) -> RunDir:
+def launch_local(cfg: Config, workdir: str | Path, port: int = 39500, timeout: float = 3600.0,
+                 tls: bool = True) -> RunDir:
     """Run ``cfg`` on a localhost deployment: 1 SuperLink + K SuperNodes, each its own process."""
     cfg.output_dir = str(Path(cfg.output_dir).resolve())
     cfg.run_name = cfg.run_name or time.strftime("fedcollm-deploy-%Y%m%d-%H%M%S")
@@ -77,53 +154,22 @@ def launch_local(cfg: Config, workdir: str | Path, port: int = 39500, timeout: f
         cfg.data_dir = str(Path(cfg.data_dir).resolve())
     RunDir.new_path(cfg)  # refuse a taken run folder and a config that cannot run before starting any process
     preflight(cfg)
-    work = Path(workdir).resolve()
-    home = work / "flwr-home"
-    shutil.rmtree(home, ignore_errors=True)
-    home.mkdir(parents=True)
-    cfg_path = work / "run-config.yaml"
-    save_config(cfg, cfg_path)
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "local-deploy"\n\n[superlink.local-deploy]\naddress = "127.0.0.1:{port}"\n'
-        "insecure = true\n")
-    # Flower's daemons spawn flower-superexec / flwr-serverapp / flwr-clientapp by name: keep ours first on PATH.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "PATH": path, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-    procs: list[subprocess.Popen] = []
-    logs = work / "logs"
-    logs.mkdir(exist_ok=True)
-
-    def start(name: str, args: list[str]) -> None:
-        out = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process below
-        procs.append(subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=work))
-
-    try:
-        start("superlink", [_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
-                            "--isolation", "subprocess", "--database", str(home / "state.db")])
-        _wait_health(port, procs[0], logs / "superlink.log")
-        k = cfg.federation.num_clients
-        files = export_splits(cfg, work / "client-data")  # each SuperNode gets only its own D^k
+    k = cfg.federation.num_clients
+    with LocalFederation(workdir, port, k, tls) as fed:
+        cfg_path = fed.work / "run-config.yaml"
+        save_config(cfg, cfg_path)
+        files = export_splits(cfg, fed.work / "client-data")  # each SuperNode gets only its own D^k
         for i in range(k):
-            node_cfg = f"partition-id={i} num-partitions={k} data-file='{files[i]}'"
-            start(f"supernode-{i}", [_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                                     "--port", str(port + 1 + i), "--node-config", node_cfg])
-        log.info("SuperLink 127.0.0.1:%d and %d SuperNodes started; logs in %s", port, k, logs)
-        cmd = [_bin("flwr"), "run", str(PROJECT_ROOT), "local-deploy", "--stream",
-               "--run-config", f"config='{cfg_path}'"]
-        done = subprocess.run(cmd, env=env, cwd=work, timeout=timeout, capture_output=True, text=True)
-        (logs / "flwr-run.log").write_text(done.stdout + done.stderr)
+            fed.add_supernode(i, f"partition-id={i} num-partitions={k} data-file='{files[i]}'")
+        log.info("SuperLink 127.0.0.1:%d (%s) and %d SuperNodes started; logs in %s", port,
+                 "TLS, authenticated SuperNodes" if tls else "insecure", k, fed.logs)
+        done = fed.flwr("run", str(PROJECT_ROOT), "local-deploy", "--stream", "--run-config", f"config='{cfg_path}'",
+                        timeout=timeout)
+        (fed.logs / "flwr-run.log").write_text(done.stdout + done.stderr)
         if done.returncode != 0:
-            raise RuntimeError(f"flwr run failed (exit {done.returncode}); see {logs / 'flwr-run.log'}")
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            raise RuntimeError(f"flwr run failed (exit {done.returncode}); see {fed.logs / 'flwr-run.log'}")
     run = RunDir(Path(cfg.output_dir) / cfg.run_name)
     if run.last_round() < cfg.federation.rounds:
         raise RuntimeError(f"deployment run ended after round {run.last_round()} of {cfg.federation.rounds}; "
-                           f"see {logs}")
+                           f"see {fed.logs}")
     return run

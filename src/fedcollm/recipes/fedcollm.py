@@ -17,7 +17,7 @@ from ..config import Config, dump_config
 from ..federation.aggregation import MeteredGrid, PlainAggregation, SecureAggregation, connected_nodes
 from ..federation.client_app import CONFIG_KEY
 from ..federation.server import CoTuningServer
-from ..runlog import RunDir
+from ..runlog import RoundError, RunDir
 from .common import derive_seed, load_splits, peak_rss_mb, preflight
 from .summary import print_round, write_summary
 
@@ -25,14 +25,9 @@ log = logging.getLogger(__name__)
 Aggregation = PlainAggregation | SecureAggregation
 
 
-class RoundError(RuntimeError):
-    """A round that cannot produce an aggregate (fewer valid client updates than ``min_clients``)."""
-
-
-def fedcollm_round(t: int, grid: Grid, server: CoTuningServer, aggregation: Aggregation) -> dict:
+def fedcollm_round(t: int, grid: Grid, nodes: list[int], server: CoTuningServer, aggregation: Aggregation) -> dict:
     """Algorithm 1, round t: broadcast θ^t, local tuning, (secure) FedAvg, mutual KD on D^a."""
     cfg, metered = server.cfg, MeteredGrid(grid)
-    nodes = connected_nodes(grid, cfg.federation.num_clients, min_clients(cfg), cfg.federation.connect_timeout)
     config = ConfigRecord({CONFIG_KEY: dump_config(cfg)})  # what clients need to train (no data)
     # 1. broadcast θ^t; 2. each client: E epochs of ℓ_TA on D^k; 3. θ^{t,0} = Σ_k n_k θ_k / Σ_k n_k
     up = aggregation.run(t, metered, nodes, server.theta, config, cfg.federation.round_timeout,
@@ -84,7 +79,14 @@ def serve(grid: Grid, cfg: Config, run: RunDir, progress: bool = True) -> None:
     aggregation = make_aggregation(cfg, server)
     for t in range(done + 1, cfg.federation.rounds + 1):
         t0 = time.perf_counter()
-        record = {"round": t, **fedcollm_round(t, grid, server, aggregation)}
+        # wait for all K clients before this process's first round; later rounds go on with those alive
+        want = cfg.federation.num_clients if t == done + 1 else min_clients(cfg)
+        nodes = connected_nodes(grid, want, min_clients(cfg), cfg.federation.connect_timeout)
+        try:
+            record = {"round": t, **fedcollm_round(t, grid, nodes, server, aggregation)}
+        except RoundError as exc:
+            raise RoundError(f"{exc}; rounds 1-{t - 1} are saved in {run.path}: continue with "
+                             f"`fedcollm run --resume {run.path}`") from None
         t1 = time.perf_counter()
         if cfg.eval.every_round or t == cfg.federation.rounds:
             record["eval"] = server.evaluate()
