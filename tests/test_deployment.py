@@ -1,19 +1,53 @@
-"""Flower's deployment engine on localhost: a SuperLink and SuperNodes as separate processes finish a round."""
+"""Flower's deployment engine on localhost: SuperLink and SuperNodes as separate processes, TLS and
+authenticated SuperNodes, SecAgg+ (on by default there), a SuperNode killed mid-round."""
 
 from __future__ import annotations
 
+import time
+
 from fedcollm.config import load_config
-from fedcollm.federation.deploy import launch_local
+from fedcollm.federation.deploy import LocalFederation, launch_local
+from fedcollm.federation.tls import node_key
 
 
-def test_localhost_deployment_completes_a_round(tiny_models, data_dir, tmp_path):
-    cfg = load_config(None, [
+def _cfg(tiny_models, data_dir, tmp_path, *extra):
+    return load_config(None, [
         f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}", "precision=fp32",
-        f"output_dir={tmp_path / 'runs'}", "run_name=deployed", "federation.rounds=1", "federation.num_clients=2",
-        "eval.limit=4", "kd.top_k=16",
-    ])
-    run = launch_local(cfg, tmp_path / "work", port=39610)
+        f"output_dir={tmp_path / 'runs'}", "run_name=deployed", "federation.rounds=1", "eval.limit=4",
+        "kd.top_k=16", *extra])
+
+
+def test_tls_deployment_with_secagg_completes_a_round(tiny_models, data_dir, tmp_path):
+    run = launch_local(_cfg(tiny_models, data_dir, tmp_path, "federation.num_clients=2"), tmp_path / "work",
+                       port=39610)
     (zero, first) = run.records()
     assert first["round"] == 1 and first["comm"]["updates_accepted"] == 2
+    assert first["privacy"]["secure_aggregation"] is True  # the deployment default
     assert len({c["worker-pid"] for c in first["per_client"]}) == 2  # each SuperNode ran its own ClientApp process
     assert (run.round_dir(1) / "theta" / "adapter_model.safetensors").is_file()
+    assert "https://127.0.0.1:39610" in (tmp_path / "work" / "logs" / "superlink.log").read_text()
+
+
+def test_a_round_survives_one_of_four_supernodes_killed(tiny_models, data_dir, tmp_path, monkeypatch):
+    # SuperNode 1's ClientApp kills its SuperNode (and itself) mid-round; SecAgg+ recovers the others' sum
+    monkeypatch.setenv("FEDCOLLM_FAULT", "kill-node:1:1")
+    cfg = _cfg(tiny_models, data_dir, tmp_path, "federation.num_clients=4", "federation.min_clients=3",
+               "secagg.timeout=300")
+    run = launch_local(cfg, tmp_path / "work", port=39630)
+    first = run.records()[1]
+    assert first["comm"]["updates_accepted"] == 3 and len(first["comm"]["client_errors"]) == 1
+    assert {c["partition-id"] for c in first["per_client"]} == {0, 2, 3}
+
+
+def test_an_unregistered_supernode_is_refused(tmp_path):
+    with LocalFederation(tmp_path / "work", 39650, num_nodes=1) as fed:
+        intruder = fed.add_supernode(0, "partition-id=0 num-partitions=1", key=node_key(tmp_path / "intruder"),
+                                     register=False, name="intruder")
+        deadline = time.time() + 120
+        while intruder.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert intruder.returncode not in (None, 0)
+        listed = fed.flwr("supernode", "list", "local-deploy")
+        assert listed.returncode == 0 and "online" not in listed.stdout
+    text = (tmp_path / "work" / "logs" / "intruder.log").read_text()
+    assert "Exit Code: 305" in text and "Failed to activate SuperNode" in text
