@@ -117,3 +117,32 @@ def test_simulated_run_trains_both_adapters_and_resume_equals_uninterrupted(tiny
 
     assert accs(resumed.records()) == accs(records)
     assert json.loads((resumed.path / "metrics.jsonl").read_text().splitlines()[-1])["round"] == 2
+
+
+def test_server_killed_mid_run_resumes_after_its_last_whole_round(tiny_models, data_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from fedcollm.runlog import RunDir
+
+    exe = str(Path(sys.executable).parent / "fedcollm")
+    common = [f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}",
+              "precision=fp32", f"output_dir={tmp_path}", "run_name=killed", "federation.num_clients=2",
+              "eval.limit=4", "kd.top_k=16"]
+    proc = subprocess.Popen([exe, "run", *common, "federation.rounds=3"], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = RunDir(tmp_path / "killed")
+    deadline = time.time() + 600
+    while run.last_round() < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the server and everything it started, mid-round 2
+    proc.wait()
+    assert run.last_round() == 1, "the kill should land after round 1 and before the run ends"
+    done = subprocess.run([exe, "run", "--resume", str(run.path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [r["round"] for r in run.records()] == [0, 1, 2, 3]
+    assert run.last_round() == 3 and not list((run.path / "rounds").glob("*.tmp"))
