@@ -48,6 +48,17 @@ def _rows(out: dict) -> dict[str, dict]:
     return {r["figure"]: r for r in out["rows"]}
 
 
+def test_choose_threads_and_background_load(monkeypatch):
+    from bench.common import BackgroundLoad, choose_threads
+
+    with BackgroundLoad() as load:
+        time.sleep(0.2)
+    assert load.cores >= 0
+    got = choose_threads("auto")
+    assert got["threads"] in (1, got["cores"]) and set(got["probe"]) >= {"other_busy_cores", "one_thread_op_ms"}
+    assert choose_threads("1")["threads"] == 1 and torch.get_num_threads() == 1
+
+
 def test_check_and_interleaved():
     assert check(1.2, ">=", 1.0) == (">= 1", True) and check(1.2, "<=", 1.15)[1] is False
     assert check(1.0, "==", 1.0)[1] is True and check(None, ">=", 3)[1] is None
@@ -164,8 +175,9 @@ def test_main_writes_json_and_table(setup, tmp_path, capsys):
                    setup.data_dir, "--precision", "fp32", "--threads", "1", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["command"].startswith("python -m bench --only comm")
-    assert {"machine", "threads", "precision", "benchmarks", "rows", "targets"} <= set(saved)
-    assert saved["machine"]["cpu_count"] >= 1 and saved["threads"]["threads"] == 1
+    assert {"machine", "threads_requested", "precision", "benchmarks", "rows", "targets"} <= set(saved)
+    assert saved["machine"]["cpu_count"] >= 1 and saved["benchmarks"]["comm"]["threads"]["threads"] == 1
+    assert saved["benchmarks"]["comm"]["other_busy_cores_during"] >= 0
     assert saved["precision"]["resolved"] == "fp32" and report["targets"]["failed_benchmarks"] == []
     assert len(saved["rows"]) >= 2 and "comm" in capsys.readouterr().out
 

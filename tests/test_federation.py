@@ -146,3 +146,40 @@ def test_server_killed_mid_run_resumes_after_its_last_whole_round(tiny_models, d
     assert done.returncode == 0, done.stderr[-2000:]
     assert [r["round"] for r in run.records()] == [0, 1, 2, 3]
     assert run.last_round() == 3 and not list((run.path / "rounds").glob("*.tmp"))
+
+
+def test_bf16_transfer_encoding_round_trips_to_nearest_bf16():
+    import torch
+
+    from fedcollm.federation.records import from_record, is_bf16
+
+    rng = np.random.default_rng(4)
+    arrays = [("a", rng.normal(size=(5, 7)).astype(np.float32)), ("b", np.array([0.0, -1.5, 3e-8], np.float32))]
+    record = to_record(arrays, "bfloat16")
+    assert is_bf16(record) and not is_bf16(to_record(arrays))
+    for (k, v), (k2, back) in zip(arrays, from_record(record)):
+        want = torch.from_numpy(v).to(torch.bfloat16).float().numpy()  # torch rounds to nearest even too
+        assert k == k2 and back.dtype == np.float32
+        np.testing.assert_array_equal(back, want)
+    raw = sum(v.nbytes for _, v in arrays)
+    assert payload_bytes(RecordDict({"arrays": record})) < 0.5 * raw + 300
+
+
+def test_bf16_transfer_halves_the_bytes_and_keeps_the_aggregate(tiny_models, data_dir, tmp_path):
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = _cfg(tiny_models, data_dir, tmp_path, dtype, 1, method="fedavg", **{"federation.transfer_dtype": dtype,
+                                                                                 "eval.every_round": "false"})
+        runs[dtype] = run_fedcollm(cfg, progress=False)
+    comm = {d: r.records()[-1]["comm"] for d, r in runs.items()}
+    for way in ("bytes_sent_per_client", "bytes_received_per_client"):
+        ratio = sum(comm["bfloat16"][way]) / sum(comm["float32"][way])
+        assert 0.45 < ratio < 0.6, (way, ratio)  # the arrays halve; config and metrics do not
+    from fedcollm.models.lora import get_adapter_arrays
+    from fedcollm.recipes.common import load_peft
+
+    a, b = (load_file(str(r.path / "rounds" / "001" / "theta" / "adapter_model.safetensors")) for r in runs.values())
+    theta0 = dict(get_adapter_arrays(load_peft(cfg.slm, cfg, "slm")[0]))
+    step = np.sqrt(sum(np.sum((a[k] - theta0[k]) ** 2) for k in a))
+    gap = np.sqrt(sum(np.sum((b[k] - a[k]) ** 2) for k in a))
+    assert gap < 0.1 * step, (gap, step)  # bf16 rounding moves the round's aggregate by a small part of its step

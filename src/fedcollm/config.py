@@ -49,6 +49,8 @@ class FederationSection:
     # Gate on each update's distance from the broadcast θ: an absolute cap (None = off) and a robust one,
     # "more than this many times the round's median" (needs >= 3 updates; None = off).
     max_update_norm: float | None = None
+    # float32, or bfloat16 (half the bytes each way, plain aggregation only: SecAgg+ has its own encoding)
+    transfer_dtype: str = "float32"
     update_outlier_factor: float | None = 10.0
     # Simulation: client worker processes. One (the default) runs the clients in turn and shares one
     # frozen SLM base between them (only adapters are swapped); K gives each client its own process
@@ -230,6 +232,8 @@ def validate(cfg: Config) -> None:
         (cfg.federation.num_clients >= 1, "federation.num_clients must be >= 1"),
         (cfg.federation.rounds >= 1, "federation.rounds must be >= 1"),
         (cfg.federation.sim_workers >= 1, "federation.sim_workers must be >= 1"),
+        (cfg.federation.transfer_dtype in ("float32", "bfloat16"),
+         "federation.transfer_dtype must be float32 or bfloat16"),
         (cfg.federation.min_clients is None or 1 <= cfg.federation.min_clients <= cfg.federation.num_clients,
          "federation.min_clients must be between 1 and federation.num_clients"),
         (cfg.federation.client_size is None or cfg.federation.client_size >= 1,

@@ -132,7 +132,8 @@ class PlainAggregation:
             timeout: float, seed: int) -> TrainRound:
         self.gate.reference = theta
         self.gate.min_available_nodes = self.gate.min_train_nodes = len(nodes)  # train every connected node
-        messages = list(self.strategy.configure_train(t, to_record(theta), config, grid))
+        down = to_record(theta, self.cfg.federation.transfer_dtype)
+        messages = list(self.strategy.configure_train(t, down, config, grid))
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         ok = [r for r in replies if not r.has_error()]
         np.random.seed(seed)  # Flower's DP noise draws from numpy's global RNG: seeded, a resumed run repeats it

@@ -28,7 +28,7 @@ from ..models.lora import check_adapter_arrays, get_adapter_arrays
 from ..recipes.common import client_data, derive_seed, load_peft, peak_rss_mb, settings
 from ..updates import local_update
 from . import faults
-from .records import from_record, to_record
+from .records import codec_mod, from_record, to_record
 from .secagg import legacy_fit_mod, secagg_mod
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,9 @@ def dp_clip_mod(msg: Message, context: Context, call_next) -> Message:
 # The one ClientApp, for the simulation and the deployment engine alike (it lives in an importable
 # module so that Ray workers import it instead of unpickling a copy, and ``_WORKER`` persists).
 # Mods, outermost first: SecAgg+ masks what the bridge hands it; the bridge turns SecAgg+'s legacy
-# fit messages into ours; DP clipping sees our message and bounds the update before anything else.
-app = ClientApp(mods=[secagg_mod, legacy_fit_mod, dp_clip_mod])
+# fit messages into ours; the codec decodes a bf16 transfer; DP clipping sees float32 θ and bounds
+# the update before anything else.
+app = ClientApp(mods=[secagg_mod, legacy_fit_mod, codec_mod, dp_clip_mod])
 
 
 @app.train()

@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
 from ..models.lora import AdapterError, NamedArrays, check_adapter_arrays
-from .records import from_record
+from .records import from_record, to_record
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class CheckedFedAvg(FedAvg):
                 self._reject(server_round, node, str(exc))
                 continue
             self.norms[node] = delta_norm(self.reference, update)
+            msg.content[self.arrayrecord_key] = to_record(update)  # float32 for Flower's averaging
             fitting.append(msg)
         accepted = []
         median = float(np.median(list(self.norms.values()))) if len(self.norms) >= 3 else None
