@@ -23,7 +23,6 @@ from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
-import torch
 
 from bench.common import Setup, row
 
@@ -90,21 +89,11 @@ def wire_bytes(msg, direction: str) -> dict:
             "single_protobuf": message_to_proto(msg).ByteSize()}
 
 
-def bf16_record(arrays):
-    """The adapter cast to bf16, each array as a uint16 view (flwr's numpy path; decode with .view(bf16))."""
+def per_array_record(arrays):
+    """The layout before packing: one Flower Array per adapter tensor (what Flower's own examples send)."""
     from flwr.app import Array, ArrayRecord
 
-    return ArrayRecord({k: Array(torch.from_numpy(v).to(torch.bfloat16).view(torch.uint16).numpy())
-                        for k, v in arrays})
-
-
-def packed_record(arrays, bf16: bool = False):
-    """What-if: the whole adapter as ONE array in state-dict order (both sides know the keys and shapes)."""
-    from flwr.app import Array, ArrayRecord
-
-    flat = torch.from_numpy(np.concatenate([v.ravel() for _, v in arrays]))
-    flat = flat.to(torch.bfloat16).view(torch.uint16) if bf16 else flat
-    return ArrayRecord({"theta": Array(flat.numpy())})
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays})
 
 
 def messages(setup: Setup, clients: int = 4):
@@ -114,7 +103,7 @@ def messages(setup: Setup, clients: int = 4):
     from fedcollm.config import dump_config
     from fedcollm.federation import client_app
     from fedcollm.federation.client_app import CONFIG_KEY, client_train
-    from fedcollm.federation.records import from_record, to_record
+    from fedcollm.federation.records import from_record, layout_of, to_record
     from fedcollm.federation.strategy import CheckedFedAvg
     from fedcollm.models.lora import get_adapter_arrays
 
@@ -136,7 +125,7 @@ def messages(setup: Setup, clients: int = 4):
             reply = client_train(cfg, 0, first[0], data)  # the worker's own SLM copy, one local step
         finally:
             client_app._WORKER.update(key=None, model=None, tokenizer=None)  # free the worker's copy
-        theta_k = from_record(reply.content["arrays"])
+        theta_k = from_record(reply.content["arrays"], layout_of(theta))
         second = broadcast(2, theta_k)
     return first[0], reply, second[0], cfg, theta_k, model
 
@@ -158,9 +147,10 @@ def run(setup: Setup, clients: int = 4) -> dict:
             content = RecordDict({"arrays": record, "metrics": up.content["metrics"]})
             return wire_bytes(Message(content, reply_to=down1), "up")
 
-    variants = {"bf16 (uint16 view per array)": (reply_with(bf16_record(theta_k)), raw // 2),
-                "packed fp32 (one array)": (reply_with(packed_record(theta_k)), raw),
-                "packed bf16 (one array)": (reply_with(packed_record(theta_k, bf16=True)), raw // 2)}
+    from fedcollm.federation.records import to_record
+
+    variants = {"bf16 transfer (federation.transfer_dtype)": (reply_with(to_record(theta_k, "bfloat16")), raw // 2),
+                "one Array per tensor (before packing)": (reply_with(per_array_record(theta_k)), raw)}
     per_client_round = w_down2["total"] + w_up["total"]
     figures = {
         "adapter": {"arrays": len(theta_k), "parameters": params["trainable"], "raw_bytes_fp32": raw,
@@ -176,8 +166,7 @@ def run(setup: Setup, clients: int = 4) -> dict:
         row(NAME, "server->client bytes vs raw adapter (round >= 2)", w_down2["total"], raw, w_down2["total"] / raw,
             ("<=", 1.01), "B"),
         row(NAME, "client->server bytes vs raw adapter", w_up["total"], raw, w_up["total"] / raw, ("<=", 1.01), "B"),
-        row(NAME, "  round 1 broadcast (B=0: equal arrays sent once)", w_down1["total"], raw,
-            w_down1["total"] / raw, unit="B"),
+        row(NAME, "  round 1 broadcast", w_down1["total"], raw, w_down1["total"] / raw, unit="B"),
         row(NAME, "  project's payload_bytes metric vs wire (up)", payload_bytes(up.content), w_up["total"],
             payload_bytes(up.content) / w_up["total"], unit="B"),
         row(NAME, "per client per round vs full-model FedAvg fp32", per_client_round, 2 * full_fp32,

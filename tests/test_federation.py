@@ -28,6 +28,12 @@ def _adapter(rng, scale=1.0):
             ("a.lora_B.weight", rng.normal(size=(6, 4)).astype(np.float32) * scale)]
 
 
+def _unpacked(record, like):
+    from fedcollm.federation.records import from_record, layout_of
+
+    return dict(from_record(record, layout_of(like)))
+
+
 def test_aggregate_is_the_sample_weighted_mean():
     rng = np.random.default_rng(0)
     updates = [(_adapter(rng), n) for n in (10, 30, 60)]
@@ -35,13 +41,13 @@ def test_aggregate_is_the_sample_weighted_mean():
     agg, _ = strategy.aggregate_train(1, [_reply(i + 1, a, n) for i, (a, n) in enumerate(updates)])
     for j, (key, _) in enumerate(updates[0][0]):
         want = sum(a[j][1] * n for a, n in updates) / 100
-        np.testing.assert_allclose(agg[key].numpy(), want, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(_unpacked(agg, updates[0][0])[key], want, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("corrupt,reason", [
     (lambda a: [(a[0][0], np.full_like(a[0][1], np.nan)), a[1]], "NaN or Inf"),
-    (lambda a: [a[0]], "keys differ"),
-    (lambda a: [a[0], (a[1][0], a[1][1][:3])], "has shape"),
+    (lambda a: [a[0]], "adapter layout differs"),
+    (lambda a: [a[0], (a[1][0], a[1][1][:3])], "adapter layout differs"),
     (lambda a: [(k, v * 1000) for k, v in a], "more than 10× the round's median"),
 ])
 def test_bad_update_is_rejected_and_the_round_goes_on(corrupt, reason, caplog):
@@ -51,7 +57,7 @@ def test_bad_update_is_rejected_and_the_round_goes_on(corrupt, reason, caplog):
     replies = [_reply(1, good[0], 10), _reply(2, good[1], 10), _reply(3, corrupt(_adapter(rng)), 10)]
     agg, _ = strategy.aggregate_train(4, replies)
     want = (good[0][0][1] + good[1][0][1]) / 2
-    np.testing.assert_allclose(agg["a.lora_A.weight"].numpy(), want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(_unpacked(agg, good[0])["a.lora_A.weight"], want, rtol=1e-6, atol=1e-7)
     assert len(strategy.rejected) == 1 and strategy.rejected[0][0] == 3 and reason in strategy.rejected[0][1]
     assert "rejected update from node 3" in caplog.text
 
@@ -64,7 +70,7 @@ def test_absolute_norm_cap_rejects_every_update_above_it():
     strategy = CheckedFedAvg(ref, max_update_norm=1.0, outlier_factor=None, min_available_nodes=2,
                              min_train_nodes=2)
     agg, _ = strategy.aggregate_train(1, [_reply(1, near, 5), _reply(2, far, 5)])
-    np.testing.assert_allclose(agg["a.lora_A.weight"].numpy(), near[0][1], rtol=1e-6)
+    np.testing.assert_allclose(_unpacked(agg, ref)["a.lora_A.weight"], near[0][1], rtol=1e-6)
     assert [n for n, _ in strategy.rejected] == [2] and "exceeds max_update_norm" in strategy.rejected[0][1]
     assert strategy.norms[1] == pytest.approx(0.01 * np.sqrt(48), rel=1e-4)
 
@@ -151,13 +157,13 @@ def test_server_killed_mid_run_resumes_after_its_last_whole_round(tiny_models, d
 def test_bf16_transfer_encoding_round_trips_to_nearest_bf16():
     import torch
 
-    from fedcollm.federation.records import from_record, is_bf16
+    from fedcollm.federation.records import from_record, is_bf16, layout_of
 
     rng = np.random.default_rng(4)
     arrays = [("a", rng.normal(size=(5, 7)).astype(np.float32)), ("b", np.array([0.0, -1.5, 3e-8], np.float32))]
     record = to_record(arrays, "bfloat16")
     assert is_bf16(record) and not is_bf16(to_record(arrays))
-    for (k, v), (k2, back) in zip(arrays, from_record(record)):
+    for (k, v), (k2, back) in zip(arrays, from_record(record, layout_of(arrays))):
         want = torch.from_numpy(v).to(torch.bfloat16).float().numpy()  # torch rounds to nearest even too
         assert k == k2 and back.dtype == np.float32
         np.testing.assert_array_equal(back, want)

@@ -30,7 +30,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, add_gaussian_
 from ..config import Config
 from ..models.lora import NamedArrays
 from .dp import epsilon
-from .records import from_record, payload_bytes, to_record
+from .records import from_record, layout_of, payload_bytes, to_record
 from .secagg import secure_train_round, workflow
 from .strategy import CheckedFedAvg
 
@@ -140,7 +140,7 @@ class PlainAggregation:
         mean, _ = self.strategy.aggregate_train(t, ok)  # failed clients are left out here, not fatal to the round
         rejected = {n for n, _ in self.gate.rejected}
         return TrainRound(
-            theta=None if mean is None else from_record(mean),
+            theta=None if mean is None else from_record(mean, layout_of(theta)),
             per_client=[dict(r.content["metrics"]) for r in ok
                         if r.metadata.src_node_id not in rejected and "metrics" in r.content.metric_records],
             accepted=len(ok) - len(rejected) if mean is not None else 0,
@@ -162,8 +162,9 @@ class SecureAggregation:
         config = ConfigRecord(dict(config))
         if self.cfg.dp.enabled:
             config[KEY_CLIPPING_NORM] = self.cfg.dp.clipping_norm  # clients clip Δθ_k before masking it
-        res = secure_train_round(grid, nodes, theta, config, t, self.workflow)
-        mean, errors = res.aggregate, grid.errors()
+        res = secure_train_round(grid, nodes, to_record(theta), config, t, self.workflow)
+        mean = None if res.aggregate is None else from_record(res.aggregate, layout_of(theta))
+        errors = grid.errors()
         if mean is not None and not all(np.all(np.isfinite(v)) for _, v in mean):
             errors.append("the unmasked aggregate holds NaN/Inf: round discarded")
             mean = None

@@ -28,7 +28,7 @@ from ..models.lora import check_adapter_arrays, get_adapter_arrays
 from ..recipes.common import client_data, derive_seed, load_peft, peak_rss_mb, settings
 from ..updates import local_update
 from . import faults
-from .records import codec_mod, from_record, to_record
+from .records import codec_mod, from_record, layout_of, to_record
 from .secagg import legacy_fit_mod, secagg_mod
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,9 @@ def node_data(cfg: Config, context: Context) -> list[Question]:
 def client_train(cfg: Config, partition_id: int, msg: Message, data: list[Question]) -> Message:
     """Set θ^t, run E epochs of ℓ_TA on D^k, reply θ_k with num-examples for the weighted mean."""
     model, tok = worker_slm(cfg)
-    theta = from_record(msg.content["arrays"])
-    check_adapter_arrays(get_adapter_arrays(model), theta, who=f"server broadcast to client {partition_id}")
+    mine = get_adapter_arrays(model)
+    theta = from_record(msg.content["arrays"], layout_of(mine))
+    check_adapter_arrays(mine, theta, who=f"server broadcast to client {partition_id}")
     server_round = int(msg.content["config"]["server-round"])
     fault = faults.planned(partition_id, server_round)
     faults.before_training(fault)

@@ -1,22 +1,37 @@
-"""Adapters <-> Flower records, the optional bf16 transfer encoding, and the bytes on the wire.
+"""Adapters <-> Flower records: one packed array per adapter, optional bf16, and bytes on the wire.
 
-An adapter travels as an ``ArrayRecord`` of named arrays. With ``federation.transfer_dtype: bfloat16``
-each float32 array is sent as its bf16 bits (round to nearest even) in a Flower ``Array`` of our own
-``stype``: half the bytes, and the receiver decodes to float32 before anything else touches it
-(``codec_mod`` on clients, ``CheckedFedAvg`` on the server), so training, checks, DP and averaging
-always work in float32.
+An adapter is a list of named arrays (96 for LoRA r=8 on q/v of Qwen2.5-0.5B). Flower sends every
+array of a record as objects of its own, at ~1 KB of envelope each, so θ travels as ONE flat float32
+array, in state-dict order, under the key ``theta/<layout digest>``: the digest (of the names and
+shapes) lets a receiver refuse an adapter of another layout in one line, and its own layout (its
+model's, or the server's reference θ) splits the vector back into named arrays. FedAvg, SecAgg+ and
+DP clipping act on the flat vector exactly as on the arrays (means and norms do not care).
+
+With ``federation.transfer_dtype: bfloat16`` the vector is sent as bf16 bits (round to nearest even)
+in a Flower ``Array`` of our own ``stype``: half the bytes. The receiver decodes to float32 before
+anything else touches it (``codec_mod`` on clients, ``CheckedFedAvg`` on the server).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
-from ..models.lora import NamedArrays
+from ..models.lora import AdapterError, NamedArrays
 
 BF16_STYPE = "fedcollm.bfloat16"  # raw little-endian bf16 bits; Flower's numpy stype has no bf16
+Layout = list[tuple[str, tuple[int, ...]]]
+
+
+def layout_of(arrays: Sequence[tuple[str, np.ndarray]]) -> Layout:
+    return [(k, tuple(np.shape(v))) for k, v in arrays]
+
+
+def digest(layout: Layout) -> str:
+    return hashlib.sha1(repr(layout).encode()).hexdigest()[:16]
 
 
 def _to_bf16_bits(v: np.ndarray) -> np.ndarray:
@@ -24,22 +39,41 @@ def _to_bf16_bits(v: np.ndarray) -> np.ndarray:
     return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype("<u2")  # round to nearest, ties to even
 
 
-def _from_bf16_bits(a: Array) -> np.ndarray:
-    bits = np.frombuffer(a.data, dtype="<u2").astype(np.uint32) << 16
-    return bits.view(np.float32).reshape(a.shape)
+def _decode(a: Array) -> np.ndarray:
+    if a.stype != BF16_STYPE:
+        return a.numpy()
+    return (np.frombuffer(a.data, dtype="<u2").astype(np.uint32) << 16).view(np.float32).reshape(a.shape)
 
 
 def to_record(arrays: NamedArrays, dtype: str = "float32") -> ArrayRecord:
+    """θ as one flat array (float32, or bf16 bits) keyed by its layout's digest."""
+    flat = np.concatenate([np.asarray(v, dtype=np.float32).ravel() for _, v in arrays]) if arrays else np.zeros(0)
+    key = f"theta/{digest(layout_of(arrays))}"
     if dtype == "bfloat16":
-        return ArrayRecord(OrderedDict(
-            (k, Array(dtype="bfloat16", shape=tuple(np.shape(v)), stype=BF16_STYPE, data=_to_bf16_bits(v).tobytes()))
-            for k, v in arrays))
-    return ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in arrays))
+        return ArrayRecord({key: Array(dtype="bfloat16", shape=flat.shape, stype=BF16_STYPE,
+                                       data=_to_bf16_bits(flat).tobytes())})
+    return ArrayRecord({key: Array(np.ascontiguousarray(flat, dtype=np.float32))})
 
 
-def from_record(record: ArrayRecord) -> NamedArrays:
-    """Named float arrays, bf16-encoded ones decoded to float32."""
-    return [(k, _from_bf16_bits(v) if v.stype == BF16_STYPE else v.numpy()) for k, v in record.items()]
+def from_record(record: ArrayRecord, layout: Layout) -> NamedArrays:
+    """Split a packed θ back into named float32 arrays; refuse another layout (keys or shapes differ)."""
+    if len(record) != 1:
+        raise AdapterError(f"expected one packed adapter array, got {len(record)} arrays")
+    ((key, array),) = record.items()
+    want = f"theta/{digest(layout)}"
+    n = sum(int(np.prod(s)) for _, s in layout)
+    if key != want:
+        raise AdapterError(f"adapter layout differs from this side's ({key!r} vs {want!r}, {int(np.prod(array.shape))} "
+                           f"vs {n} values): another LoRA config (r, targets) or model")
+    flat = _decode(array).ravel()
+    if flat.size != n:
+        raise AdapterError(f"packed adapter has {flat.size} values, its layout needs {n}")
+    out, start = [], 0
+    for k, shape in layout:
+        size = int(np.prod(shape))
+        out.append((k, flat[start:start + size].reshape(shape)))
+        start += size
+    return out
 
 
 def is_bf16(record: ArrayRecord) -> bool:
@@ -51,15 +85,18 @@ def codec_mod(msg: Message, ctxt: Context, call_next) -> Message:
     record = msg.content.array_records.get("arrays")
     if record is None or not is_bf16(record):
         return call_next(msg, ctxt)
-    msg.content["arrays"] = to_record(from_record(record))
+    msg.content["arrays"] = ArrayRecord({k: Array(_decode(v)) for k, v in record.items()})
     out = call_next(msg, ctxt)
     if not out.has_error() and "arrays" in out.content.array_records:
-        out.content["arrays"] = to_record(from_record(out.content["arrays"]), "bfloat16")
+        out.content["arrays"] = ArrayRecord({
+            k: Array(dtype="bfloat16", shape=v.shape, stype=BF16_STYPE, data=_to_bf16_bits(v.numpy()).tobytes())
+            for k, v in out.content["arrays"].items()})
     return out
 
 
 def payload_bytes(content: RecordDict) -> int:
-    """Bytes of a message's records as Flower serialises them for the wire (its protobuf encoding)."""
+    """Bytes of a message's records in Flower's protobuf encoding (the wire adds ~1 KB of envelope per
+    array object; ``bench/comm.py`` measures the exact Fleet-API total)."""
     from flwr.common.serde import recorddict_to_proto
 
     return int(recorddict_to_proto(content).ByteSize())

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
@@ -39,7 +39,6 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from ..config import SecAggSection
-from ..models.lora import NamedArrays
 
 log = logging.getLogger(__name__)
 NAMES_KEY = "fedcollm-array-names"  # legacy Parameters carry no names: they travel in the config
@@ -125,9 +124,8 @@ class _RoundTargets(Strategy):
 class SecureRound:
     """What one SecAgg+ round gives the server: the mean and each survivor's plaintext metrics only."""
 
-    aggregate: NamedArrays | None
+    aggregate: ArrayRecord | None
     metrics: list[tuple[int, dict]] = field(default_factory=list)  # (node id, metrics incl. num-examples)
-    failures: int = 0
     strategy: _RoundTargets | None = None
 
 
@@ -138,23 +136,23 @@ def workflow(sec: SecAggSection, max_weight: float) -> DropTolerantSecAggPlus:
                                   quantization_range=int(sec.quantization_range), timeout=sec.timeout)
 
 
-def secure_train_round(grid: Grid, node_ids: Iterable[int], theta: NamedArrays, config: ConfigRecord,
+def secure_train_round(grid: Grid, node_ids: Iterable[int], arrays: ArrayRecord, config: ConfigRecord,
                        server_round: int, wf: SecAggPlusWorkflow) -> SecureRound:
-    """Broadcast θ^t and ``config`` to ``node_ids``, train, and unmask Σ n_k θ_k / Σ n_k with SecAgg+."""
-    names = [k for k, _ in theta]
+    """Broadcast ``arrays`` and ``config`` to ``node_ids``, train, unmask Σ n_k x_k / Σ n_k with SecAgg+."""
+    names = list(arrays.keys())
+    ref = [a.numpy() for a in arrays.values()]
     cfg = {**dict(config), NAMES_KEY: names, "server-round": server_round}
     targets = _RoundTargets(grid, node_ids, cfg)
     context = Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={})
     legacy = LegacyContext(context=context, strategy=targets, client_manager=SimpleClientManager())
     legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-        ndarrays_to_parameters([v for _, v in theta]), keep_input=True)
+        ndarrays_to_parameters(ref), keep_input=True)
     legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: server_round})
     wf(grid, legacy)  # on a halt Flower logs why and never calls aggregate_fit
     if not targets.results:
-        return SecureRound(None, failures=len(targets.failures), strategy=targets)
+        return SecureRound(None, strategy=targets)
     mean = parameters_to_ndarrays(targets.results[0][1].parameters)
-    aggregate = [(k, np.asarray(v, dtype=ref.dtype).reshape(ref.shape))
-                 for (k, ref), v in zip(theta, mean, strict=True)]
+    aggregate = ArrayRecord({k: Array(np.asarray(v, dtype=r.dtype).reshape(r.shape))
+                             for k, v, r in zip(names, mean, ref, strict=True)})
     metrics = [(proxy.node_id, {"num-examples": res.num_examples, **res.metrics}) for proxy, res in targets.results]
-    return SecureRound(aggregate, metrics, len(targets.failures), targets)
-
+    return SecureRound(aggregate, metrics, targets)

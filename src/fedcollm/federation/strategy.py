@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
 from ..models.lora import AdapterError, NamedArrays, check_adapter_arrays
-from .records import from_record, to_record
+from .records import from_record, layout_of, to_record
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class CheckedFedAvg(FedAvg):
                 record = msg.content.array_records.get(self.arrayrecord_key)
                 if record is None:
                     raise AdapterError(f"no '{self.arrayrecord_key}' ArrayRecord in the reply")
-                update = from_record(record)
+                update = from_record(record, layout_of(self.reference))
                 check_adapter_arrays(self.reference, update, who="update")
             except AdapterError as exc:
                 self._reject(server_round, node, str(exc))
