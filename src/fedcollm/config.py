@@ -109,6 +109,7 @@ class Config:
     run_name: str | None = None
     seed: int = 0
     precision: str = "auto"  # auto (bf16 where the hardware has fast bf16, else fp32) | bf16 | fp32
+    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
     max_length: int = 256
     grad_clip: float = 1.0
     llm: ModelSection = field(default_factory=lambda: ModelSection("qwen2.5-coder-1.5b-instruct"))
@@ -227,6 +228,8 @@ def validate(cfg: Config) -> None:
     checks = [
         (cfg.method in ("fedcollm", "fedavg"), f"method must be fedcollm or fedavg, got {cfg.method!r}"),
         (cfg.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {cfg.precision!r}"),
+        (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+         f"device must be auto, cpu or cuda[:N], got {cfg.device!r}"),
         (cfg.federation.partition in ("iid", "dirichlet"), "federation.partition must be iid or dirichlet"),
         (cfg.federation.engine in ("simulation", "deployment"), "federation.engine must be simulation or deployment"),
         (cfg.federation.num_clients >= 1, "federation.num_clients must be >= 1"),

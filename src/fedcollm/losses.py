@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 def answer_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """ℓ_TA: mean causal-LM cross-entropy over answer tokens."""
-    return F.cross_entropy(logits.float(), targets)
+    return F.cross_entropy(logits.float(), targets.to(logits.device))
 
 
 def kd_kl(

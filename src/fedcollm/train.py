@@ -76,9 +76,10 @@ def make_batches(tokenizer, questions: Sequence[Question], batch_size: int, max_
 def answer_logits(model, batch: Batch) -> torch.Tensor:
     """Logits ``[n_answer_tokens, vocab]`` at the positions predicting answer tokens."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = inner.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+    dev = inner.get_output_embeddings().weight.device  # batches are built on the CPU; the model may be on a GPU
+    hidden = inner.get_decoder()(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
                                  use_cache=False).last_hidden_state
-    return inner.get_output_embeddings()(hidden[batch.rows, batch.positions])
+    return inner.get_output_embeddings()(hidden[batch.rows.to(dev), batch.positions.to(dev)])
 
 
 def sft_step(model) -> Callable[[Batch], dict[str, torch.Tensor]]:

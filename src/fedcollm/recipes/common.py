@@ -98,7 +98,15 @@ def eval_questions(cfg: Config) -> dict[str, list[Question]]:
 def load_peft(section: ModelSection, cfg: Config, seed_tag: str):
     """Frozen base + fresh LoRA adapter (initial A seeded by the config, the same in every process)."""
     model, tok = load_model(section.name, dtype=dtype(cfg))
-    return attach_lora(model, section.lora, seed=derive_seed(cfg.seed, seed_tag)), tok
+    model = attach_lora(model, section.lora, seed=derive_seed(cfg.seed, seed_tag))
+    return model.to(device(cfg)), tok
+
+
+def device(cfg: Config) -> torch.device:
+    """``auto``: the GPU when there is one (every process of a run then uses it), else the CPU."""
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
 
 
 def settings(cfg: Config, section: ModelSection, seed: int, epochs: int, max_steps: int | None,

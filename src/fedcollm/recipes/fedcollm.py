@@ -18,7 +18,7 @@ from ..federation.aggregation import MeteredGrid, PlainAggregation, SecureAggreg
 from ..federation.client_app import CONFIG_KEY
 from ..federation.server import CoTuningServer
 from ..runlog import RoundError, RunDir
-from .common import derive_seed, load_splits, peak_rss_mb, preflight
+from .common import derive_seed, device, load_splits, peak_rss_mb, preflight
 from .summary import print_round, write_summary
 
 log = logging.getLogger(__name__)
@@ -130,11 +130,12 @@ def run_fedcollm(cfg: Config, resume: str | None = None, overrides: tuple[str, .
 
     workers = cfg.federation.sim_workers
     cpus = max(1, (os.cpu_count() or 1) // workers)  # Ray's CPUs are logical: each worker gets its share
+    gpus = 1.0 / workers if device(cfg).type == "cuda" else 0.0  # Ray hides the GPU from workers given none
     run_simulation(server_app=server_app, client_app=client_app,
                    num_supernodes=cfg.federation.num_clients,
                    # a simulated client worker that dies is restarted (max_restarts), as a SuperNode starts a
                    # fresh ClientApp process: the messages it held fail, the round goes on without them
-                   backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": 0.0, "max_restarts": -1},
+                   backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": -1},
                                    "init_args": {"num_cpus": cpus * workers, "include_dashboard": False}})
     if failure:
         raise failure[0]
