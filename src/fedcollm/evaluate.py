@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .data import MCRequest, Question, load_eval, mc_request
 from .data.prompts import TARGET_DELIMITER
+from .memory import release
 
 log = logging.getLogger(__name__)
 
@@ -216,4 +217,5 @@ def evaluate_tasks(
                     path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in res))
     finally:
         model.train(was_training)
+        release()
     return metrics

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .data import Question, training_pair
 from .losses import answer_ce
+from .memory import release
 
 IGNORE = -100
 
@@ -141,4 +142,5 @@ def run_loop(
             bar.update(1)
             bar.set_postfix(loss=f"{float(out['loss'].detach()):.3f}")
     bar.close()
+    release()  # the activations of the last step are garbage now
     return {**{k: v / max(n_steps, 1) for k, v in sums.items()}, "steps": n_steps, "tokens": n_tokens}
