@@ -83,10 +83,13 @@ def _holds(arrays, update):
 @pytest.mark.parametrize("secure", [True, False])
 def test_secagg_server_never_holds_a_client_update_and_the_mean_equals_fedavg(
         secure, tiny_models, data_dir, tmp_path, monkeypatch):
-    cfg = _cfg(tiny_models, data_dir, tmp_path, f"secure-{secure}", "method=fedavg", f"secagg.enabled={secure}")
+    # Dirichlet split: clients of different sizes, so the weighting by n_k is part of what is checked
+    cfg = _cfg(tiny_models, data_dir, tmp_path, f"secure-{secure}", "method=fedavg", f"secagg.enabled={secure}",
+               "federation.partition=dirichlet", "federation.alpha=2.0")
     seen, strategies = _spy_on_server(monkeypatch)
     run = run_fedcollm(cfg, progress=False)
     theta0, updates = _client_updates(cfg)
+    assert len({n for _, n in updates}) > 1
     want = {k: sum(u[k] * n for u, n in updates) / sum(n for _, n in updates) for k in theta0}
     got = _theta(run, 1)  # FedAvg baseline: θ^1 is the aggregate itself (no KD step after it)
     for k in want:
