@@ -42,6 +42,9 @@ def test_verdicts():
     assert clear.verdict("better") == "holds (significant)"
     assert clear.verdict("same").startswith("does not hold: significantly higher")
     assert compare(b, a).verdict("better") == "does not hold: significantly worse"
-    close = compare(a[:10], np.r_[a[:9], 0.0])
+    close = compare(a[:10], np.r_[a[:9], 0.0])  # 10 questions: no difference found, but a wide interval
     assert close.verdict("better").startswith("not shown: direction as claimed")
-    assert close.verdict("same") == "holds: no significant difference"
+    assert close.verdict("same").startswith("not shown: no significant difference, but the interval is wider")
+    many = np.tile(a, 20)
+    same = compare(many, np.r_[many[:-1], 1 - many[-1]])  # 2000 questions, one differs
+    assert same.verdict("same") == "holds: within ±3 points"

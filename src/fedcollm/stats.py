@@ -47,6 +47,10 @@ def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> float | None:
     return min(1.0, 2 * tail)
 
 
+# The paper's FedCoLLM LLM is 0-3 points below Centralized (97-99 %): "≈" means within 3 points.
+EQUIVALENCE_MARGIN = 3.0
+
+
 @dataclass(frozen=True)
 class Comparison:
     """``a`` vs ``b`` on ``n`` paired questions; differences in accuracy points (percent)."""
@@ -57,12 +61,18 @@ class Comparison:
     hi: float
     p: float | None
 
-    def verdict(self, expect: str) -> str:
-        """Plain words for a claim ``a > b`` (``expect="better"``) or ``a ≈ b`` (``expect="same"``)."""
+    def verdict(self, expect: str, margin: float = EQUIVALENCE_MARGIN) -> str:
+        """Plain words for a claim ``a > b`` (``expect="better"``) or ``a ≈ b`` (``expect="same"``).
+
+        "≈" is an equivalence claim: it holds only when the whole interval lies within ±``margin``
+        points; an interval that contains 0 but is wider says too little either way.
+        """
         if expect == "same":
-            if self.lo <= 0 <= self.hi:
-                return "holds: no significant difference"
-            return f"does not hold: significantly {'higher' if self.lo > 0 else 'lower'}"
+            if self.lo > 0 or self.hi < 0:
+                return f"does not hold: significantly {'higher' if self.lo > 0 else 'lower'}"
+            if -margin <= self.lo and self.hi <= margin:
+                return f"holds: within ±{margin:g} points"
+            return f"not shown: no significant difference, but the interval is wider than ±{margin:g} points"
         if self.lo > 0:
             return "holds (significant)"
         if self.hi < 0:
