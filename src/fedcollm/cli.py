@@ -1,4 +1,4 @@
-"""``fedcollm`` command line: models, eval, run.
+"""``fedcollm`` command line: models, eval, run, experiment, compare, data, deploy-local, certs.
 
 User errors (config, data, model source, adapter) end with one line on stderr and exit code 2; no
 traceback, nothing written over earlier results.
@@ -156,6 +156,33 @@ def cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .recipes.compare import compare_results, load_result, verdict
+
+    (a, roles_a), (b, roles_b) = load_result(args.a), load_result(args.b)
+    rows = compare_results(a, roles_a, b, roles_b)
+    table = Table("model", "task", "n", "acc A", "acc B", "A − B (points)", "95% interval", "McNemar p", "verdict",
+                  title=f"A = {args.a}   B = {args.b}   (paired bootstrap over questions)")
+    for r in rows:
+        if r.stats is None:
+            table.add_row(r.role, r.task, "-", "-", "-", "-", "-", "-", r.note)
+            continue
+        c = r.stats
+        table.add_row(r.role, r.task, str(c.n), f"{100 * r.acc_a:.1f}", f"{100 * r.acc_b:.1f}", f"{c.diff:+.1f}",
+                      f"[{c.lo:+.1f}, {c.hi:+.1f}]", "-" if c.p is None else f"{c.p:.3f}", verdict(c))
+    Console(width=max(120, Console().width)).print(table)
+    if args.out:
+        data = [{"model": r.role, "task": r.task, "acc_a": r.acc_a, "acc_b": r.acc_b, "note": r.note,
+                 **({"n": r.stats.n, "diff": r.stats.diff, "lo": r.stats.lo, "hi": r.stats.hi, "p": r.stats.p}
+                    if r.stats else {})} for r in rows]
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"a": args.a, "b": args.b, "rows": data}, indent=1) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedcollm", description="Federated co-tuning of a server LLM and client SLMs")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -220,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--nodes", type=int, default=4, help="number of SuperNode key pairs")
     c.add_argument("--hosts", default="127.0.0.1,localhost", help="SuperLink host names/IPs the certificate names")
     c.set_defaults(func=cmd_certs)
+
+    k = sub.add_parser("compare", help="is A's accuracy different from B's? paired test on the same questions")
+    k.add_argument("a", help="run folder, methods/<m>.json or `fedcollm eval --out` file; PATH:ROLE picks llm/slm")
+    k.add_argument("b", help="the reference, same forms")
+    k.add_argument("--out", help="also write the rows as JSON here")
+    k.set_defaults(func=cmd_compare)
     return p
 
 

@@ -19,8 +19,9 @@ import numpy as np
 
 from ..config import Config, save_config
 from ..runlog import RunDir
-from ..stats import compare, outcomes
+from ..stats import compare
 from . import baselines
+from .compare import outcome_vector
 from .fedcollm import run_fedcollm
 
 log = logging.getLogger(__name__)
@@ -106,15 +107,7 @@ CLAIMS = (
 
 
 def _outcomes(results: dict, method: str, role: str, task: str) -> tuple[np.ndarray, str] | None:
-    """Per-question outcomes of a method (Standalone: the mean over clients) and the questions' digest."""
-    res = results.get(method, {})
-    if method == "standalone" and role == "slm" and res.get("clients"):
-        ms = [c.get(task, {}) for c in res["clients"]]
-        if not all("correct" in m for m in ms):
-            return None
-        return np.mean([outcomes(m["correct"]) for m in ms], axis=0), ms[0]["ids_sha1"]
-    m = res.get(role, {}).get(task, {})
-    return (outcomes(m["correct"]), m["ids_sha1"]) if "correct" in m else None
+    return outcome_vector(results.get(method, {}), role, task)
 
 
 def claims_section(results: dict, tasks: list[str]) -> list[str]:

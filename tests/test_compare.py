@@ -1,0 +1,84 @@
+"""`fedcollm compare`: paired comparison of two saved results, from every kind of file we write."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from fedcollm.cli import main
+from fedcollm.data import DataError
+from fedcollm.recipes.compare import compare_results, load_result
+
+
+def _metrics(bits: str, ids: str = "q") -> dict:
+    return {"acc": bits.count("1") / len(bits), "n": len(bits), "correct": bits,
+            "ids_sha1": hashlib.sha1(ids.encode()).hexdigest()}
+
+
+def _run_folder(path, llm: str, slm: str) -> None:
+    path.mkdir()
+    records = [{"round": 0, "eval": {}},
+               {"round": 1, "eval": {"llm": {"arc_easy": _metrics("0" * 40)}, "slm": {"arc_easy": _metrics("0" * 40)}}},
+               {"round": 2, "eval": {"llm": {"arc_easy": _metrics(llm)}, "slm": {"arc_easy": _metrics(slm)}}},
+               {"round": 3, "eval": {}}]  # a round that was not evaluated: the last evaluated one counts
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_run_folder_vs_method_file_pairs_roles_and_pools(tmp_path):
+    a_bits = "1" * 30 + "0" * 10          # 75 %
+    b_bits = "1" * 10 + "0" * 30          # 25 %: every question A gets right beyond B's is a discordant pair
+    _run_folder(tmp_path / "run", a_bits, b_bits)
+    (tmp_path / "m.json").write_text(json.dumps({"llm": {"arc_easy": _metrics(b_bits)},
+                                                 "slm": {"arc_easy": _metrics(b_bits)}}))
+    a, ra = load_result(str(tmp_path / "run"))
+    b, rb = load_result(str(tmp_path / "m.json"))
+    assert ra == rb == ["llm", "slm"]
+    rows = compare_results(a, ra, b, rb)
+    llm, slm = rows
+    assert (llm.role, llm.task, llm.acc_a, llm.acc_b) == ("llm", "arc_easy", 0.75, 0.25)
+    assert llm.stats.diff == pytest.approx(50.0) and llm.stats.lo > 0 and llm.stats.p < 1e-5
+    assert slm.stats.diff == pytest.approx(0.0) and slm.stats.p == 1.0
+
+
+def test_eval_file_role_pick_standalone_mean_and_different_questions(tmp_path):
+    (tmp_path / "zs.json").write_text(json.dumps({"model": "m", "metrics": {"arc_easy": _metrics("1100"),
+                                                                            "openbookqa": _metrics("10", "other")}}))
+    clients = [{"arc_easy": _metrics("1000"), "openbookqa": _metrics("11")},
+               {"arc_easy": _metrics("1110"), "openbookqa": _metrics("00")}]
+    standalone = {"slm": {"arc_easy": {"acc": 0.5}, "openbookqa": {"acc": 0.5}}, "clients": clients}
+    (tmp_path / "sa.json").write_text(json.dumps(standalone))
+    zs, rz = load_result(str(tmp_path / "zs.json"))
+    sa, rs = load_result(f"{tmp_path / 'sa.json'}:slm")
+    assert rz == ["model"] and rs == ["slm"]
+    rows = {r.task: r for r in compare_results(sa, rs, zs, rz)}
+    assert rows["arc_easy"].role == "slm vs model"
+    assert rows["arc_easy"].acc_a == pytest.approx(0.5) and rows["arc_easy"].stats.p is None  # a mean: no McNemar
+    assert rows["openbookqa"].stats is None and "different questions" in rows["openbookqa"].note
+    assert "all" not in rows  # one comparable task: nothing to pool
+
+
+@pytest.mark.parametrize("make, spec, message", [
+    (lambda p: None, "missing", "no such run folder"),
+    (lambda p: (p / "d").mkdir(), "d", "without metrics.jsonl"),
+    (lambda p: (p / "x.json").write_text("{"), "x.json", "not JSON"),
+    (lambda p: (p / "x.json").write_text('{"llm": {}}'), "x.json:slm", "has no role 'slm'"),
+])
+def test_bad_inputs_one_line(tmp_path, capsys, make, spec, message):
+    make(tmp_path)
+    with pytest.raises(DataError, match=message):
+        load_result(str(tmp_path / spec))
+    (tmp_path / "ok.json").write_text('{"llm": {}}')
+    assert main(["compare", str(tmp_path / spec), str(tmp_path / "ok.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_cli_writes_rows(tmp_path, capsys):
+    _run_folder(tmp_path / "run", "1" * 20, "0" * 20)
+    out = tmp_path / "cmp.json"
+    assert main(["compare", f"{tmp_path / 'run'}:llm", f"{tmp_path / 'run'}:slm", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["model"] == "llm vs slm" and rows[0]["diff"] == pytest.approx(100.0)
+    assert "A better" in capsys.readouterr().out
