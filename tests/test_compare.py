@@ -21,7 +21,8 @@ def _run_folder(path, llm: str, slm: str) -> None:
     path.mkdir()
     records = [{"round": 0, "eval": {}},
                {"round": 1, "eval": {"llm": {"arc_easy": _metrics("0" * 40)}, "slm": {"arc_easy": _metrics("0" * 40)}}},
-               {"round": 2, "eval": {"llm": {"arc_easy": _metrics(llm)}, "slm": {"arc_easy": _metrics(slm)}}},
+               {"round": 2, "eval": {"llm": {"arc_easy": _metrics(llm), "openbookqa": _metrics(llm, "o")},
+                                     "slm": {"arc_easy": _metrics(slm)}}},
                {"round": 3, "eval": {}}]  # a round that was not evaluated: the last evaluated one counts
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
@@ -30,15 +31,20 @@ def test_run_folder_vs_method_file_pairs_roles_and_pools(tmp_path):
     a_bits = "1" * 30 + "0" * 10          # 75 %
     b_bits = "1" * 10 + "0" * 30          # 25 %: every question A gets right beyond B's is a discordant pair
     _run_folder(tmp_path / "run", a_bits, b_bits)
-    (tmp_path / "m.json").write_text(json.dumps({"llm": {"arc_easy": _metrics(b_bits)},
-                                                 "slm": {"arc_easy": _metrics(b_bits)}}))
+    method = {"llm": {"arc_easy": _metrics(b_bits), "openbookqa": _metrics(a_bits, "o")},
+              "slm": {"arc_easy": _metrics(b_bits)}}
+    (tmp_path / "m.json").write_text(json.dumps(method))
     a, ra = load_result(str(tmp_path / "run"))
     b, rb = load_result(str(tmp_path / "m.json"))
     assert ra == rb == ["llm", "slm"]
     rows = compare_results(a, ra, b, rb)
-    llm, slm = rows
-    assert (llm.role, llm.task, llm.acc_a, llm.acc_b) == ("llm", "arc_easy", 0.75, 0.25)
+    assert [(r.role, r.task) for r in rows] == [("llm", "arc_easy"), ("llm", "openbookqa"), ("llm", "all"),
+                                                ("slm", "arc_easy")]  # SLM: one task, nothing to pool
+    llm, same, pooled, slm = rows
+    assert (llm.acc_a, llm.acc_b) == (0.75, 0.25)
     assert llm.stats.diff == pytest.approx(50.0) and llm.stats.lo > 0 and llm.stats.p < 1e-5
+    assert same.stats.diff == 0.0 and same.stats.p == 1.0
+    assert pooled.stats.n == 80 and pooled.stats.diff == pytest.approx(25.0) and pooled.stats.lo > 0
     assert slm.stats.diff == pytest.approx(0.0) and slm.stats.p == 1.0
 
 
