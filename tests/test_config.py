@@ -29,6 +29,12 @@ def test_bad_values_are_one_clear_line(override, match):
         load_config(None, [override])
 
 
+def test_dp_refuses_bf16_transfer():
+    load_config(None, ["dp.enabled=true"])  # float32 transfer: fine
+    with pytest.raises(ConfigError, match="dp.enabled needs federation.transfer_dtype=float32"):
+        load_config(None, ["dp.enabled=true", "federation.transfer_dtype=bfloat16"])
+
+
 def test_missing_and_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")

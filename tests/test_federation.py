@@ -44,6 +44,21 @@ def test_aggregate_is_the_sample_weighted_mean():
         np.testing.assert_allclose(_unpacked(agg, updates[0][0])[key], want, rtol=1e-6, atol=1e-7)
 
 
+def test_unit_weights_average_every_client_the_same_and_a_reply_needs_its_weight():
+    rng = np.random.default_rng(4)
+    updates = [(_adapter(rng), n) for n in (10, 30, 60)]
+    strategy = CheckedFedAvg(_adapter(rng), unit_weights=True, min_available_nodes=3, min_train_nodes=2)
+    replies = [_reply(i + 1, a, n) for i, (a, n) in enumerate(updates)]
+    ask = Message(content=RecordDict(), dst_node_id=4, message_type="train")
+    replies.append(Message(RecordDict({"arrays": to_record(_adapter(rng))}), reply_to=ask))  # no metrics: no weight
+    agg, _ = strategy.aggregate_train(1, replies)
+    for j, (key, _) in enumerate(updates[0][0]):
+        want = sum(a[j][1] for a, _ in updates) / 3  # not the 10/30/60-weighted mean
+        np.testing.assert_allclose(_unpacked(agg, updates[0][0])[key], want, rtol=1e-6, atol=1e-7)
+    assert strategy.accepted == 3
+    assert strategy.rejected == [(4, "the reply needs one MetricRecord with num-examples")]
+
+
 @pytest.mark.parametrize("corrupt,reason", [
     (lambda a: [(a[0][0], np.full_like(a[0][1], np.nan)), a[1]], "NaN or Inf"),
     (lambda a: [a[0]], "adapter layout differs"),

@@ -123,6 +123,37 @@ def test_dp_clips_each_update_and_reports_epsilon(secure, tiny_models, data_dir,
     assert dp["clipping_norm"] == clip and dp["noise_std"] == 0.0 and dp["epsilon"] == float("inf")
 
 
+@pytest.mark.parametrize("secure", [False, True])
+def test_dp_averages_every_client_the_same(secure, tiny_models, data_dir, tmp_path):
+    # clients of different sizes, a clip that never binds, no noise: θ^1 must be the unweighted mean,
+    # since the noise and ε assume one client moves the mean by at most C/m
+    cfg = _cfg(tiny_models, data_dir, tmp_path, f"dp-unit-{secure}", "method=fedavg", f"secagg.enabled={secure}",
+               "federation.partition=dirichlet", "federation.alpha=2.0", "dp.enabled=true",
+               "dp.clipping_norm=1000", "dp.noise_multiplier=0.0")
+    run = run_fedcollm(cfg, progress=False)
+    theta0, updates = _client_updates(cfg)
+    assert len({n for _, n in updates}) > 1
+    unweighted = {k: sum(u[k] for u, _ in updates) / len(updates) for k in theta0}
+    weighted = {k: sum(u[k] * n for u, n in updates) / sum(n for _, n in updates) for k in theta0}
+    assert max(np.abs(unweighted[k] - weighted[k]).max() for k in theta0) > 1e-3  # the two differ here
+    got = _theta(run, 1)
+    for k in theta0:
+        np.testing.assert_allclose(got[k], unweighted[k], atol=2e-5, err_msg=k)
+    assert sorted(c["num-examples"] for c in run.records()[-1]["per_client"]) == sorted(n for _, n in updates)
+
+
+def test_dp_noise_is_for_the_clients_averaged(tiny_models, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDCOLLM_FAULT", "raise:2:1")  # one of three clients fails: the mean is over two
+    cfg = _cfg(tiny_models, data_dir, tmp_path, "dp-m", "method=fedavg", "dp.enabled=true",
+               "dp.clipping_norm=0.3", "dp.noise_multiplier=2.0", "federation.min_clients=2")
+    run = run_fedcollm(cfg, progress=False)
+    theta0 = dict(_client_updates(cfg)[0])
+    noise = np.concatenate([(_theta(run, 1)[k] - theta0[k]).ravel() for k in theta0])
+    dp = run.records()[-1]["privacy"]["dp"]
+    assert dp["clients_averaged"] == 2 and dp["noise_std"] == pytest.approx(2.0 * 0.3 / 2)
+    assert np.std(noise) == pytest.approx(dp["noise_std"], rel=0.1)
+
+
 def test_dp_noise_has_the_std_flower_promises(tiny_models, data_dir, tmp_path):
     cfg = _cfg(tiny_models, data_dir, tmp_path, "dp-noise", "method=fedavg", "dp.enabled=true",
                "dp.clipping_norm=0.3", "dp.noise_multiplier=2.0")

@@ -76,17 +76,21 @@ class SecAggSection:
     reconstruction_threshold: float = 0.75  # fraction of num_shares needed to unmask (min 2): dropouts tolerated
     clipping_range: float = 8.0  # |n_k / max_weight · θ_k| is clipped here before quantization
     quantization_range: int = 4194304  # 2^22 levels over [-clipping_range, clipping_range]
-    max_weight: float | None = None  # client weight = num_examples / max_weight; None: largest possible D^k
+    max_weight: float | None = None  # client weight = num_examples / max_weight; None: largest possible D^k (DP: 1)
     timeout: float | None = 3600.0  # seconds per protocol stage before a silent client counts as dropped
 
 
 @dataclass
 class DPSection:
-    """Central DP with client-side fixed clipping (Flower's wrapper and mod): clip each Δθ_k, noise the mean."""
+    """Central DP with client-side fixed clipping (Flower's wrapper and mod): clip each Δθ_k, noise the mean.
+
+    Under DP the mean is unweighted (every client counts once, whatever its n_k): the noise and ε assume
+    that one client moves the mean by at most C/m.
+    """
 
     enabled: bool = False
     clipping_norm: float = 1.0  # C: bound on ||θ_k − θ^t||
-    noise_multiplier: float = 1.0  # z: noise std on the mean is z·C/K
+    noise_multiplier: float = 1.0  # z: noise std on the mean is z·C/m, m = updates averaged
     delta: float = 1e-5  # δ of the (ε, δ) reported per round
 
 
@@ -250,6 +254,9 @@ def validate(cfg: Config) -> None:
         (cfg.secagg.max_weight is None or cfg.secagg.max_weight > 0, "secagg.max_weight must be > 0"),
         (cfg.dp.clipping_norm > 0 and cfg.dp.noise_multiplier >= 0 and 0 < cfg.dp.delta < 1,
          "dp.clipping_norm must be > 0, dp.noise_multiplier >= 0 and 0 < dp.delta < 1"),
+        (not cfg.dp.enabled or cfg.federation.transfer_dtype == "float32",
+         "dp.enabled needs federation.transfer_dtype=float32: rounding clipped updates to bf16 can push them "
+         "past dp.clipping_norm"),
         (cfg.kd.temperature > 0, "kd.temperature must be > 0"),
         (cfg.kd.weight >= 0, "kd.weight (λ) must be >= 0"),
         (cfg.kd.top_k is None or cfg.kd.top_k >= 1, "kd.top_k must be >= 1 or null"),

@@ -8,6 +8,9 @@ Two ways, one result type (``TrainRound``):
   With DP on, clients clip their update (Flower's ``fixedclipping_mod``) before masking and the
   server noises the unmasked mean, as the wrapper would.
 
+Under DP every client weighs the same (not n_k) and the noise std is z·C/m for the m updates in the
+mean: then one client moves the mean by at most C/m, the sensitivity that the noise and ε assume.
+
 Both count the bytes of every message at the Flower level per client (all SecAgg+ stages included)
 through ``MeteredGrid``, and both go on without clients that fail or drop, down to ``min_clients``.
 """
@@ -106,13 +109,27 @@ class TrainRound:
     privacy: dict = field(default_factory=dict)
 
 
-def _privacy(cfg: Config, t: int, n_clients: int, secure: bool) -> dict:
+def _privacy(cfg: Config, t: int, averaged: int, secure: bool) -> dict:
+    """What the round's metrics say about privacy; ``averaged`` = m, the updates in the (unweighted) mean."""
     out: dict = {"secure_aggregation": secure}
     if cfg.dp.enabled:
+        std = compute_stdv(cfg.dp.noise_multiplier, cfg.dp.clipping_norm, averaged) if averaged else None
         out["dp"] = {"clipping_norm": cfg.dp.clipping_norm, "noise_multiplier": cfg.dp.noise_multiplier,
-                     "noise_std": compute_stdv(cfg.dp.noise_multiplier, cfg.dp.clipping_norm, n_clients),
+                     "clients_averaged": averaged, "noise_std": std,
                      "delta": cfg.dp.delta, "epsilon": epsilon(cfg.dp.noise_multiplier, t, cfg.dp.delta)}
     return out
+
+
+class _NoiseForAveraged(DifferentialPrivacyClientSideFixedClipping):
+    """Flower's client-side DP wrapper, with the noise std z·C/m for the m updates actually averaged.
+
+    Flower divides by the number of clients it was built for; when some drop or are rejected the mean
+    is over fewer, each moves it by up to C/m, and noise z·C/K would under-protect them.
+    """
+
+    def _add_noise_to_aggregated_arrays(self, aggregated_arrays):  # type: ignore[override]
+        self.num_sampled_clients = self.strategy.accepted
+        return super()._add_noise_to_aggregated_arrays(aggregated_arrays)
 
 
 class PlainAggregation:
@@ -122,11 +139,10 @@ class PlainAggregation:
         f = cfg.federation
         self.cfg = cfg
         self.gate = CheckedFedAvg(reference, max_update_norm=f.max_update_norm, outlier_factor=f.update_outlier_factor,
-                                  fraction_evaluate=0.0)
+                                  unit_weights=cfg.dp.enabled, fraction_evaluate=0.0)
         self.strategy = self.gate
         if cfg.dp.enabled:
-            self.strategy = DifferentialPrivacyClientSideFixedClipping(
-                self.gate, cfg.dp.noise_multiplier, cfg.dp.clipping_norm, f.num_clients)
+            self.strategy = _NoiseForAveraged(self.gate, cfg.dp.noise_multiplier, cfg.dp.clipping_norm, f.num_clients)
 
     def run(self, t: int, grid: MeteredGrid, nodes: list[int], theta: NamedArrays, config: ConfigRecord,
             timeout: float, seed: int) -> TrainRound:
@@ -136,17 +152,19 @@ class PlainAggregation:
         messages = list(self.strategy.configure_train(t, down, config, grid))
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         ok = [r for r in replies if not r.has_error()]
+        reported = {r.metadata.src_node_id: dict(r.content["metrics"]) for r in ok
+                    if "metrics" in r.content.metric_records}  # before the gate adds its weight key
         np.random.seed(seed)  # Flower's DP noise draws from numpy's global RNG: seeded, a resumed run repeats it
         mean, _ = self.strategy.aggregate_train(t, ok)  # failed clients are left out here, not fatal to the round
         rejected = {n for n, _ in self.gate.rejected}
+        accepted = self.gate.accepted if mean is not None else 0
         return TrainRound(
             theta=None if mean is None else from_record(mean, layout_of(theta)),
-            per_client=[dict(r.content["metrics"]) for r in ok
-                        if r.metadata.src_node_id not in rejected and "metrics" in r.content.metric_records],
-            accepted=len(ok) - len(rejected) if mean is not None else 0,
+            per_client=[m for n, m in reported.items() if n not in rejected],
+            accepted=accepted,
             rejected=[f"node {n}: {why}" for n, why in self.gate.rejected],
             errors=grid.errors(),
-            privacy=_privacy(self.cfg, t, self.cfg.federation.num_clients, secure=False),
+            privacy=_privacy(self.cfg, t, accepted, secure=False),
         )
 
 
@@ -168,12 +186,12 @@ class SecureAggregation:
         if mean is not None and not all(np.all(np.isfinite(v)) for _, v in mean):
             errors.append("the unmasked aggregate holds NaN/Inf: round discarded")
             mean = None
-        if mean is not None and self.cfg.dp.enabled:
+        accepted = len(res.metrics) if mean is not None else 0
+        if mean is not None and self.cfg.dp.enabled:  # clients sent unit weights: the unmasked mean is over m
             arrays = [v.copy() for _, v in mean]
             np.random.seed(seed)
-            std = compute_stdv(self.cfg.dp.noise_multiplier, self.cfg.dp.clipping_norm,
-                               self.cfg.federation.num_clients)
-            add_gaussian_noise_inplace(arrays, std)
+            add_gaussian_noise_inplace(arrays, compute_stdv(self.cfg.dp.noise_multiplier, self.cfg.dp.clipping_norm,
+                                                            accepted))
             mean = [(k, v) for (k, _), v in zip(mean, arrays)]
-        return TrainRound(theta=mean, per_client=[m for _, m in res.metrics], accepted=len(res.metrics) if mean else 0,
-                          errors=errors, privacy=_privacy(self.cfg, t, self.cfg.federation.num_clients, secure=True))
+        return TrainRound(theta=mean, per_client=[m for _, m in res.metrics], accepted=accepted,
+                          errors=errors, privacy=_privacy(self.cfg, t, accepted, secure=True))

@@ -37,6 +37,7 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from ..config import SecAggSection
 
@@ -66,9 +67,11 @@ def legacy_fit_mod(msg: Message, ctxt: Context, call_next) -> Message:
     if out.has_error():
         return out
     metrics = dict(out.content["metrics"])
+    # SecAgg+ weights the masked sum by num_examples; under DP every client weighs the same (see aggregation.py)
+    weight = 1 if KEY_CLIPPING_NORM in config else int(metrics["num-examples"])
     fitres = FitRes(status=Status(code=Code.OK, message="ok"),
                     parameters=ndarrays_to_parameters([a.numpy() for a in out.content["arrays"].values()]),
-                    num_examples=int(metrics.pop("num-examples")), metrics=metrics)
+                    num_examples=weight, metrics=metrics)
     return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
 
 
@@ -154,5 +157,5 @@ def secure_train_round(grid: Grid, node_ids: Iterable[int], arrays: ArrayRecord,
     mean = parameters_to_ndarrays(targets.results[0][1].parameters)
     aggregate = ArrayRecord({k: Array(np.asarray(v, dtype=r.dtype).reshape(r.shape))
                              for k, v, r in zip(names, mean, ref, strict=True)})
-    metrics = [(proxy.node_id, {"num-examples": res.num_examples, **res.metrics}) for proxy, res in targets.results]
+    metrics = [(proxy.node_id, dict(res.metrics)) for proxy, res in targets.results]  # num-examples included
     return SecureRound(aggregate, metrics, targets)

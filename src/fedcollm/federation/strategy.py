@@ -14,6 +14,8 @@ from .records import from_record, layout_of, to_record
 
 log = logging.getLogger(__name__)
 
+UNIT_WEIGHT = "unit-weight"  # the weight key the gate writes when every client counts the same
+
 
 def delta_norm(reference: NamedArrays, update: NamedArrays) -> float:
     """L2 norm of ``update − reference`` over all arrays (how far a client moved θ this round)."""
@@ -28,16 +30,24 @@ class CheckedFedAvg(FedAvg):
     line naming the node and the reason; the round goes on with the others. "Absurd" is either above
     ``max_update_norm`` (absolute, on ||θ_k − θ^t||) or more than ``outlier_factor`` × the median of
     the round's update norms (with 3 or more updates, so one wild client cannot set the median).
+
+    ``unit_weights`` averages the accepted updates with equal weights instead of by ``num-examples``:
+    what central DP needs, since a client weighted n_k / Σn could move the mean by more than C/m, the
+    sensitivity its noise and ε are computed for.
     """
 
     def __init__(self, reference: NamedArrays, max_update_norm: float | None = None,
-                 outlier_factor: float | None = 10.0, **kwargs) -> None:
+                 outlier_factor: float | None = 10.0, unit_weights: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.reference = reference
         self.max_update_norm = max_update_norm
         self.outlier_factor = outlier_factor
+        self.unit_weights = unit_weights
+        if unit_weights:
+            self.weighted_by_key = UNIT_WEIGHT
         self.rejected: list[tuple[int, str]] = []
         self.norms: dict[int, float] = {}
+        self.accepted = 0  # updates in the last aggregate
 
     def _reject(self, server_round: int, node: int, why: str) -> None:
         log.warning("round %d: rejected update from node %d: %s", server_round, node, why)
@@ -53,6 +63,10 @@ class CheckedFedAvg(FedAvg):
                 errors.append(msg)  # Flower logs and skips error replies itself
                 continue
             node = msg.metadata.src_node_id
+            metrics = list(msg.content.metric_records.values())
+            if len(metrics) != 1 or "num-examples" not in metrics[0]:
+                self._reject(server_round, node, "the reply needs one MetricRecord with num-examples")
+                continue
             try:
                 record = msg.content.array_records.get(self.arrayrecord_key)
                 if record is None:
@@ -77,5 +91,8 @@ class CheckedFedAvg(FedAvg):
                 self._reject(server_round, node, f"update norm {norm:.4g} is more than {self.outlier_factor:g}× "
                                                  f"the round's median {median:.4g}")
             else:
+                if self.unit_weights:
+                    next(iter(msg.content.metric_records.values()))[UNIT_WEIGHT] = 1.0
                 accepted.append(msg)
+        self.accepted = len(accepted)
         return super().aggregate_train(server_round, [*accepted, *errors])

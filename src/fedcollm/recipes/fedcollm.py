@@ -57,8 +57,9 @@ def min_clients(cfg: Config) -> int:
 def make_aggregation(cfg: Config, server: CoTuningServer) -> Aggregation:
     if not cfg.secure_aggregation():
         return PlainAggregation(cfg, server.theta)
-    # SecAgg+ weights client k by n_k / max_weight: the largest D^k keeps every weight <= 1 (no clipping)
-    max_weight = cfg.secagg.max_weight or max(len(c) for c in load_splits(cfg).clients)
+    # SecAgg+ weights client k by n_k / max_weight: the largest D^k keeps every weight <= 1 (no clipping).
+    # Under DP every client sends weight 1 (aggregation.py says why), so 1 is the largest.
+    max_weight = 1 if cfg.dp.enabled else cfg.secagg.max_weight or max(len(c) for c in load_splits(cfg).clients)
     return SecureAggregation(cfg, max_weight)
 
 
