@@ -169,6 +169,23 @@ def test_server_killed_mid_run_resumes_after_its_last_whole_round(tiny_models, d
     assert run.last_round() == 3 and not list((run.path / "rounds").glob("*.tmp"))
 
 
+def test_resume_redoes_a_round_logged_without_its_checkpoint_and_keeps_the_zero_shot_record(
+        tiny_models, data_dir, tmp_path):
+    from fedcollm.runlog import RunDir
+
+    run = RunDir.create(_cfg(tiny_models, data_dir, tmp_path, "early", 1))
+    run.log({"round": 0, "eval": {}, "marker": "zero-shot, kept"})
+    run.log({"round": 1, "eval": {}, "marker": "logged, then killed before rounds/001/DONE"})
+    (run.round_dir(1).with_name("001.tmp")).mkdir(parents=True)
+    (run.round_dir(1).with_name("001.tmp") / "DONE").write_text("")  # a half-renamed checkpoint
+    assert run.last_round() == 0
+    run_fedcollm(None, resume=str(run.path), progress=False)
+    records = run.records()
+    assert [r["round"] for r in records] == [0, 1] and records[0]["marker"] == "zero-shot, kept"
+    assert "marker" not in records[1] and records[1]["comm"]["updates_accepted"] == 3
+    assert run.last_round() == 1
+
+
 def test_bf16_transfer_encoding_round_trips_to_nearest_bf16():
     import torch
 

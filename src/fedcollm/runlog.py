@@ -67,7 +67,7 @@ class RunDir:
 
     def last_round(self) -> int:
         """The last round whose checkpoint is complete (0 when none)."""
-        done = [int(p.parent.name) for p in (self.path / "rounds").glob("*/DONE")]
+        done = [int(p.parent.name) for p in (self.path / "rounds").glob("*/DONE") if p.parent.name.isdigit()]
         return max(done, default=0)
 
     def save_round(self, t: int, llm, slm) -> None:
@@ -97,6 +97,6 @@ class RunDir:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def truncate_after(self, t: int) -> None:
-        """Drop metrics of rounds past the last checkpoint (a crash between the two writes)."""
+        """Drop metrics of rounds past the last checkpoint (killed after logging a round, before its DONE)."""
         keep = [r for r in self.records() if r.get("round", 0) <= t]
         (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))

@@ -67,11 +67,11 @@ def serve(grid: Grid, cfg: Config, run: RunDir, progress: bool = True) -> None:
     """The ServerApp's body: set up (or resume), run the remaining rounds, write the summary."""
     server = CoTuningServer(cfg, progress=progress)
     done = run.last_round()
+    run.truncate_after(done)  # a round logged but killed before its checkpoint was complete is run again
     if done:
         run.load_round(done, server.llm, server.slm)
-        run.truncate_after(done)
         log.info("resuming %s after round %d of %d", run.path, done, cfg.federation.rounds)
-    else:
+    if not run.records():  # a run resumed before its first round keeps its zero-shot record
         t0 = time.perf_counter()
         record = {"round": 0, "eval": server.evaluate(adapters=False) if cfg.eval.zero_shot else {},
                   "params": server.parameter_counts(), "seconds": {"eval": time.perf_counter() - t0}}
@@ -93,8 +93,8 @@ def serve(grid: Grid, cfg: Config, run: RunDir, progress: bool = True) -> None:
             record["eval"] = server.evaluate()
         record["seconds"] = {"train": t1 - t0, "eval": time.perf_counter() - t1}
         record["server_peak_rss_mb"] = peak_rss_mb()
+        run.log(record)  # then the checkpoint: its DONE marks the round finished, metrics included
         run.save_round(t, server.llm, server.slm)
-        run.log(record)
         print_round(record)
     write_summary(run, cfg)
 
