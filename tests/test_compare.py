@@ -36,7 +36,7 @@ def test_run_folder_vs_method_file_pairs_roles_and_pools(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps(method))
     a, ra = load_result(str(tmp_path / "run"))
     b, rb = load_result(str(tmp_path / "m.json"))
-    assert ra == rb == ["llm", "slm"]
+    assert ra == rb == ["llm", "slm"] and a["round"] == 2
     rows = compare_results(a, ra, b, rb)
     assert [(r.role, r.task) for r in rows] == [("llm", "arc_easy"), ("llm", "openbookqa"), ("llm", "all"),
                                                 ("slm", "arc_easy")]  # SLM: one task, nothing to pool
@@ -65,11 +65,17 @@ def test_eval_file_role_pick_standalone_mean_and_different_questions(tmp_path):
     assert "all" not in rows  # one comparable task: nothing to pool
 
 
+def _zero_shot_only(path) -> None:
+    path.mkdir()
+    (path / "metrics.jsonl").write_text(json.dumps({"round": 0, "eval": {"llm": {"arc_easy": _metrics("1")}}}) + "\n")
+
+
 @pytest.mark.parametrize("make, spec, message", [
     (lambda p: None, "missing", "no such run folder"),
     (lambda p: (p / "d").mkdir(), "d", "without metrics.jsonl"),
     (lambda p: (p / "x.json").write_text("{"), "x.json", "not JSON"),
     (lambda p: (p / "x.json").write_text('{"llm": {}}'), "x.json:slm", "has no role 'slm'"),
+    (lambda p: _zero_shot_only(p / "r"), "r", "no tuned round was evaluated yet"),
 ])
 def test_bad_inputs_one_line(tmp_path, capsys, make, spec, message):
     make(tmp_path)
@@ -85,6 +91,8 @@ def test_cli_writes_rows(tmp_path, capsys):
     _run_folder(tmp_path / "run", "1" * 20, "0" * 20)
     out = tmp_path / "cmp.json"
     assert main(["compare", f"{tmp_path / 'run'}:llm", f"{tmp_path / 'run'}:slm", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    saved = json.loads(out.read_text())
+    rows = saved["rows"]
+    assert saved["a_round"] == saved["b_round"] == 2
     assert rows[0]["model"] == "llm vs slm" and rows[0]["diff"] == pytest.approx(100.0)
     assert "A better" in capsys.readouterr().out

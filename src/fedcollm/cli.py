@@ -164,8 +164,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     (a, roles_a), (b, roles_b) = load_result(args.a), load_result(args.b)
     rows = compare_results(a, roles_a, b, roles_b)
+    at = {s: f" (round {r['round']})" if "round" in r else "" for s, r in ((args.a, a), (args.b, b))}
     table = Table("model", "task", "n", "acc A", "acc B", "A − B (points)", "95% interval", "McNemar p", "verdict",
-                  title=f"A = {args.a}   B = {args.b}   (paired bootstrap over questions)")
+                  title=f"A = {args.a}{at[args.a]}   B = {args.b}{at[args.b]}   (paired bootstrap over questions)")
     for r in rows:
         if r.stats is None:
             table.add_row(r.role, r.task, "-", "-", "-", "-", "-", "-", r.note)
@@ -179,7 +180,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                  **({"n": r.stats.n, "diff": r.stats.diff, "lo": r.stats.lo, "hi": r.stats.hi, "p": r.stats.p}
                     if r.stats else {})} for r in rows]
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"a": args.a, "b": args.b, "rows": data}, indent=1) + "\n")
+        Path(args.out).write_text(json.dumps({"a": args.a, "a_round": a.get("round"), "b": args.b,
+                                              "b_round": b.get("round"), "rows": data}, indent=1) + "\n")
     return 0
 
 

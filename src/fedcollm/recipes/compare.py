@@ -5,7 +5,8 @@ the noise of a few hundred questions. Every evaluation we write keeps each quest
 results can be compared pairwise (bootstrap interval, McNemar) per task and pooled, without rerunning
 anything. A result is one of:
 
-- a run folder (``fedcollm run``): the last round's evaluation in ``metrics.jsonl``, roles ``llm``/``slm``;
+- a run folder (``fedcollm run``): the last evaluated round (>= 1) in ``metrics.jsonl``, roles ``llm``/``slm``
+  (round 0 is the untuned models: compare against ``results/zero_shot`` or an experiment's instead);
 - an experiment method file (``methods/<method>.json``): roles ``llm``/``slm`` (Standalone: mean over clients);
 - a ``fedcollm eval --out`` file: one role, ``model``.
 
@@ -51,11 +52,11 @@ def load_result(spec: str) -> tuple[dict, list[str]]:
         log = p / "metrics.jsonl"
         if not log.is_file():
             raise DataError(f"{p} is a folder without metrics.jsonl (not a fedcollm run folder)")
-        evals = [json.loads(line).get("eval") for line in log.read_text().splitlines() if line.strip()]
-        evals = [e for e in evals if e]
-        if not evals:
-            raise DataError(f"{log}: no round was evaluated yet")
-        result = evals[-1]
+        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        tuned = [r for r in records if r.get("round", 0) >= 1 and r.get("eval")]
+        if not tuned:
+            raise DataError(f"{log}: no tuned round was evaluated yet (round 0 is the zero-shot models)")
+        result = {**tuned[-1]["eval"], "round": tuned[-1]["round"]}
     elif p.is_file():
         try:
             data = json.loads(p.read_text())
