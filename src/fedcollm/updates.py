@@ -4,7 +4,9 @@
 - ``mutual_transfer`` (step 4): the server's joint distillation on D^a. Per batch both models run
   forward once; each model's loss is CE + λ·KL(other's detached distribution ‖ its own); the two
   losses touch disjoint adapters, so one backward of their sum and one step of each optimizer is
-  exactly two separate updates, without a second forward or stored teacher logits.
+  exactly two separate updates, without a second forward or stored teacher logits. Both models are
+  in train mode, so each teacher distribution carries its LoRA dropout (0.05 on the adapter path
+  only): the price of the one forward, as in a teacher that is trained at the same time.
 
 Standalone, FedAvg and Centralized reuse these with the same loop (``train.run_loop``).
 """
