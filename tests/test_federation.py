@@ -59,6 +59,22 @@ def test_unit_weights_average_every_client_the_same_and_a_reply_needs_its_weight
     assert strategy.rejected == [(4, "the reply needs one MetricRecord with num-examples")]
 
 
+def test_a_round_trains_exactly_the_nodes_found_online_without_waiting_for_more():
+    from flwr.app import ConfigRecord
+
+    class GoneGrid:  # both nodes dropped right after the server saw them online
+        def get_node_ids(self):
+            return []
+
+    rng = np.random.default_rng(5)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    strategy = CheckedFedAvg(_adapter(rng), min_available_nodes=2, min_train_nodes=2)
+    strategy.targets = [5, 7]
+    messages = list(strategy.configure_train(3, to_record(_adapter(rng)), ConfigRecord({}), GoneGrid()))
+    assert [m.metadata.dst_node_id for m in messages] == [5, 7]  # Flower's sampler would wait here forever
+    assert all(m.content["config"]["server-round"] == 3 for m in messages)
+
+
 @pytest.mark.parametrize("corrupt,reason", [
     (lambda a: [(a[0][0], np.full_like(a[0][1], np.nan)), a[1]], "NaN or Inf"),
     (lambda a: [a[0]], "adapter layout differs"),

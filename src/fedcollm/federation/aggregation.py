@@ -147,7 +147,7 @@ class PlainAggregation:
     def run(self, t: int, grid: MeteredGrid, nodes: list[int], theta: NamedArrays, config: ConfigRecord,
             timeout: float, seed: int) -> TrainRound:
         self.gate.reference = theta
-        self.gate.min_available_nodes = self.gate.min_train_nodes = len(nodes)  # train every connected node
+        self.gate.targets = nodes  # train every node found online, no more waiting
         down = to_record(theta, self.cfg.federation.transfer_dtype)
         messages = list(self.strategy.configure_train(t, down, config, grid))
         replies = list(grid.send_and_receive(messages, timeout=timeout))
