@@ -51,3 +51,20 @@ def test_an_unregistered_supernode_is_refused(tmp_path):
         assert listed.returncode == 0 and "online" not in listed.stdout
     text = (tmp_path / "work" / "logs" / "intruder.log").read_text()
     assert "Exit Code: 305" in text and "Failed to activate SuperNode" in text
+
+
+def test_a_taken_port_ends_in_one_line(tiny_models, data_dir, tmp_path, capsys):
+    import socket
+
+    from fedcollm.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 39670))
+        taken.listen()
+        argv = ["deploy-local", "--workdir", str(tmp_path / "work"), "--port", "39670", "--insecure",
+                f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}",
+                f"output_dir={tmp_path / 'runs'}", "run_name=blocked", "federation.num_clients=2", "eval.limit=4"]
+        assert main(argv) == 4
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedcollm: error: SuperLink") and "\n" not in err
+    assert "superlink.log" in err

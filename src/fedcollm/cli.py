@@ -139,9 +139,14 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_deploy_local(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .federation.deploy import launch_local
+    from .federation.deploy import DeployError, launch_local
 
-    run = launch_local(load_config(args.config, _overrides(args)), args.workdir, port=args.port, tls=not args.insecure)
+    try:
+        run = launch_local(load_config(args.config, _overrides(args)), args.workdir, port=args.port,
+                           timeout=args.timeout, tls=not args.insecure)
+    except DeployError as exc:
+        print(f"fedcollm: error: {exc}", file=sys.stderr)
+        return 4
     print(f"deployment run finished: {run.path}")
     return 0
 
@@ -237,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default=None, help="YAML config file")
     d.add_argument("--workdir", default="runs/deploy-local", help="FLWR_HOME, logs and the resolved config go here")
     d.add_argument("--port", type=int, default=39500, help="SuperLink port; SuperNodes use the next K ports")
+    d.add_argument("--timeout", type=float, default=86400.0, help="seconds the whole run may take (default one day)")
     d.add_argument("overrides", nargs="*", help="section.key=value overrides")
     d.add_argument("--secure-aggregation", action=argparse.BooleanOptionalAction, default=None,
                    help="aggregate client adapters with SecAgg+ (default on in deployment)")

@@ -30,6 +30,15 @@ from ..runlog import RunDir
 from .tls import make_certs
 
 log = logging.getLogger(__name__)
+
+
+class DeployError(RuntimeError):
+    """The local federation could not start or finish (port taken, node refused, run failed or timed out).
+
+    The CLI prints it as one line; finished rounds stay in the run folder.
+    """
+
+
 PROJECT_ROOT = Path(__file__).resolve().parents[3]  # the folder holding pyproject.toml ([tool.flwr.app])
 server_app = ServerApp()
 
@@ -83,6 +92,9 @@ class LocalFederation:
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         self.env = {**os.environ, "PATH": path, "FLWR_HOME": str(self.home),
                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+        for var in ("FEDCOLLM_CACHE", "FEDCOLLM_DATA_DIR"):  # the daemons run in the work folder
+            if self.env.get(var):
+                self.env[var] = str(Path(self.env[var]).expanduser().resolve())
         self.procs: dict[str, subprocess.Popen] = {}
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
@@ -122,7 +134,7 @@ class LocalFederation:
                 done = self.flwr("supernode", "register", f"{key}.pub", "local-deploy")
                 if done.returncode != 0:
                     why = (done.stdout + done.stderr).strip()[-300:]
-                    raise RuntimeError(f"flwr supernode register {key}.pub failed: {why}")
+                    raise DeployError(f"flwr supernode register {key}.pub failed: {why}")
             security = ["--root-certificates", str(self.certs.ca), "--auth-supernode-private-key", str(key)]
         else:
             security = ["--insecure"]
@@ -136,22 +148,28 @@ class LocalFederation:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"SuperLink exited with code {proc.returncode}; see {self.logs / 'superlink.log'}")
+                raise DeployError(f"SuperLink exited with code {proc.returncode} (port {self.port} taken?); "
+                                  f"see {self.logs / 'superlink.log'}")
             try:
                 with urllib.request.urlopen(f"{scheme}://127.0.0.1:{self.port}/health", timeout=2, context=ctx):
                     return
             except OSError:
                 time.sleep(0.3)
-        raise RuntimeError(f"SuperLink on 127.0.0.1:{self.port} did not become healthy in {timeout:.0f} s")
+        raise DeployError(f"SuperLink on 127.0.0.1:{self.port} did not become healthy in {timeout:.0f} s; "
+                          f"see {self.logs / 'superlink.log'}")
 
 
-def launch_local(cfg: Config, workdir: str | Path, port: int = 39500, timeout: float = 3600.0,
+def launch_local(cfg: Config, workdir: str | Path, port: int = 39500, timeout: float = 86400.0,
                  tls: bool = True) -> RunDir:
     """Run ``cfg`` on a localhost deployment: 1 SuperLink + K SuperNodes, each its own process."""
+    # the ServerApp runs in the work folder: every path it reads must be absolute
     cfg.output_dir = str(Path(cfg.output_dir).resolve())
     cfg.run_name = cfg.run_name or time.strftime("fedcollm-deploy-%Y%m%d-%H%M%S")
     if cfg.data_dir:
         cfg.data_dir = str(Path(cfg.data_dir).resolve())
+    for section in (cfg.llm, cfg.slm):
+        if Path(section.name).expanduser().exists():  # a local folder or .gguf file, not a built-in name
+            section.name = str(Path(section.name).expanduser().resolve())
     RunDir.new_path(cfg)  # refuse a taken run folder and a config that cannot run before starting any process
     preflight(cfg)
     k = cfg.federation.num_clients
@@ -163,13 +181,17 @@ def launch_local(cfg: Config, workdir: str | Path, port: int = 39500, timeout: f
             fed.add_supernode(i, f"partition-id={i} num-partitions={k} data-file='{files[i]}'")
         log.info("SuperLink 127.0.0.1:%d (%s) and %d SuperNodes started; logs in %s", port,
                  "TLS, authenticated SuperNodes" if tls else "insecure", k, fed.logs)
-        done = fed.flwr("run", str(PROJECT_ROOT), "local-deploy", "--stream", "--run-config", f"config='{cfg_path}'",
-                        timeout=timeout)
+        run = RunDir(Path(cfg.output_dir) / cfg.run_name)
+        try:
+            done = fed.flwr("run", str(PROJECT_ROOT), "local-deploy", "--stream", "--run-config",
+                            f"config='{cfg_path}'", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise DeployError(f"the run did not finish in {timeout:.0f} s (--timeout); rounds 1-{run.last_round()} "
+                              f"are saved in {run.path}") from None
         (fed.logs / "flwr-run.log").write_text(done.stdout + done.stderr)
         if done.returncode != 0:
-            raise RuntimeError(f"flwr run failed (exit {done.returncode}); see {fed.logs / 'flwr-run.log'}")
-    run = RunDir(Path(cfg.output_dir) / cfg.run_name)
+            raise DeployError(f"flwr run failed (exit {done.returncode}); see {fed.logs / 'flwr-run.log'}")
     if run.last_round() < cfg.federation.rounds:
-        raise RuntimeError(f"deployment run ended after round {run.last_round()} of {cfg.federation.rounds}; "
-                           f"see {fed.logs}")
+        raise DeployError(f"deployment run ended after round {run.last_round()} of {cfg.federation.rounds}; "
+                          f"see {fed.logs}")
     return run
