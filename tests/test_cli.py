@@ -64,11 +64,17 @@ def other_tokenizer_model(tiny_models, tmp_path):
     (["llm.name=OTHER"], "tokenizers differ"),
     (["data_dir=/nonexistent/data"], "/nonexistent/data"),
 ])
-def test_bad_run_configs_fail_before_any_run_folder_exists(extra, needle, tiny_models, data_dir, tmp_path,
+@pytest.mark.parametrize("command", ["run", "experiment"])
+def test_bad_run_configs_fail_before_any_run_folder_exists(command, extra, needle, tiny_models, data_dir, tmp_path,
                                                            other_tokenizer_model, capsys):
     extra = [e.replace("OTHER", str(other_tokenizer_model)) for e in extra]
     out = tmp_path / "runs"
-    argv = ["run", f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}",
+    if command == "experiment":
+        (tmp_path / "empty.yaml").write_text("{}\n")
+        head = ["experiment", "--config", str(tmp_path / "empty.yaml"), "--out", str(out / "exp")]
+    else:
+        head = ["run"]
+    argv = [*head, f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}",
             f"output_dir={out}", "run_name=r", "federation.num_clients=4", *extra]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

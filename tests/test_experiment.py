@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from fedcollm.config import load_config
+import pytest
+
+from fedcollm.config import ConfigError, load_config
 from fedcollm.recipes import experiment
 
 
 def test_toy_experiment_report_has_every_method_and_task(tiny_models, data_dir, tmp_path, monkeypatch):
-    cfg = load_config(None, [
+    overrides = [
         f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}", "precision=fp32",
         "federation.num_clients=2", "federation.rounds=1", "federation.client_size=4", "federation.aux_size=2",
-        "tasks=arc_easy,commonsense_qa", "eval.limit=3", "kd.top_k=8"])
+        "tasks=arc_easy,commonsense_qa", "eval.limit=3", "kd.top_k=8"]
+    cfg = load_config(None, overrides)
 
     def broken(cfg, out):
         raise RuntimeError("boom")
@@ -19,11 +22,17 @@ def test_toy_experiment_report_has_every_method_and_task(tiny_models, data_dir, 
     out = experiment.run_experiment(cfg, tmp_path / "exp")
     assert (out / "methods" / "centralized.error").is_file()  # the failure is kept ...
     assert {p.stem for p in (out / "methods").glob("*.json")} == set(experiment.METHODS) - {"centralized"}  # ... alone
+    assert experiment.failed_methods(out) == ["centralized"]  # what makes `fedcollm experiment` exit 1
     monkeypatch.undo()
     stamp = (out / "methods" / "fedcollm.json").stat().st_mtime_ns
     experiment.run_experiment(cfg, out)  # rerun: only the failed method runs again
     assert (out / "methods" / "fedcollm.json").stat().st_mtime_ns == stamp
-    assert not (out / "methods" / "centralized.error").exists()
+    assert not (out / "methods" / "centralized.error").exists() and experiment.failed_methods(out) == []
+    report_before = (out / "report.md").read_text()
+    other = load_config(None, [*overrides, "seed=1", "federation.rounds=2"])
+    with pytest.raises(ConfigError, match=r"another config \(differs in seed, federation.rounds\)"):
+        experiment.run_experiment(other, out)  # a changed config must not be mixed with finished methods
+    assert (out / "report.md").read_text() == report_before
     report = (out / "report.md").read_text()
     for table in ("Table 1", "Table 2", "Table 3"):
         assert table in report

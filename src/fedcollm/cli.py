@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .recipes.experiment import METHODS, run_experiment
+    from .recipes.experiment import METHODS, failed_methods, run_experiment
 
     if bool(args.preset) == bool(args.config):
         raise ConfigError("give exactly one of --preset NAME or --config FILE")
@@ -121,6 +121,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     out = run_experiment(cfg, args.out or Path(cfg.output_dir) / f"experiment-{args.preset or path.stem}", methods)
     print(f"report: {out / 'report.md'}")
+    failed = failed_methods(out)
+    if failed:
+        print(f"fedcollm: error: {', '.join(failed)} failed (tracebacks in {out / 'methods'}/*.error); "
+              "the same command runs only those again", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -271,6 +271,18 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def config_differences(a: Config, b: Config) -> list[str]:
+    """The dotted keys whose values differ between two configs (``federation.rounds``, ...)."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    fa, fb = flat(to_dict(a)), flat(to_dict(b))
+    return [k for k in fa if fa[k] != fb.get(k)]
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(dump_config(cfg))
 

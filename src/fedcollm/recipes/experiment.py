@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Config, save_config
+from ..config import Config, ConfigError, config_differences, load_config, save_config
 from ..runlog import RunDir
 from ..stats import compare
 from . import baselines
+from .common import preflight
 from .compare import outcome_vector
 from .fedcollm import run_fedcollm
 
@@ -66,7 +67,19 @@ RUNNERS: dict[str, Callable[[Config, Path], dict]] = {
 
 
 def run_experiment(cfg: Config, out_dir: str | Path, methods: Sequence[str] = METHODS) -> Path:
+    """Run every method not finished yet in ``out_dir``, then write the report from all of them.
+
+    A folder holds one config: finished methods are only reused when the config is the same (else
+    the report would mix splits and budgets), and a config that cannot run is refused before
+    anything is written.
+    """
     out = Path(out_dir)
+    if (out / "config.yaml").is_file():
+        changed = config_differences(load_config(out / "config.yaml"), cfg)
+        if changed:
+            raise ConfigError(f"{out} holds an experiment with another config (differs in {', '.join(changed)}); "
+                              "pass --out NEW_FOLDER, or the same config to continue it")
+    preflight(cfg)
     (out / "methods").mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     for m in methods:
@@ -85,6 +98,10 @@ def run_experiment(cfg: Config, out_dir: str | Path, methods: Sequence[str] = ME
         done.write_text(json.dumps(result, indent=1) + "\n")
     write_report(out, cfg)
     return out
+
+
+def failed_methods(out: Path) -> list[str]:
+    return sorted(p.stem for p in (out / "methods").glob("*.error"))
 
 
 def _load(out: Path) -> dict[str, dict]:
@@ -180,7 +197,7 @@ def write_report(out: Path, cfg: Config) -> None:
                   f"{mean(sent):,.0f} | {mean(recv):,.0f} |",
                   "", "Paper: GPT-2 124M vs 0.29M (0.24%), OPT 1316M vs 3.15M (0.24%), LLaMA-2 1345M vs 3.15M (0.23%)."]
     lines += claims_section(results, tasks)
-    failed = sorted(p.stem for p in (out / "methods").glob("*.error"))
+    failed = failed_methods(out)
     if failed:
         lines += ["", f"Failed methods (see methods/*.error): {', '.join(failed)}"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
