@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from fedcollm.config import load_config
-from fedcollm.recipes.baselines import centralized, standalone, zero_shot
+from fedcollm.recipes.baselines import centralized, centralized_max_steps, standalone, zero_shot
+from fedcollm.recipes.common import load_splits
 from fedcollm.recipes.fedcollm import run_fedcollm
 
 
@@ -24,6 +25,18 @@ def test_zero_shot_standalone_centralized(tiny_models, data_dir, tmp_path):
     assert abs(sa["slm"]["arc_easy"]["acc"] - sum(acc) / 2) < 1e-9
     ce = centralized(cfg)
     assert set(ce["llm"]) == {"arc_easy", "openbookqa"}
+
+
+def test_centralized_sees_as_many_examples_as_a_capped_federation(tiny_models, data_dir, tmp_path):
+    cfg = _cfg(tiny_models, data_dir, tmp_path, "federation.rounds=3")
+    splits = load_splits(cfg)
+    assert centralized_max_steps(cfg, splits) is None  # no caps: T·E full passes over the union
+    sizes = [len(c) for c in splits.clients]
+    assert min(sizes) > 4 and len(splits.aux) == 8  # 2 clients of 6, D^a 4 per task (the caps below bind)
+    capped = _cfg(tiny_models, data_dir, tmp_path, "federation.rounds=3", "federation.local_max_steps=1",
+                  "slm.batch_size=2", "kd.max_steps=1", "llm.batch_size=4")
+    # a round: each client 1 step of 2 examples, the server 1 KD step of 4 → 8 examples, 3 rounds = 24 = 6 steps of 4
+    assert centralized_max_steps(capped, load_splits(capped)) == 6
 
 
 def test_fedavg_is_the_federation_without_the_llm(tiny_models, data_dir, tmp_path):
