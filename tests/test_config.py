@@ -23,6 +23,13 @@ def test_defaults_file_and_overrides(tmp_path):
     ("tasks=arc_easy,mmlu", "unknown task 'mmlu'"),
     ("precision=fp8", "precision must be auto, bf16 or fp32"),
     ("rounds", "not of the form"),
+    ("federation.alpha=0", r"federation.alpha \(Dirichlet concentration\) must be > 0"),
+    ("federation.aux_size=-3", "federation.aux_size must be >= 0"),
+    ("federation.local_epochs=0", "federation.local_epochs and kd.epochs must be >= 1"),
+    ("kd.max_steps=0", "kd.max_steps must be >= 1"),
+    ("slm.lr=-0.1", "llm/slm lr must be > 0"),
+    ("llm.batch_size=0", "batch_size >= 1"),
+    ("eval.limit=-5", "eval.limit must be >= 1"),
 ])
 def test_bad_values_are_one_clear_line(override, match):
     with pytest.raises(ConfigError, match=match):
