@@ -4,7 +4,8 @@
 partition id, in that round, do KIND instead of replying normally:
 
 - ``exit``: its process dies mid-round (``os._exit``), as a crashed or killed client would;
-- ``kill-node``: it kills its parent process too (the SuperNode in deployment) and dies;
+- ``kill-node``: it kills its parent process too (the SuperNode in deployment) and dies; deployment
+  only: in simulation the parent is Ray's raylet, and the whole simulation would go;
 - ``raise``: the train handler raises (Flower returns an error reply);
 - ``nan`` / ``scale`` / ``shape`` / ``keys``: it replies with a NaN, 1000×-scaled, wrongly shaped
   or renamed adapter.
