@@ -16,15 +16,15 @@ anything. A result is one of:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..data import DataError
+from ..runlog import RunDir
 from ..stats import Comparison, compare, outcomes
-
-Evals = dict[str, dict]  # role -> the result's entry for that role (task -> metrics, maybe "clients")
 
 
 def outcome_vector(result: dict, role: str, task: str) -> tuple[np.ndarray, str] | None:
@@ -52,8 +52,7 @@ def load_result(spec: str) -> tuple[dict, list[str]]:
         log = p / "metrics.jsonl"
         if not log.is_file():
             raise DataError(f"{p} is a folder without metrics.jsonl (not a fedcollm run folder)")
-        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        tuned = [r for r in records if r.get("round", 0) >= 1 and r.get("eval")]
+        tuned = [r for r in RunDir(p).records() if r.get("round", 0) >= 1 and r.get("eval")]
         if not tuned:
             raise DataError(f"{log}: no tuned round was evaluated yet (round 0 is the zero-shot models)")
         result = {**tuned[-1]["eval"], "round": tuned[-1]["round"]}
@@ -87,8 +86,12 @@ class Row:
     note: str = ""
 
 
-def compare_results(a: dict, roles_a: list[str], b: dict, roles_b: list[str]) -> list[Row]:
-    """Pair roles (the only one of each, else the same names), then compare task by task and pooled."""
+def compare_results(a: dict, roles_a: list[str], b: dict, roles_b: list[str],
+                    tasks: Sequence[str] | None = None) -> list[Row]:
+    """Pair roles (the only one of each, else the same names), then compare task by task and pooled.
+
+    ``tasks`` restricts and orders the tasks (default: A's tasks that B has too).
+    """
     if len(roles_a) == 1 and len(roles_b) == 1:
         pairs = [(roles_a[0], roles_b[0])]
     else:
@@ -98,9 +101,9 @@ def compare_results(a: dict, roles_a: list[str], b: dict, roles_b: list[str]) ->
     rows: list[Row] = []
     for ra, rb in pairs:
         label = ra if ra == rb else f"{ra} vs {rb}"
-        tasks = [t for t in a.get(ra, {}) if t in b.get(rb, {})]
+        both = [t for t in (a.get(ra, {}) if tasks is None else tasks) if t in a.get(ra, {}) and t in b.get(rb, {})]
         pooled_a, pooled_b = [], []
-        for t in tasks:
+        for t in both:
             oa, ob = outcome_vector(a, ra, t), outcome_vector(b, rb, t)
             if oa is None or ob is None:
                 rows.append(Row(label, t, note="per-question outcomes not kept"))

@@ -15,14 +15,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from ..config import Config, ConfigError, config_differences, load_config, save_config
 from ..runlog import RunDir
-from ..stats import compare
+from ..stats import Comparison
 from . import baselines
 from .common import preflight
-from .compare import outcome_vector
+from .compare import compare_results
 from .fedcollm import run_fedcollm
 
 log = logging.getLogger(__name__)
@@ -123,10 +121,6 @@ CLAIMS = (
 )
 
 
-def _outcomes(results: dict, method: str, role: str, task: str) -> tuple[np.ndarray, str] | None:
-    return outcome_vector(results.get(method, {}), role, task)
-
-
 def claims_section(results: dict, tasks: list[str]) -> list[str]:
     """One row per claim and task (and all tasks pooled): difference, 95% interval, McNemar p, verdict."""
     lines = ["", "## Which of the paper's claims hold here", "",
@@ -137,26 +131,16 @@ def claims_section(results: dict, tasks: list[str]) -> list[str]:
              "| claim | task | n | a − b | 95% interval | McNemar p | verdict |", "|---|---|---|---|---|---|---|"]
     for role, a, b, expect in CLAIMS:
         claim = f"{role.upper()}: {a} {'>' if expect == 'better' else '≈'} {b}"
-        pooled_a, pooled_b = [], []
-        rows = []
-        for t in tasks:
-            oa, ob = _outcomes(results, a, role, t), _outcomes(results, b, role, t)
-            if oa is None or ob is None:
-                continue
-            if oa[1] != ob[1]:
-                rows.append(f"| {claim} | {TASK_NAMES[t]} | - | - | - | - | not comparable: different questions |")
-                continue
-            pooled_a.append(oa[0])
-            pooled_b.append(ob[0])
-            rows.append(_claim_row(claim, TASK_NAMES[t], oa[0], ob[0], expect))
-        if len(pooled_a) > 1:
-            rows.append(_claim_row(claim, "**all**", np.concatenate(pooled_a), np.concatenate(pooled_b), expect))
-        lines += rows
+        for r in compare_results(results.get(a, {}), [role], results.get(b, {}), [role], tasks):
+            task = "**all**" if r.task == "all" else TASK_NAMES[r.task]
+            if r.stats is not None:
+                lines.append(_claim_row(claim, task, r.stats, expect))
+            elif "different questions" in r.note:  # a method without per-question outcomes is left out
+                lines.append(f"| {claim} | {task} | - | - | - | - | {r.note} |")
     return lines
 
 
-def _claim_row(claim: str, task: str, a: np.ndarray, b: np.ndarray, expect: str) -> str:
-    c = compare(a, b)
+def _claim_row(claim: str, task: str, c: Comparison, expect: str) -> str:
     p = "-" if c.p is None else f"{c.p:.3f}"
     return f"| {claim} | {task} | {c.n} | {c.diff:+.1f} | [{c.lo:+.1f}, {c.hi:+.1f}] | {p} | {c.verdict(expect)} |"
 
