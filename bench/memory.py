@@ -128,7 +128,7 @@ def simulate(setup: Setup, clients: int, env: dict[str, str] | None = None) -> d
         if proc.returncode != 0:
             raise RuntimeError(f"simulation child failed ({proc.returncode}): {log.read_text()[-2000:]}")
         records = RunDir(Path(tmp) / "run").records()
-    workers = {int(c["worker-pid"]) for c in records[-1]["per_client"]}
+    workers = {int(c["worker-pid"]) for c in records[-1]["clients"]["contributors"]}
     for pid, v in peak["per_proc"].items():
         v["role"] = "server" if pid == proc.pid else "client worker" if pid in workers else "ray runtime"
     return {"cfg": cfg, "peak": peak, "timeline": timeline, "per_pid": per_pid, "records": records,
@@ -161,7 +161,8 @@ def describe(sim: dict) -> dict:
         "env": sim["env"], "wall_s": round(sim["wall_s"], 1),
         "peak": {"dedup_rss": peak["dedup"], "pss_sum": peak["pss_sum"], "rss_sum": peak["rss_sum"], "at_s": peak["t"]},
         "metrics_jsonl": {"server_peak_rss": round1["server_peak_rss_mb"] * 2**20,
-                          "worker_peak_rss": max(c["worker-peak-rss-mb"] for c in round1["per_client"]) * 2**20},
+                          "worker_peak_rss": max(c["worker-peak-rss-mb"]
+                                                 for c in round1["clients"]["contributors"]) * 2**20},
         "at_peak_by_role_gib": {role: {k: _gib(v) for k, v in d.items()} for role, d in by_role.items()},
         "at_peak_per_process_gib": {str(pid): {"name": v["name"], "role": v["role"],
                                                **{k: _gib(v[k]) for k in ("rss", "pss", "uss", "uss_anon")}}

@@ -55,7 +55,7 @@ def test_unit_weights_average_every_client_the_same_and_a_reply_needs_its_weight
     for j, (key, _) in enumerate(updates[0][0]):
         want = sum(a[j][1] for a, _ in updates) / 3  # not the 10/30/60-weighted mean
         np.testing.assert_allclose(_unpacked(agg, updates[0][0])[key], want, rtol=1e-6, atol=1e-7)
-    assert strategy.accepted == 3
+    assert strategy.accepted == [1, 2, 3]
     assert strategy.rejected == [(4, "the reply needs one MetricRecord with num-examples")]
 
 
@@ -130,10 +130,11 @@ def test_simulated_run_trains_both_adapters_and_resume_equals_uninterrupted(tiny
     records = full.records()
     assert [r["round"] for r in records] == [0, 1, 2]
     first = records[1]
-    assert len(first["per_client"]) == 3 and first["comm"]["updates_accepted"] == 3
+    assert len(first["clients"]["contributors"]) == 3 and not first["clients"]["dropped"]
     # one worker process served all clients and loaded the SLM base once (adapters swapped, base shared)
-    assert {c["worker-pid"] for c in records[2]["per_client"]} == {first["per_client"][0]["worker-pid"]}
-    assert {c["slm-loads-in-worker"] for c in records[2]["per_client"]} == {1}
+    second = records[2]["clients"]["contributors"]
+    assert {c["worker-pid"] for c in second} == {first["clients"]["contributors"][0]["worker-pid"]}
+    assert {c["slm-loads-in-worker"] for c in second} == {1}
     assert first["kd"]["llm_kl"] > 0 and first["kd"]["slm_kl"] > 0
     r1, r2 = _adapters(full.path, 1), _adapters(full.path, 2)
     for who in ("theta", "omega"):  # both adapters move every round
@@ -198,7 +199,7 @@ def test_resume_redoes_a_round_logged_without_its_checkpoint_and_keeps_the_zero_
     run_fedcollm(None, resume=str(run.path), progress=False)
     records = run.records()
     assert [r["round"] for r in records] == [0, 1] and records[0]["marker"] == "zero-shot, kept"
-    assert "marker" not in records[1] and records[1]["comm"]["updates_accepted"] == 3
+    assert "marker" not in records[1] and len(records[1]["clients"]["contributors"]) == 3
     assert run.last_round() == 1
 
 

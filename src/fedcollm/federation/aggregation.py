@@ -34,45 +34,62 @@ from ..config import Config
 from ..models.lora import NamedArrays
 from .dp import epsilon
 from .records import from_record, layout_of, payload_bytes, to_record
-from .secagg import secure_train_round, workflow
-from .strategy import CheckedFedAvg
+from .secagg import SECAGG_CONFIGS, SECAGG_STAGE, secure_train_round, workflow
+from .strategy import UNIT_WEIGHT, CheckedFedAvg
 
 log = logging.getLogger(__name__)
 
 
 class MeteredGrid:
-    """The server's Grid, counting the bytes of every message to and from each node, and what failed.
+    """The server's Grid, counting the bytes of every message to and from each node, and who dropped where.
 
     Every protocol stage goes through ``send_and_receive``, so a client's total here is what it cost on
-    the wire (SecAgg+'s key and share exchanges included), and ``failed`` names each node that replied
-    with an error or not at all, whichever stage it dropped in.
+    the wire (SecAgg+'s key and share exchanges included). ``dropped`` names each node that replied with
+    an error or not at all, with the stage it was in (``train`` for a plain round, else the SecAgg+
+    stage: ``setup``, ``share_keys``, ``collect_masked_vectors`` or ``unmask``) and why.
     """
 
     def __init__(self, grid: Grid) -> None:
         self._grid = grid
         self.sent: Counter[int] = Counter()
         self.received: Counter[int] = Counter()
-        self.failed: dict[int, str] = {}
+        self.dropped: dict[int, Drop] = {}
 
     def __getattr__(self, name: str):
         return getattr(self._grid, name)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
+        stage = {}
         for m in messages:
             self.sent[m.metadata.dst_node_id] += payload_bytes(m.content)
+            stage[m.metadata.dst_node_id] = stage_of(m)
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         for r in replies:
+            node = r.metadata.src_node_id
             if r.has_error():
-                self.failed.setdefault(r.metadata.src_node_id, r.error.reason.strip().splitlines()[-1][:300])
+                why = r.error.reason.strip().splitlines()[-1][:300] if r.error.reason.strip() else "error reply"
+                self.dropped.setdefault(node, Drop(node, stage.get(node, "train"), why))
             else:
-                self.received[r.metadata.src_node_id] += payload_bytes(r.content)
-        for n in {m.metadata.dst_node_id for m in messages} - {r.metadata.src_node_id for r in replies}:
-            self.failed.setdefault(n, f"no reply within {timeout} s")
+                self.received[node] += payload_bytes(r.content)
+        for n in stage.keys() - {r.metadata.src_node_id for r in replies}:
+            self.dropped.setdefault(n, Drop(n, stage[n], f"no reply within {timeout} s"))
         return replies
 
-    def errors(self) -> list[str]:
-        return [f"node {n}: {why}" for n, why in sorted(self.failed.items())]
+
+@dataclass(frozen=True)
+class Drop:
+    """A node that stopped answering in a round: where (the protocol stage) and why (its error, or silence)."""
+
+    node: int
+    stage: str
+    reason: str
+
+
+def stage_of(message: Message) -> str:
+    """The protocol stage a message belongs to: its SecAgg+ stage, or ``train`` for a plain train message."""
+    secure = message.content.config_records.get(SECAGG_CONFIGS)
+    return str(secure[SECAGG_STAGE]) if secure is not None and SECAGG_STAGE in secure else "train"
 
 
 def online_nodes(grid: Grid) -> list[int]:
@@ -99,14 +116,42 @@ def connected_nodes(grid: Grid, want: int, at_least: int, wait_s: float) -> list
 
 @dataclass
 class TrainRound:
-    """θ^{t,0} and what the server may know about how it came about."""
+    """θ^{t,0} and what the server may know about how it came about.
+
+    ``contributors`` are exactly the updates inside θ^{t,0}, each with the weight it had in the mean
+    (θ^{t,0} = Σ w_k θ_k / Σ w_k; w_k = n_k, or 1 under DP) and the plaintext metrics it reported.
+    ``dropped`` says which nodes stopped answering and in which stage: under SecAgg+ a node that drops
+    in ``unmask`` already has its masked update in the sum, so it is a contributor *and* dropped.
+    ``rejected`` are updates the gate refused, with the reason.
+    """
 
     theta: NamedArrays | None
-    per_client: list[dict] = field(default_factory=list)  # plaintext metrics each client reported
-    accepted: int = 0
-    rejected: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    contributors: list[dict] = field(default_factory=list)
+    dropped: list[Drop] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
     privacy: dict = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> int:
+        return len(self.contributors)
+
+    def record(self) -> dict:
+        """The round's account of its clients, as logged: a reader recomputes θ^{t,0}'s weights from it."""
+        return {"contributors": self.contributors,
+                "dropped": [{"node": d.node, "stage": d.stage, "reason": d.reason} for d in self.dropped],
+                "rejected": [{"node": n, "reason": why} for n, why in self.rejected]}
+
+    def problems(self) -> str:
+        """One line on what went wrong this round (for the error that stops a run)."""
+        drops = "; ".join(f"node {d.node} dropped in {d.stage}: {d.reason}" for d in self.dropped) or "none"
+        rejected = "; ".join(f"node {n}: {why}" for n, why in self.rejected) or "none"
+        return f"dropped: {drops}; rejected: {rejected}"
+
+
+def contributor(node: int, metrics: dict, unit_weight: bool) -> dict:
+    """One update in the mean: its node, its weight in θ^{t,0}, and the metrics the client reported."""
+    weight = 1 if unit_weight else int(metrics["num-examples"])
+    return {"node": int(node), "weight": weight, **{k: v for k, v in metrics.items() if k != UNIT_WEIGHT}}
 
 
 def _privacy(cfg: Config, t: int, averaged: int, secure: bool) -> dict:
@@ -128,7 +173,7 @@ class _NoiseForAveraged(DifferentialPrivacyClientSideFixedClipping):
     """
 
     def _add_noise_to_aggregated_arrays(self, aggregated_arrays):  # type: ignore[override]
-        self.num_sampled_clients = self.strategy.accepted
+        self.num_sampled_clients = len(self.strategy.accepted)
         return super()._add_noise_to_aggregated_arrays(aggregated_arrays)
 
 
@@ -156,15 +201,13 @@ class PlainAggregation:
                     if "metrics" in r.content.metric_records}  # before the gate adds its weight key
         np.random.seed(seed)  # Flower's DP noise draws from numpy's global RNG: seeded, a resumed run repeats it
         mean, _ = self.strategy.aggregate_train(t, ok)  # failed clients are left out here, not fatal to the round
-        rejected = {n for n, _ in self.gate.rejected}
-        accepted = self.gate.accepted if mean is not None else 0
+        inside = self.gate.accepted if mean is not None else []
         return TrainRound(
             theta=None if mean is None else from_record(mean, layout_of(theta)),
-            per_client=[m for n, m in reported.items() if n not in rejected],
-            accepted=accepted,
-            rejected=[f"node {n}: {why}" for n, why in self.gate.rejected],
-            errors=grid.errors(),
-            privacy=_privacy(self.cfg, t, accepted, secure=False),
+            contributors=[contributor(n, reported[n], self.cfg.dp.enabled) for n in inside],
+            dropped=list(grid.dropped.values()),
+            rejected=list(self.gate.rejected),
+            privacy=_privacy(self.cfg, t, len(inside), secure=False),
         )
 
 
@@ -182,16 +225,18 @@ class SecureAggregation:
             config[KEY_CLIPPING_NORM] = self.cfg.dp.clipping_norm  # clients clip Δθ_k before masking it
         res = secure_train_round(grid, nodes, to_record(theta), config, t, self.workflow)
         mean = None if res.aggregate is None else from_record(res.aggregate, layout_of(theta))
-        errors = grid.errors()
+        rejected = []
         if mean is not None and not all(np.all(np.isfinite(v)) for _, v in mean):
-            errors.append("the unmasked aggregate holds NaN/Inf: round discarded")
+            # SecAgg+ hides whose update it was: the whole mean goes, every masked update with it
+            rejected = [(n, "the unmasked aggregate holds NaN/Inf: round discarded") for n, _ in res.metrics]
             mean = None
-        accepted = len(res.metrics) if mean is not None else 0
+        inside = res.metrics if mean is not None else []  # every masked vector in the sum, unmask drops included
         if mean is not None and self.cfg.dp.enabled:  # clients sent unit weights: the unmasked mean is over m
             arrays = [v.copy() for _, v in mean]
             np.random.seed(seed)
             add_gaussian_noise_inplace(arrays, compute_stdv(self.cfg.dp.noise_multiplier, self.cfg.dp.clipping_norm,
-                                                            accepted))
+                                                            len(inside)))
             mean = [(k, v) for (k, _), v in zip(mean, arrays)]
-        return TrainRound(theta=mean, per_client=[m for _, m in res.metrics], accepted=accepted,
-                          errors=errors, privacy=_privacy(self.cfg, t, accepted, secure=True))
+        return TrainRound(theta=mean, contributors=[contributor(n, m, self.cfg.dp.enabled) for n, m in inside],
+                          dropped=list(grid.dropped.values()), rejected=rejected,
+                          privacy=_privacy(self.cfg, t, len(inside), secure=True))

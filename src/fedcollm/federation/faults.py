@@ -7,6 +7,10 @@ partition id, in that round, do KIND instead of replying normally:
 - ``kill-node``: it kills its parent process too (the SuperNode in deployment) and dies; deployment
   only: in simulation the parent is Ray's raylet, and the whole simulation would go;
 - ``raise``: the train handler raises (Flower returns an error reply);
+- ``drop-STAGE``: under SecAgg+, the client fails in that protocol stage (``setup``, ``share_keys``,
+  ``collect_masked_vectors`` or ``unmask``) with an error reply and stays alive: a drop whose stage
+  and timing are exact, unlike ``exit`` in simulation, where Ray restarts the worker and a message it
+  receives meanwhile fails as well;
 - ``nan`` / ``scale`` / ``shape`` / ``keys``: it replies with a NaN, 1000×-scaled, wrongly shaped
   or renamed adapter.
 
@@ -42,6 +46,12 @@ def before_training(kind: str | None) -> None:
         os._exit(17)
     if kind == "raise":
         raise RuntimeError("injected client failure (FEDCOLLM_FAULT)")
+
+
+def in_secagg_stage(partition_id: int, server_round: int, stage: str) -> None:
+    """The ``drop-STAGE`` fault: fail this SecAgg+ stage for this client (an error reply, as a dropout)."""
+    if planned(partition_id, server_round) == f"drop-{stage}":
+        raise RuntimeError(f"injected drop in SecAgg+ stage {stage} (FEDCOLLM_FAULT)")
 
 
 def corrupt(kind: str | None, theta: NamedArrays) -> NamedArrays:

@@ -28,6 +28,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.app.message_type import MessageType
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.compat.grid_client_proxy import GridClientProxy
@@ -40,16 +42,20 @@ from flwr.serverapp import Grid
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from ..config import SecAggSection
+from . import faults
 
 log = logging.getLogger(__name__)
 NAMES_KEY = "fedcollm-array-names"  # legacy Parameters carry no names: they travel in the config
-SECAGG_CONFIGS = "secaggplus_configs"  # the record Flower's SecAgg+ messages carry
+SECAGG_CONFIGS = RECORD_KEY_CONFIGS  # the record Flower's SecAgg+ messages carry ("secaggplus_configs")
+SECAGG_STAGE = SecAggKey.STAGE  # its key naming the protocol stage (setup, share_keys, ...)
 
 
 # ----------------------------------------------------------------------------------------------- client
 def secagg_mod(msg: Message, ctxt: Context, call_next) -> Message:
     """Flower's ``secaggplus_mod`` for SecAgg+ rounds only (it would refuse a plain train message)."""
     if SECAGG_CONFIGS in msg.content.config_records:
+        stage = str(msg.content.config_records[SECAGG_CONFIGS][SECAGG_STAGE])
+        faults.in_secagg_stage(int(ctxt.node_config.get("partition-id", -1)), int(msg.metadata.group_id or 0), stage)
         return secaggplus_mod(msg, ctxt, call_next)
     return call_next(msg, ctxt)
 

@@ -48,7 +48,7 @@ class CheckedFedAvg(FedAvg):
             self.weighted_by_key = UNIT_WEIGHT
         self.rejected: list[tuple[int, str]] = []
         self.norms: dict[int, float] = {}
-        self.accepted = 0  # updates in the last aggregate
+        self.accepted: list[int] = []  # the nodes whose update is in the last aggregate
         self.targets: list[int] | None = None  # the nodes to train this round (None: Flower samples)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -109,5 +109,5 @@ class CheckedFedAvg(FedAvg):
                 if self.unit_weights:
                     next(iter(msg.content.metric_records.values()))[UNIT_WEIGHT] = 1.0
                 accepted.append(msg)
-        self.accepted = len(accepted)
+        self.accepted = [m.metadata.src_node_id for m in accepted]
         return super().aggregate_train(server_round, [*accepted, *errors])

@@ -34,18 +34,15 @@ def fedcollm_round(t: int, grid: Grid, nodes: list[int], server: CoTuningServer,
                          derive_seed(cfg.seed, "aggregate", t))
     if up.theta is None or up.accepted < min_clients(cfg):
         raise RoundError(f"round {t}: {up.accepted} usable client updates, federation.min_clients is "
-                         f"{min_clients(cfg)} (errors: {up.errors or 'none'}; rejected: {up.rejected or 'none'})")
+                         f"{min_clients(cfg)} ({up.problems()})")
     kd = server.transfer(up.theta, t)  # 4. R steps of CE + λ·KL both ways -> θ^{t+1}, ω^{t+1}
     return {
-        "per_client": up.per_client,
+        "clients": up.record(),  # who is in θ^{t,0} with which weight, who dropped where, who was rejected
         "kd": kd,
         "privacy": up.privacy,
         "comm": {
             "bytes_sent_per_client": [metered.sent[n] for n in nodes],
             "bytes_received_per_client": [metered.received[n] for n in nodes if metered.received[n]],
-            "updates_accepted": up.accepted,
-            "updates_rejected": up.rejected,
-            "client_errors": up.errors,
         },
     }
 
