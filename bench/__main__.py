@@ -62,7 +62,7 @@ def table(rows: list[dict]) -> Table:
 
 
 def precision_info(setup: Setup) -> dict:
-    from fedcollm.recipes.common import autocast_dtype, dtype
+    from fedcollm.build import autocast_dtype, dtype
 
     cfg = setup.config()
     return {"requested": setup.precision, "resolved": setup.precision_name(), "weights_dtype": str(dtype(cfg)),

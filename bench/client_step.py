@@ -73,8 +73,8 @@ def same_loss(model, batch, labels, autocast_dtype) -> tuple[float, float]:
 
 
 def run(setup: Setup, steps: int | None = None, reps: int | None = None, batch_size: int = 4) -> dict:
+    from fedcollm.build import autocast_dtype
     from fedcollm.models.lora import get_adapter_arrays, set_adapter_arrays
-    from fedcollm.recipes.common import autocast_dtype
     from fedcollm.train import make_batches
 
     steps = steps or (2 if setup.quick else 4)

@@ -103,8 +103,8 @@ def messages(setup: Setup, clients: int = 4):
     from fedcollm.config import dump_config
     from fedcollm.federation import client_app
     from fedcollm.federation.client_app import CONFIG_KEY, client_train
-    from fedcollm.federation.records import from_record, layout_of, to_record
     from fedcollm.federation.strategy import CheckedFedAvg
+    from fedcollm.federation.wire import from_record, layout_of, to_record
     from fedcollm.models.lora import get_adapter_arrays
 
     cfg = setup.config(f"federation.num_clients={clients}", "federation.local_max_steps=1")
@@ -133,7 +133,7 @@ def messages(setup: Setup, clients: int = 4):
 def run(setup: Setup, clients: int = 4) -> dict:
     from flwr.app import Message, RecordDict
 
-    from fedcollm.federation.records import payload_bytes
+    from fedcollm.federation.wire import payload_bytes
     from fedcollm.models.lora import arrays_nbytes, count_parameters
 
     down1, up, down2, cfg, theta_k, model = messages(setup, clients)
@@ -147,7 +147,7 @@ def run(setup: Setup, clients: int = 4) -> dict:
             content = RecordDict({"arrays": record, "metrics": up.content["metrics"]})
             return wire_bytes(Message(content, reply_to=down1), "up")
 
-    from fedcollm.federation.records import to_record
+    from fedcollm.federation.wire import to_record
 
     variants = {"bf16 transfer (federation.transfer_dtype)": (reply_with(to_record(theta_k, "bfloat16")), raw // 2),
                 "one Array per tensor (before packing)": (reply_with(per_array_record(theta_k)), raw)}

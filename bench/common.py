@@ -61,8 +61,8 @@ class Setup:
 
     def peft(self, role: str):
         """(PEFT model on the device, tokenizer) for ``slm``/``llm``, adapter reset to its seeded init."""
+        from fedcollm.build import load_peft
         from fedcollm.models.lora import get_adapter_arrays, set_adapter_arrays
-        from fedcollm.recipes.common import load_peft
 
         if role not in self._models:
             cfg = self.config()

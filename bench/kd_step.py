@@ -69,8 +69,8 @@ def sequential_kd_step(llm, slm, weight: float, temperature: float, top_k: int |
 
 def arms(setup: Setup, batches, what_if: bool = False) -> dict:
     """The timed callables (adapters reset and optimizers fresh on every call)."""
+    from fedcollm.build import autocast_dtype
     from fedcollm.models.lora import get_adapter_arrays, set_adapter_arrays
-    from fedcollm.recipes.common import autocast_dtype
     from fedcollm.train import run_loop, sft_step, trainable
     from fedcollm.updates import mutual_kd_step
 

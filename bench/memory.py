@@ -127,7 +127,7 @@ def simulate(setup: Setup, clients: int, env: dict[str, str] | None = None) -> d
             peak, timeline, per_pid = sample_until_exit(proc)
         if proc.returncode != 0:
             raise RuntimeError(f"simulation child failed ({proc.returncode}): {log.read_text()[-2000:]}")
-        records = RunDir(Path(tmp) / "run").records()
+        records = RunDir(Path(tmp) / "run").metrics()
     workers = {int(c["worker-pid"]) for c in records[-1]["clients"]["contributors"]}
     for pid, v in peak["per_proc"].items():
         v["role"] = "server" if pid == proc.pid else "client worker" if pid in workers else "ray runtime"
@@ -181,7 +181,7 @@ ALLOCATOR_WHAT_IF = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def run(setup: Setup, clients: int = 4, what_if: bool | None = None) -> dict:
-    from fedcollm.recipes.common import dtype
+    from fedcollm.build import dtype
 
     setup.release()  # nothing of ours mapped while the child runs
     sims = {"as is": simulate(setup, clients)}

@@ -32,16 +32,16 @@ def fedavg(updates: list[tuple[list, int]]) -> list:
 
 def time_round(setup: Setup, clients: int, per_client: int, aux_size: int) -> dict:
     """Seconds of one round's compute with K clients: every local update, FedAvg, the server's transfer."""
+    from fedcollm.build import train_settings
     from fedcollm.models.lora import get_adapter_arrays
-    from fedcollm.recipes.common import settings
     from fedcollm.updates import local_update, mutual_transfer
 
     cfg = setup.config()
     slm, tok = setup.peft("slm")  # clients and server share one SLM object here: same work, one copy
     llm, _ = setup.peft("llm")
     theta = get_adapter_arrays(slm)  # θ^t: the seeded initial adapter
-    client_s = settings(cfg, cfg.slm, cfg.seed, 1, None, progress=False)
-    server_s = settings(cfg, cfg.slm, cfg.seed, 1, None, progress=False)
+    client_s = train_settings(cfg, cfg.slm, cfg.seed, 1, None, progress=False)
+    server_s = train_settings(cfg, cfg.slm, cfg.seed, 1, None, progress=False)
     aux = setup.train_questions(aux_size, offset=1000)
     t0 = time.perf_counter()
     updates, per = [], []
@@ -75,7 +75,7 @@ def fixed_length_batch(tok, questions, length: int, filler_questions):
 
 def time_lengths(setup: Setup, lengths: list[int], batch_size: int, reps: int, warmup: int = 1) -> dict:
     """Median seconds of one client step and one KD step at each sequence length."""
-    from fedcollm.recipes.common import autocast_dtype
+    from fedcollm.build import autocast_dtype
     from fedcollm.train import run_loop, sft_step, trainable
     from fedcollm.updates import mutual_kd_step
 

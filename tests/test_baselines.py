@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from fedcollm.build import load_splits
 from fedcollm.config import load_config
 from fedcollm.recipes.baselines import centralized, centralized_max_steps, standalone, zero_shot
-from fedcollm.recipes.common import load_splits
 from fedcollm.recipes.fedcollm import run_fedcollm
 
 
@@ -41,6 +41,6 @@ def test_centralized_sees_as_many_examples_as_a_capped_federation(tiny_models, d
 
 def test_fedavg_is_the_federation_without_the_llm(tiny_models, data_dir, tmp_path):
     run = run_fedcollm(_cfg(tiny_models, data_dir, tmp_path, "method=fedavg", "run_name=fa"), progress=False)
-    last = run.records()[-1]
+    last = run.metrics()[-1]
     assert set(last["eval"]) == {"slm"} and last["kd"] == {} and len(last["clients"]["contributors"]) == 2
     assert not (run.round_dir(1) / "omega").exists() and (run.round_dir(1) / "theta").is_dir()

@@ -101,9 +101,9 @@ def test_too_many_clients_is_a_clear_error(data_dir):
 
 
 def test_exported_client_files_hold_exactly_each_split(data_dir, tmp_path):
+    from fedcollm.build import export_splits, load_splits
     from fedcollm.config import load_config
     from fedcollm.data.schema import read_jsonl
-    from fedcollm.recipes.common import export_splits, load_splits
 
     cfg = load_config(None, [f"data_dir={data_dir}", "tasks=arc_easy,commonsense_qa", "federation.num_clients=3"])
     paths = export_splits(cfg, tmp_path / "split")

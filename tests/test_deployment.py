@@ -20,7 +20,7 @@ def _cfg(tiny_models, data_dir, tmp_path, *extra):
 def test_tls_deployment_with_secagg_completes_a_round(tiny_models, data_dir, tmp_path):
     run = launch_local(_cfg(tiny_models, data_dir, tmp_path, "federation.num_clients=2"), tmp_path / "work",
                        port=39610)
-    (zero, first) = run.records()
+    (zero, first) = run.metrics()
     assert first["round"] == 1 and len(first["clients"]["contributors"]) == 2
     assert first["privacy"]["secure_aggregation"] is True  # the deployment default
     # each SuperNode ran its own ClientApp process
@@ -35,7 +35,7 @@ def test_a_round_survives_one_of_four_supernodes_killed(tiny_models, data_dir, t
     cfg = _cfg(tiny_models, data_dir, tmp_path, "federation.num_clients=4", "federation.min_clients=3",
                "secagg.timeout=300")
     run = launch_local(cfg, tmp_path / "work", port=39630)
-    first = run.records()[1]
+    first = run.metrics()[1]
     clients = first["clients"]
     assert {c["partition-id"] for c in clients["contributors"]} == {0, 2, 3}
     (drop,) = clients["dropped"]  # it died training, before its masked update existed

@@ -11,8 +11,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from safetensors.numpy import load_file
 
 from fedcollm.config import load_config
-from fedcollm.federation.records import payload_bytes, to_record
 from fedcollm.federation.strategy import CheckedFedAvg
+from fedcollm.federation.wire import payload_bytes, to_record
 from fedcollm.recipes.fedcollm import run_fedcollm
 
 
@@ -29,7 +29,7 @@ def _adapter(rng, scale=1.0):
 
 
 def _unpacked(record, like):
-    from fedcollm.federation.records import from_record, layout_of
+    from fedcollm.federation.wire import from_record, layout_of
 
     return dict(from_record(record, layout_of(like)))
 
@@ -62,17 +62,28 @@ def test_unit_weights_average_every_client_the_same_and_a_reply_needs_its_weight
 def test_a_round_trains_exactly_the_nodes_found_online_without_waiting_for_more():
     from flwr.app import ConfigRecord
 
+    from fedcollm.config import load_config
+    from fedcollm.federation.aggregation import MeteredGrid, PlainAggregation
+
     class GoneGrid:  # both nodes dropped right after the server saw them online
+        sent = []
+
         def get_node_ids(self):
             return []
 
-    rng = np.random.default_rng(5)
+        def send_and_receive(self, messages, *, timeout=None):
+            self.sent += list(messages)
+            return []
+
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    strategy = CheckedFedAvg(_adapter(rng), min_available_nodes=2, min_train_nodes=2)
-    strategy.targets = [5, 7]
-    messages = list(strategy.configure_train(3, to_record(_adapter(rng)), ConfigRecord({}), GoneGrid()))
-    assert [m.metadata.dst_node_id for m in messages] == [5, 7]  # Flower's sampler would wait here forever
-    assert all(m.content["config"]["server-round"] == 3 for m in messages)
+    grid = MeteredGrid(GoneGrid())
+    out = PlainAggregation(load_config(None, [])).run(3, grid, [5, 7], _adapter(np.random.default_rng(5)),
+                                                       ConfigRecord({}), timeout=1.0, seed=0)
+    sent = grid._grid.sent
+    assert [m.metadata.dst_node_id for m in sent] == [5, 7]  # Flower's sampler would wait here forever
+    assert all(m.content["config"]["server-round"] == 3 for m in sent)
+    assert out.theta is None and out.contributors == []
+    assert [(d.node, d.stage) for d in out.dropped] == [(5, "train"), (7, "train")]
 
 
 @pytest.mark.parametrize("corrupt,reason", [
@@ -127,7 +138,7 @@ def _adapters(run_dir, t):
 
 def test_simulated_run_trains_both_adapters_and_resume_equals_uninterrupted(tiny_models, data_dir, tmp_path):
     full = run_fedcollm(_cfg(tiny_models, data_dir, tmp_path, "full", 2), progress=False)
-    records = full.records()
+    records = full.metrics()
     assert [r["round"] for r in records] == [0, 1, 2]
     first = records[1]
     assert len(first["clients"]["contributors"]) == 3 and not first["clients"]["dropped"]
@@ -153,7 +164,7 @@ def test_simulated_run_trains_both_adapters_and_resume_equals_uninterrupted(tiny
         return [{role: {t: (m["acc"], m["acc_norm"]) for t, m in ev.items()} for role, ev in r["eval"].items()}
                 for r in recs]
 
-    assert accs(resumed.records()) == accs(records)
+    assert accs(resumed.metrics()) == accs(records)
     assert json.loads((resumed.path / "metrics.jsonl").read_text().splitlines()[-1])["round"] == 2
 
 
@@ -182,7 +193,7 @@ def test_server_killed_mid_run_resumes_after_its_last_whole_round(tiny_models, d
     assert run.last_round() == 1, "the kill should land after round 1 and before the run ends"
     done = subprocess.run([exe, "run", "--resume", str(run.path)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert [r["round"] for r in run.records()] == [0, 1, 2, 3]
+    assert [r["round"] for r in run.metrics()] == [0, 1, 2, 3]
     assert run.last_round() == 3 and not list((run.path / "rounds").glob("*.tmp"))
 
 
@@ -197,7 +208,7 @@ def test_resume_redoes_a_round_logged_without_its_checkpoint_and_keeps_the_zero_
     (run.round_dir(1).with_name("001.tmp") / "DONE").write_text("")  # a half-renamed checkpoint
     assert run.last_round() == 0
     run_fedcollm(None, resume=str(run.path), progress=False)
-    records = run.records()
+    records = run.metrics()
     assert [r["round"] for r in records] == [0, 1] and records[0]["marker"] == "zero-shot, kept"
     assert "marker" not in records[1] and len(records[1]["clients"]["contributors"]) == 3
     assert run.last_round() == 1
@@ -206,7 +217,7 @@ def test_resume_redoes_a_round_logged_without_its_checkpoint_and_keeps_the_zero_
 def test_bf16_transfer_encoding_round_trips_to_nearest_bf16():
     import torch
 
-    from fedcollm.federation.records import from_record, is_bf16, layout_of
+    from fedcollm.federation.wire import from_record, is_bf16, layout_of
 
     rng = np.random.default_rng(4)
     arrays = [("a", rng.normal(size=(5, 7)).astype(np.float32)), ("b", np.array([0.0, -1.5, 3e-8], np.float32))]
@@ -226,12 +237,12 @@ def test_bf16_transfer_halves_the_bytes_and_keeps_the_aggregate(tiny_models, dat
         cfg = _cfg(tiny_models, data_dir, tmp_path, dtype, 1, method="fedavg", **{"federation.transfer_dtype": dtype,
                                                                                  "eval.every_round": "false"})
         runs[dtype] = run_fedcollm(cfg, progress=False)
-    comm = {d: r.records()[-1]["comm"] for d, r in runs.items()}
+    comm = {d: r.metrics()[-1]["comm"] for d, r in runs.items()}
     for way in ("bytes_sent_per_client", "bytes_received_per_client"):
         ratio = sum(comm["bfloat16"][way]) / sum(comm["float32"][way])
         assert 0.45 < ratio < 0.6, (way, ratio)  # the arrays halve; config and metrics do not
+    from fedcollm.build import load_peft
     from fedcollm.models.lora import get_adapter_arrays
-    from fedcollm.recipes.common import load_peft
 
     a, b = (load_file(str(r.path / "rounds" / "001" / "theta" / "adapter_model.safetensors")) for r in runs.values())
     theta0 = dict(get_adapter_arrays(load_peft(cfg.slm, cfg, "slm")[0]))

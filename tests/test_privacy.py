@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+import fedcollm.federation.algorithm as algorithm
 import fedcollm.federation.secagg as secagg
-import fedcollm.recipes.fedcollm as recipe
+from fedcollm.build import client_data, derive_seed, load_peft, train_settings
 from fedcollm.config import load_config
 from fedcollm.models.lora import get_adapter_arrays
-from fedcollm.recipes.common import client_data, derive_seed, load_peft, settings
 from fedcollm.recipes.fedcollm import run_fedcollm
 from fedcollm.updates import local_update
 
@@ -35,7 +35,7 @@ def _client_updates(cfg, theta=None, server_round=1):
     out = []
     for k in range(cfg.federation.num_clients):
         data = client_data(cfg, k)
-        s = settings(cfg, cfg.slm, derive_seed(cfg.seed, "client", server_round, k), cfg.federation.local_epochs,
+        s = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "client", server_round, k), cfg.federation.local_epochs,
                      cfg.federation.local_max_steps, progress=False)
         theta_k, _ = local_update(model, tok, theta0, data, s)
         out.append((dict(theta_k), len(data)))
@@ -46,7 +46,7 @@ def _assert_mean_of_contributors(cfg, run, t):
     """θ^t (FedAvg: θ^{t,0} itself) is Σ w_k θ_k / Σ w_k over exactly the round's reported contributors."""
     start = None if t == 1 else _theta(run, t - 1)
     theta0, updates = _client_updates(cfg, start, t)
-    contributors = run.records()[t]["clients"]["contributors"]
+    contributors = run.metrics()[t]["clients"]["contributors"]
     assert contributors, f"round {t} has no contributors"
     total = sum(c["weight"] for c in contributors)
     for c in contributors:  # the weight is what the client reported (n_k), as the record says
@@ -78,8 +78,8 @@ class Spy:
 
 def _spy_on_server(monkeypatch):
     seen, strategies = [], []
-    round_fn, secure_fn = recipe.fedcollm_round, secagg.secure_train_round
-    monkeypatch.setattr(recipe, "fedcollm_round", lambda t, grid, *a: round_fn(t, Spy(grid, seen), *a))
+    round_fn, secure_fn = algorithm.fedcollm_round, secagg.secure_train_round
+    monkeypatch.setattr(algorithm, "fedcollm_round", lambda t, grid, *a: round_fn(t, Spy(grid, seen), *a))
 
     def secure(*a, **k):
         res = secure_fn(*a, **k)
@@ -122,7 +122,7 @@ def test_secagg_server_never_holds_a_client_update_and_the_mean_equals_fedavg(
                                        np.concatenate([want[k].ravel() for k in theta0]), atol=2e-5)
     else:  # the spy works: without SecAgg+ the server holds every client's adapter
         assert all(_holds(seen, u) for u in moved)
-    assert run.records()[-1]["privacy"]["secure_aggregation"] is secure
+    assert run.metrics()[-1]["privacy"]["secure_aggregation"] is secure
 
 
 @pytest.mark.parametrize("secure", [False, True])
@@ -136,7 +136,7 @@ def test_dp_clips_each_update_and_reports_epsilon(secure, tiny_models, data_dir,
     got = _theta(run, 1)
     step = np.sqrt(sum(np.sum((got[k] - theta0[k]) ** 2) for k in theta0))
     assert 0.5 * clip < step <= clip * 1.01  # the mean of clipped updates: never longer than the clip
-    dp = run.records()[-1]["privacy"]["dp"]
+    dp = run.metrics()[-1]["privacy"]["dp"]
     assert dp["clipping_norm"] == clip and dp["noise_std"] == 0.0 and dp["epsilon"] == float("inf")
 
 
@@ -156,7 +156,7 @@ def test_dp_averages_every_client_the_same(secure, tiny_models, data_dir, tmp_pa
     got = _theta(run, 1)
     for k in theta0:
         np.testing.assert_allclose(got[k], unweighted[k], atol=2e-5, err_msg=k)
-    contributors = run.records()[-1]["clients"]["contributors"]
+    contributors = run.metrics()[-1]["clients"]["contributors"]
     assert sorted(c["num-examples"] for c in contributors) == sorted(n for _, n in updates)
     assert {c["weight"] for c in contributors} == {1}  # the record says every client weighed the same
 
@@ -168,7 +168,7 @@ def test_dp_noise_is_for_the_clients_averaged(tiny_models, data_dir, tmp_path, m
     run = run_fedcollm(cfg, progress=False)
     theta0 = dict(_client_updates(cfg)[0])
     noise = np.concatenate([(_theta(run, 1)[k] - theta0[k]).ravel() for k in theta0])
-    dp = run.records()[-1]["privacy"]["dp"]
+    dp = run.metrics()[-1]["privacy"]["dp"]
     assert dp["clients_averaged"] == 2 and dp["noise_std"] == pytest.approx(2.0 * 0.3 / 2)
     assert np.std(noise) == pytest.approx(dp["noise_std"], rel=0.1)
 
@@ -180,7 +180,7 @@ def test_dp_noise_has_the_std_flower_promises(tiny_models, data_dir, tmp_path):
     theta0, updates = _client_updates(cfg)
     got = _theta(run, 1)
     noise = np.concatenate([(got[k] - theta0[k]).ravel() for k in theta0])
-    dp = run.records()[-1]["privacy"]["dp"]
+    dp = run.metrics()[-1]["privacy"]["dp"]
     assert dp["noise_std"] == pytest.approx(2.0 * 0.3 / 3)
     assert np.std(noise) == pytest.approx(dp["noise_std"], rel=0.1)  # the clipped mean is tiny next to it
     assert 0 < dp["epsilon"] < float("inf")
@@ -200,7 +200,7 @@ def test_a_killed_client_is_reported_and_theta_is_the_mean_of_the_reported_contr
     assert run.last_round() == 2
     nodes = set()
     for t in (1, 2):
-        clients = run.records()[t]["clients"]
+        clients = run.metrics()[t]["clients"]
         inside = {c["node"] for c in _assert_mean_of_contributors(cfg, run, t)}
         for d in clients["dropped"]:  # a node dropped before its update was masked/sent is not inside, and after it is
             assert (d["node"] in inside) is (d["stage"] == "unmask"), d
@@ -212,7 +212,7 @@ def test_a_killed_client_is_reported_and_theta_is_the_mean_of_the_reported_contr
             assert died, clients
     assert len(nodes) == 4  # every node is accounted for, in both rounds
     for t in (1, 2):
-        clients = run.records()[t]["clients"]
+        clients = run.metrics()[t]["clients"]
         assert {c["node"] for c in clients["contributors"]} | {d["node"] for d in clients["dropped"]} == nodes
 
 
@@ -229,17 +229,17 @@ def test_a_drop_in_each_secagg_stage_is_reported_with_its_stage(tiny_models, dat
     run = run_fedcollm(cfg, progress=False)
     node_of = {}
     for t in range(1, 5):
-        node_of.update({c["partition-id"]: c["node"] for c in run.records()[t]["clients"]["contributors"]})
+        node_of.update({c["partition-id"]: c["node"] for c in run.metrics()[t]["clients"]["contributors"]})
     assert sorted(node_of) == [0, 1, 2, 3]
     for t, stage in enumerate(STAGES, start=1):
-        clients = run.records()[t]["clients"]
+        clients = run.metrics()[t]["clients"]
         (drop,) = clients["dropped"]
         assert (drop["node"], drop["stage"]) == (node_of[t - 1], stage)
         assert "injected drop in SecAgg+ stage" in drop["reason"]
         inside = {c["partition-id"] for c in _assert_mean_of_contributors(cfg, run, t)}
         assert inside == ({0, 1, 2, 3} if stage == "unmask" else {0, 1, 2, 3} - {t - 1}), stage
         assert clients["rejected"] == []
-        assert run.records()[t]["privacy"]["secure_aggregation"] is True
+        assert run.metrics()[t]["privacy"]["secure_aggregation"] is True
 
 
 def test_a_nan_update_is_rejected_by_name_and_a_failed_client_is_reported(tiny_models, data_dir, tmp_path,
@@ -249,7 +249,7 @@ def test_a_nan_update_is_rejected_by_name_and_a_failed_client_is_reported(tiny_m
     cfg = _cfg(tiny_models, data_dir, tmp_path, "nan", "method=fedavg", "federation.num_clients=4",
                "federation.min_clients=2")
     run = run_fedcollm(cfg, progress=False)
-    clients = run.records()[1]["clients"]
+    clients = run.metrics()[1]["clients"]
     assert {c["partition-id"] for c in _assert_mean_of_contributors(cfg, run, 1)} == {0, 3}
     (drop,) = clients["dropped"]
     (rejected,) = clients["rejected"]

@@ -130,8 +130,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    from .build import export_splits, load_splits
     from .config import load_config
-    from .recipes.common import export_splits, load_splits
 
     cfg = load_config(args.config, args.overrides)
     paths = export_splits(cfg, args.out)

@@ -30,3 +30,16 @@ def resolve_precision(precision: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    """The weights' dtype for a precision (``auto`` resolved for this machine): bf16 only where it is fast."""
+    return torch.bfloat16 if resolve_precision(precision) == "bf16" else torch.float32
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """What to autocast matmuls to: bf16 where it is fast, else nothing (fp32 as the weights are)."""
+    return torch.bfloat16 if resolve_precision(precision) == "bf16" else None

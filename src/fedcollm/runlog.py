@@ -90,7 +90,7 @@ class RunDir:
         with (self.path / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    def records(self) -> list[dict]:
+    def metrics(self) -> list[dict]:
         path = self.path / "metrics.jsonl"
         if not path.is_file():
             return []
@@ -98,5 +98,5 @@ class RunDir:
 
     def truncate_after(self, t: int) -> None:
         """Drop metrics of rounds past the last checkpoint (killed after logging a round, before its DONE)."""
-        keep = [r for r in self.records() if r.get("round", 0) <= t]
+        keep = [r for r in self.metrics() if r.get("round", 0) <= t]
         (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))

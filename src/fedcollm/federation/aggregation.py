@@ -2,11 +2,12 @@
 
 Two ways, one result type (``TrainRound``):
 
-- ``PlainAggregation``: Flower's FedAvg behind our update gate (``CheckedFedAvg``), optionally inside
-  Flower's central-DP wrapper (client-side fixed clipping + Gaussian noise on the mean);
+- ``PlainAggregation``: Flower's FedAvg behind our update gate (``CheckedFedAvg``, made afresh each
+  round with that round's θ^t as its reference);
 - ``SecureAggregation``: Flower's SecAgg+ (``secagg.py``): the server only ever sees the weighted sum.
-  With DP on, clients clip their update (Flower's ``fixedclipping_mod``) before masking and the
-  server noises the unmasked mean, as the wrapper would.
+
+With DP on, both work the same way: clients clip their update (Flower's ``fixedclipping_mod``, told C
+by ``train_config``) and the server noises the mean with Flower's Gaussian helpers (``add_dp_noise``).
 
 Under DP every client weighs the same (not n_k) and the noise std is z·C/m for the m updates in the
 mean: then one client moves the mean by at most C/m, the sensitivity that the noise and ε assume.
@@ -24,18 +25,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ConfigRecord, Message
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
 from flwr.supercore.constant import NodeStatus
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, add_gaussian_noise_inplace, compute_stdv
 
 from ..config import Config
 from ..models.lora import NamedArrays
 from .dp import epsilon
-from .records import from_record, layout_of, payload_bytes, to_record
 from .secagg import SECAGG_CONFIGS, SECAGG_STAGE, secure_train_round, workflow
 from .strategy import UNIT_WEIGHT, CheckedFedAvg
+from .wire import from_record, layout_of, payload_bytes, to_record
 
 log = logging.getLogger(__name__)
 
@@ -165,48 +165,60 @@ def _privacy(cfg: Config, t: int, averaged: int, secure: bool) -> dict:
     return out
 
 
-class _NoiseForAveraged(DifferentialPrivacyClientSideFixedClipping):
-    """Flower's client-side DP wrapper, with the noise std z·C/m for the m updates actually averaged.
+def train_config(cfg: Config, t: int, config: ConfigRecord) -> ConfigRecord:
+    """The round's config for clients: the run's config, the round, and under DP the norm C to clip Δθ_k to."""
+    out = ConfigRecord({**dict(config), "server-round": t})
+    if cfg.dp.enabled:
+        out[KEY_CLIPPING_NORM] = cfg.dp.clipping_norm  # Flower's fixedclipping_mod on each client reads it
+    return out
 
-    Flower divides by the number of clients it was built for; when some drop or are rejected the mean
-    is over fewer, each moves it by up to C/m, and noise z·C/K would under-protect them.
+
+def add_dp_noise(cfg: Config, mean: NamedArrays, averaged: int, seed: int) -> NamedArrays:
+    """Central DP on the mean of ``averaged`` clipped updates: Gaussian noise of std z·C/m (Flower's helpers).
+
+    Flower's DP wrapper divides by the number of clients it was built for; when some drop or are
+    rejected the mean is over fewer, each moves it by up to C/m, and noise z·C/K would under-protect
+    them. The seed makes a resumed run draw the same noise.
     """
-
-    def _add_noise_to_aggregated_arrays(self, aggregated_arrays):  # type: ignore[override]
-        self.num_sampled_clients = len(self.strategy.accepted)
-        return super()._add_noise_to_aggregated_arrays(aggregated_arrays)
+    arrays = [np.array(v, dtype=np.float32, copy=True) for _, v in mean]
+    np.random.seed(seed)  # Flower's noise draws from numpy's global RNG
+    add_gaussian_noise_inplace(arrays, compute_stdv(cfg.dp.noise_multiplier, cfg.dp.clipping_norm, averaged))
+    return [(k, v) for (k, _), v in zip(mean, arrays)]
 
 
 class PlainAggregation:
     """FedAvg over checked updates (the server sees each θ_k, and rejects bad ones by name)."""
 
-    def __init__(self, cfg: Config, reference: NamedArrays) -> None:
-        f = cfg.federation
+    def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.gate = CheckedFedAvg(reference, max_update_norm=f.max_update_norm, outlier_factor=f.update_outlier_factor,
-                                  unit_weights=cfg.dp.enabled, fraction_evaluate=0.0)
-        self.strategy = self.gate
-        if cfg.dp.enabled:
-            self.strategy = _NoiseForAveraged(self.gate, cfg.dp.noise_multiplier, cfg.dp.clipping_norm, f.num_clients)
 
     def run(self, t: int, grid: MeteredGrid, nodes: list[int], theta: NamedArrays, config: ConfigRecord,
             timeout: float, seed: int) -> TrainRound:
-        self.gate.reference = theta
-        self.gate.targets = nodes  # train every node found online, no more waiting
-        down = to_record(theta, self.cfg.federation.transfer_dtype)
-        messages = list(self.strategy.configure_train(t, down, config, grid))
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        """Train exactly ``nodes``, the nodes found online just before the round.
+
+        Flower's sampler (``FedAvg.configure_train``) would wait, without a timeout, until as many nodes
+        are connected again: a node that drops between the two looks would stall the round forever.
+        """
+        f = self.cfg.federation
+        gate = CheckedFedAvg(theta, max_update_norm=f.max_update_norm, outlier_factor=f.update_outlier_factor,
+                             unit_weights=self.cfg.dp.enabled)  # this round's reference: θ^t
+        content = RecordDict({"arrays": to_record(theta, f.transfer_dtype),
+                              "config": train_config(self.cfg, t, config)})
+        replies = list(grid.send_and_receive(
+            [Message(content=content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes], timeout=timeout))
         ok = [r for r in replies if not r.has_error()]
         reported = {r.metadata.src_node_id: dict(r.content["metrics"]) for r in ok
                     if "metrics" in r.content.metric_records}  # before the gate adds its weight key
-        np.random.seed(seed)  # Flower's DP noise draws from numpy's global RNG: seeded, a resumed run repeats it
-        mean, _ = self.strategy.aggregate_train(t, ok)  # failed clients are left out here, not fatal to the round
-        inside = self.gate.accepted if mean is not None else []
+        mean, _ = gate.aggregate_train(t, ok)  # failed clients are left out here, not fatal to the round
+        inside = gate.accepted if mean is not None else []
+        theta_avg = None if mean is None else from_record(mean, layout_of(theta))
+        if theta_avg is not None and self.cfg.dp.enabled:
+            theta_avg = add_dp_noise(self.cfg, theta_avg, len(inside), seed)
         return TrainRound(
-            theta=None if mean is None else from_record(mean, layout_of(theta)),
+            theta=theta_avg,
             contributors=[contributor(n, reported[n], self.cfg.dp.enabled) for n in inside],
             dropped=list(grid.dropped.values()),
-            rejected=list(self.gate.rejected),
+            rejected=list(gate.rejected),
             privacy=_privacy(self.cfg, t, len(inside), secure=False),
         )
 
@@ -220,10 +232,7 @@ class SecureAggregation:
 
     def run(self, t: int, grid: MeteredGrid, nodes: list[int], theta: NamedArrays, config: ConfigRecord,
             timeout: float, seed: int) -> TrainRound:
-        config = ConfigRecord(dict(config))
-        if self.cfg.dp.enabled:
-            config[KEY_CLIPPING_NORM] = self.cfg.dp.clipping_norm  # clients clip Δθ_k before masking it
-        res = secure_train_round(grid, nodes, to_record(theta), config, t, self.workflow)
+        res = secure_train_round(grid, nodes, to_record(theta), train_config(self.cfg, t, config), t, self.workflow)
         mean = None if res.aggregate is None else from_record(res.aggregate, layout_of(theta))
         rejected = []
         if mean is not None and not all(np.all(np.isfinite(v)) for _, v in mean):
@@ -232,11 +241,7 @@ class SecureAggregation:
             mean = None
         inside = res.metrics if mean is not None else []  # every masked vector in the sum, unmask drops included
         if mean is not None and self.cfg.dp.enabled:  # clients sent unit weights: the unmasked mean is over m
-            arrays = [v.copy() for _, v in mean]
-            np.random.seed(seed)
-            add_gaussian_noise_inplace(arrays, compute_stdv(self.cfg.dp.noise_multiplier, self.cfg.dp.clipping_norm,
-                                                            len(inside)))
-            mean = [(k, v) for (k, _), v in zip(mean, arrays)]
+            mean = add_dp_noise(self.cfg, mean, len(inside), seed)
         return TrainRound(theta=mean, contributors=[contributor(n, m, self.cfg.dp.enabled) for n, m in inside],
                           dropped=list(grid.dropped.values()), rejected=rejected,
                           privacy=_privacy(self.cfg, t, len(inside), secure=True))

@@ -21,15 +21,15 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from ..build import client_data, derive_seed, load_peft, peak_rss_mb, train_settings
 from ..config import Config, config_from_text
 from ..data import Question
 from ..data.schema import read_jsonl
 from ..models.lora import check_adapter_arrays, get_adapter_arrays
-from ..recipes.common import client_data, derive_seed, load_peft, peak_rss_mb, settings
 from ..updates import local_update
 from . import faults
-from .records import codec_mod, from_record, layout_of, to_record
 from .secagg import legacy_fit_mod, secagg_mod
+from .wire import codec_mod, from_record, layout_of, to_record
 
 log = logging.getLogger(__name__)
 _WORKER: dict[str, object] = {"key": None, "model": None, "tokenizer": None, "loads": 0}
@@ -73,7 +73,7 @@ def client_train(cfg: Config, partition_id: int, msg: Message, data: list[Questi
     server_round = int(msg.content["config"]["server-round"])
     fault = faults.planned(partition_id, server_round)
     faults.before_training(fault)
-    s = settings(cfg, cfg.slm, derive_seed(cfg.seed, "client", server_round, partition_id),
+    s = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "client", server_round, partition_id),
                  cfg.federation.local_epochs, cfg.federation.local_max_steps, progress=False)
     theta_k, m = local_update(model, tok, theta, data, s, desc=f"client {partition_id}")
     reply = RecordDict({

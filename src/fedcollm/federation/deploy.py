@@ -24,9 +24,10 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from ..build import export_splits, preflight
 from ..config import Config, ConfigError, save_config
-from ..recipes.common import export_splits, preflight
 from ..runlog import RunDir
+from .algorithm import serve
 from .tls import make_certs
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ server_app = ServerApp()
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    from ..recipes.fedcollm import serve
-
     rc = context.run_config
     if rc.get("resume"):
         run, cfg = RunDir.open(str(rc["resume"]))

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import logging
 
+from ..build import derive_seed, eval_questions, evaluate_model, load_peft, load_splits, train_settings
 from ..config import Config
 from ..models.lora import NamedArrays, count_parameters, get_adapter_arrays, set_adapter_arrays
 from ..models.sources import check_same_tokenizer
-from ..recipes.common import derive_seed, eval_questions, evaluate_model, load_peft, load_splits, settings
 from ..updates import mutual_transfer
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class CoTuningServer:
     def set_theta(self, theta: NamedArrays) -> None:
         set_adapter_arrays(self.slm, theta)
 
-    def transfer(self, theta_avg: NamedArrays, server_round: int) -> dict[str, float]:
+    def distil(self, theta_avg: NamedArrays, server_round: int) -> dict[str, float]:
         """Step 4: mutual KD on D^a from θ^{t,0}; leaves θ^{t+1} on the SLM and ω^{t+1} on the LLM.
 
         Without an LLM (the FedAvg baseline) θ^{t+1} = θ^{t,0}.
@@ -46,7 +46,7 @@ class CoTuningServer:
         if self.llm is None:
             self.set_theta(theta_avg)
             return {}
-        s = settings(cfg, cfg.slm, derive_seed(cfg.seed, "server", server_round), cfg.kd.epochs, cfg.kd.max_steps,
+        s = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "server", server_round), cfg.kd.epochs, cfg.kd.max_steps,
                      self.progress)
         _, metrics = mutual_transfer(self.llm, self.slm, self.tokenizer, theta_avg, self.aux, cfg.llm.lr, s,
                                      cfg.kd.weight, cfg.kd.temperature, cfg.kd.top_k)

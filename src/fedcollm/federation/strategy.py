@@ -6,12 +6,11 @@ import logging
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
 from ..models.lora import AdapterError, NamedArrays, check_adapter_arrays
-from .records import from_record, layout_of, to_record
+from .wire import from_record, layout_of, to_record
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +48,6 @@ class CheckedFedAvg(FedAvg):
         self.rejected: list[tuple[int, str]] = []
         self.norms: dict[int, float] = {}
         self.accepted: list[int] = []  # the nodes whose update is in the last aggregate
-        self.targets: list[int] | None = None  # the nodes to train this round (None: Flower samples)
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        """Train exactly ``targets``, the nodes found online just before the round.
-
-        Flower's sampler would wait, without a timeout, until as many nodes are connected again: a
-        node that drops between the two looks would stall the round forever.
-        """
-        if self.targets is None:
-            return super().configure_train(server_round, arrays, config, grid)
-        config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, list(self.targets), MessageType.TRAIN)
 
     def _reject(self, server_round: int, node: int, why: str) -> None:
         log.warning("round %d: rejected update from node %d: %s", server_round, node, why)

@@ -14,10 +14,10 @@ import math
 
 import numpy as np
 
+from ..build import derive_seed, eval_questions, evaluate_model, load_peft, load_splits, train_settings
 from ..config import Config
 from ..models.lora import get_adapter_arrays
 from ..updates import local_update
-from .common import derive_seed, eval_questions, evaluate_model, load_peft, load_splits, settings
 
 Metrics = dict[str, dict[str, float]]
 
@@ -44,7 +44,7 @@ def standalone(cfg: Config) -> dict[str, Metrics]:
     epochs = fed.rounds * fed.local_epochs
     max_steps = None if fed.local_max_steps is None else fed.local_max_steps * fed.rounds
     for k, data in enumerate(load_splits(cfg).clients):
-        s = settings(cfg, cfg.slm, derive_seed(cfg.seed, "standalone", k), epochs, max_steps)
+        s = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "standalone", k), epochs, max_steps)
         local_update(model, tok, theta0, data, s, desc=f"standalone client {k}")
         per_client.append(_evaluate(model, tok, cfg))
     mean = {t: {m: float(np.mean([c[t][m] for c in per_client])) for m in ("acc", "acc_norm")}
@@ -77,6 +77,6 @@ def centralized(cfg: Config) -> dict[str, Metrics]:
     splits = load_splits(cfg)
     data = [q for client in splits.clients for q in client] + splits.aux
     epochs = cfg.federation.rounds * cfg.federation.local_epochs
-    s = settings(cfg, cfg.llm, derive_seed(cfg.seed, "centralized"), epochs, centralized_max_steps(cfg, splits))
+    s = train_settings(cfg, cfg.llm, derive_seed(cfg.seed, "centralized"), epochs, centralized_max_steps(cfg, splits))
     local_update(model, tok, None, data, s, desc="centralized LLM")
     return {"llm": _evaluate(model, tok, cfg)}

@@ -15,11 +15,11 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..build import preflight
 from ..config import Config, ConfigError, config_differences, load_config, save_config
 from ..runlog import RunDir
 from ..stats import Comparison
 from . import baselines
-from .common import preflight
 from .compare import compare_results
 from .fedcollm import run_fedcollm
 
@@ -48,7 +48,7 @@ def _federated(method: str) -> Callable[[Config, Path], dict]:
         c.eval.zero_shot = False  # the zero_shot method scores the base models once for everyone
         existing = out / "runs" / method
         run_dir = run_fedcollm(None, resume=str(existing)) if existing.exists() else run_fedcollm(c)
-        records = RunDir(run_dir.path).records()
+        records = RunDir(run_dir.path).metrics()
         last = records[-1]
         return {**last["eval"], "rounds": records, "params": records[0].get("params")}
 

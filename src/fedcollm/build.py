@@ -13,22 +13,22 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, ModelSection
-from ..data import Question, Splits, load_eval, load_split, split_train
-from ..data.schema import DataError, write_jsonl
-from ..models.lora import attach_lora
-from ..models.sources import load_model
-from ..precision import resolve_precision
-from ..updates import TrainSettings
+from . import precision
+from .config import Config, ModelSection
+from .data import Question, Splits, load_eval, load_split, split_train
+from .data.schema import DataError, write_jsonl
+from .models.lora import attach_lora
+from .models.sources import load_model
+from .updates import TrainSettings
 
 
 def dtype(cfg: Config) -> torch.dtype:
     """Weights are bf16 only where bf16 is fast; LoRA weights stay fp32 either way (PEFT upcasts them)."""
-    return torch.bfloat16 if resolve_precision(cfg.precision) == "bf16" else torch.float32
+    return precision.torch_dtype(cfg.precision)
 
 
 def autocast_dtype(cfg: Config) -> torch.dtype | None:
-    return torch.bfloat16 if resolve_precision(cfg.precision) == "bf16" else None
+    return precision.autocast_dtype(cfg.precision)
 
 
 def derive_seed(*parts: object) -> int:
@@ -79,7 +79,7 @@ def preflight(cfg: Config) -> None:
     FedCoLLM) an LLM/SLM pair with one tokenizer: a run that would fail on these fails here, in one
     line, before a run folder exists.
     """
-    from ..models.sources import check_same_tokenizer, load_tokenizer
+    from .models.sources import check_same_tokenizer, load_tokenizer
 
     splits = load_splits(cfg)
     empty = [k for k, qs in enumerate(splits.clients) if not qs]
@@ -109,7 +109,7 @@ def device(cfg: Config) -> torch.device:
     return torch.device(cfg.device)
 
 
-def settings(cfg: Config, section: ModelSection, seed: int, epochs: int, max_steps: int | None,
+def train_settings(cfg: Config, section: ModelSection, seed: int, epochs: int, max_steps: int | None,
              progress: bool = True) -> TrainSettings:
     return TrainSettings(lr=section.lr, batch_size=section.batch_size, epochs=epochs, max_steps=max_steps,
                          max_length=cfg.max_length, grad_clip=cfg.grad_clip, autocast_dtype=autocast_dtype(cfg),
@@ -124,7 +124,7 @@ def peak_rss_mb() -> float:
 def evaluate_model(model, tokenizer, cfg: Config, questions: dict[str, list[Question]], adapter: bool = True,
                    progress: bool = True) -> dict[str, dict[str, float]]:
     """The scorer with the config's batch size and precision (every recipe evaluates through this)."""
-    from ..evaluate import evaluate_tasks
+    from .evaluate import evaluate_tasks
 
     return evaluate_tasks(model, tokenizer, list(questions), batch_size=cfg.eval.batch_size,
                           max_length=max(cfg.max_length, 512), autocast_dtype=autocast_dtype(cfg), adapter=adapter,

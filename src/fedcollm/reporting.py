@@ -7,8 +7,8 @@ import io
 from rich.console import Console
 from rich.table import Table
 
-from ..config import Config
-from ..runlog import RunDir
+from .config import Config
+from .runlog import RunDir
 
 console = Console()
 
@@ -50,8 +50,8 @@ def summary_table(records: list[dict]) -> Table:
     return table
 
 
-def write_summary(run: RunDir, cfg: Config) -> None:
-    records = run.records()
+def write_run_report(run: RunDir, cfg: Config) -> None:
+    records = run.metrics()
     table = summary_table(records)
     console.print(table)
     params = next((r["params"] for r in records if "params" in r), None)
