@@ -86,3 +86,19 @@ def test_kd_pulls_models_together(tiny_models, data_dir):
 
     run_loop(lambda e: batches, kl_only, opts, epochs=10, progress=False)
     assert gap() < before
+
+
+@pytest.mark.parametrize("who", ["llm", "slm", "client"])
+def test_an_update_that_diverges_is_refused_before_anyone_saves_or_scores_it(pair, data_dir, who):
+    from fedcollm.updates import DivergedError
+
+    llm, slm, tok = pair
+    data = load_split("arc_easy", "train", data_dir)[:12]
+    huge, fine = 1e30, 1e-3  # finite learning rates that config validation lets through; 1e30 overflows
+    s = TrainSettings(lr=huge if who != "llm" else fine, batch_size=4, progress=False)
+    with pytest.raises(DivergedError, match="non-finite .* lower the learning rate"):
+        if who == "client":
+            local_update(slm, tok, get_adapter_arrays(slm), data, s)
+        else:
+            mutual_transfer(llm, slm, tok, get_adapter_arrays(slm), data, huge if who == "llm" else fine, s,
+                            1.0, 1.0, 16)

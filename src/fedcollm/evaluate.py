@@ -33,6 +33,8 @@ from tqdm.auto import tqdm
 from .data import MCRequest, Question, load_eval, mc_request
 from .data.prompts import TARGET_DELIMITER
 from .memory import release
+from .models.anatomy import backbone_and_head, pad_id
+from .precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -99,19 +101,13 @@ def _pack(batch: Sequence[Encoded], pad_id: int, dtype: torch.dtype):
     return ids, pos, mask[:, None], (torch.tensor(rows), torch.tensor(src), torch.tensor(tgt)), owner
 
 
-def _backbone_and_head(model):
-    """The decoder stack and the LM head, also through a PEFT wrapper (LoRA layers stay in place)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.get_decoder(), inner.get_output_embeddings()
-
-
 @torch.inference_mode()
 def loglikelihoods(
     model, encoded: Sequence[Encoded], pad_id: int, batch_size: int = 8, autocast_dtype: torch.dtype | None = None,
     progress: bool = False, desc: str = "scoring",
 ) -> list[list[float]]:
     """Sum of log-probabilities of each choice's tokens given the context, per question."""
-    backbone, head = _backbone_and_head(model)
+    backbone, head = backbone_and_head(model)
     device = next(model.parameters()).device
     mask_dtype = autocast_dtype or next(model.parameters()).dtype
     order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i].context) + sum(map(len, encoded[i].choices))))
@@ -121,8 +117,7 @@ def loglikelihoods(
         idx = order[start : start + batch_size]
         batch = [encoded[i] for i in idx]
         ids, pos, mask, (rows, src, tgt), owner = _pack(batch, pad_id, mask_dtype)
-        amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext())
-        with amp:
+        with autocast(device.type, autocast_dtype):
             hidden = backbone(input_ids=ids.to(device), position_ids=pos.to(device),
                               attention_mask=mask.to(device), use_cache=False).last_hidden_state
             logits = head(hidden[rows.to(device), src.to(device)])
@@ -162,8 +157,7 @@ def score_questions(
     autocast_dtype: torch.dtype | None = None, progress: bool = False, desc: str = "scoring",
 ) -> list[QuestionResult]:
     encoded = [encode_request(tokenizer, mc_request(q), max_length) for q in questions]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    lls = loglikelihoods(model, encoded, pad_id, batch_size, autocast_dtype, progress, desc)
+    lls = loglikelihoods(model, encoded, pad_id(tokenizer), batch_size, autocast_dtype, progress, desc)
     pred, pred_norm = predictions(encoded, lls)
     return [QuestionResult(q.id, q.answer, p, pn, ll) for q, p, pn, ll in zip(questions, pred, pred_norm, lls)]
 

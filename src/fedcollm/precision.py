@@ -8,6 +8,7 @@ instruction set instead of guessing.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -38,6 +39,11 @@ PRECISIONS = ("auto", "bf16", "fp32")
 def torch_dtype(precision: str) -> torch.dtype:
     """The weights' dtype for a precision (``auto`` resolved for this machine): bf16 only where it is fast."""
     return torch.bfloat16 if resolve_precision(precision) == "bf16" else torch.float32
+
+
+def autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """torch's autocast to ``dtype`` on that device, or nothing at all when ``dtype`` is None (fp32)."""
+    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:

@@ -28,6 +28,24 @@ def print_round(record: dict) -> None:
     console.print(f"[bold]{label}[/bold] LLM {_acc(record, 'llm')} | SLM {_acc(record, 'slm')}{sent}{losses}")
 
 
+def header(title: str, cfg: Config, what: str) -> list[str]:
+    """The first lines of every report: what was run, on which models, with how many clients and rounds."""
+    return [f"# {title}", "", f"LLM `{cfg.llm.name}`, SLM `{cfg.slm.name}`, {cfg.federation.num_clients} clients, "
+                              f"{cfg.federation.rounds} rounds, {what}", ""]
+
+
+def mean_bytes_per_client(records: list[dict], key: str) -> float | None:
+    """Mean bytes per client per round, over the rounds that moved something (``key``: which way)."""
+    per_round = [r["comm"][key] for r in records if r.get("comm") and r["comm"][key]]
+    return sum(map(sum, per_round)) / sum(map(len, per_round)) if per_round else None
+
+
+def adapter_share(params: dict) -> str:
+    """θ's size against the SLM it adapts: what a client sends per round instead of the whole model."""
+    slm = params["slm"]
+    return f"{slm['trainable']:,} parameters = {100 * slm['trainable'] / slm['base']:.3f}% of the SLM's {slm['base']:,}"
+
+
 def summary_table(records: list[dict]) -> Table:
     tasks = sorted({t for r in records for ev in r.get("eval", {}).values() for t in ev})
     table = Table(title="FedCoLLM: accuracy per round (acc)")
@@ -42,11 +60,9 @@ def summary_table(records: list[dict]) -> Table:
         cells = []
         for t in tasks:
             cells += [f"{ev[role][t]['acc']:.4f}" if t in ev.get(role, {}) else "-" for role in ("llm", "slm")]
-        comm = r.get("comm")
-        sent = f"{sum(comm['bytes_sent_per_client']) / len(comm['bytes_sent_per_client']) / 1e6:.3f}" if comm else "-"
-        recv = comm and comm["bytes_received_per_client"]
-        recv_mb = f"{sum(recv) / len(recv) / 1e6:.3f}" if recv else "-"
-        table.add_row("0 (zero-shot)" if r["round"] == 0 else str(r["round"]), *cells, sent, recv_mb)
+        mb = [mean_bytes_per_client([r], key) for key in ("bytes_sent_per_client", "bytes_received_per_client")]
+        table.add_row("0 (zero-shot)" if r["round"] == 0 else str(r["round"]), *cells,
+                      *("-" if v is None else f"{v / 1e6:.3f}" for v in mb))
     return table
 
 
@@ -55,14 +71,11 @@ def write_run_report(run: RunDir, cfg: Config) -> None:
     table = summary_table(records)
     console.print(table)
     params = next((r["params"] for r in records if "params" in r), None)
-    lines = [f"# FedCoLLM run `{run.path.name}`", "",
-             f"LLM `{cfg.llm.name}`, SLM `{cfg.slm.name}`, {cfg.federation.num_clients} clients, "
-             f"{cfg.federation.rounds} rounds, tasks {', '.join(cfg.tasks)}, eval limit {cfg.eval.limit}.", ""]
+    lines = header(f"FedCoLLM run `{run.path.name}`", cfg,
+                   f"tasks {', '.join(cfg.tasks)}, eval limit {cfg.eval.limit}.")
     rec = Console(record=True, width=160, file=io.StringIO())
     rec.print(table)
     lines += ["```", rec.export_text().rstrip(), "```", ""]
     if params:
-        slm = params["slm"]
-        lines += [f"SLM adapter θ: {slm['trainable']:,} parameters = {100 * slm['trainable'] / slm['base']:.3f}% "
-                  f"of the SLM's {slm['base']:,} (what each client sends per round, vs full-model FedAvg)."]
+        lines += [f"SLM adapter θ: {adapter_share(params)} (what each client sends per round, vs full-model FedAvg)."]
     (run.path / "report.md").write_text("\n".join(lines) + "\n")

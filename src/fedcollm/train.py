@@ -8,7 +8,6 @@ most of the head's compute and nearly all of the logits' memory.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +18,8 @@ from tqdm.auto import tqdm
 from .data import Question, training_pair
 from .losses import answer_ce
 from .memory import release
+from .models.anatomy import backbone_and_head, pad_id
+from .precision import autocast
 
 IGNORE = -100
 
@@ -69,18 +70,17 @@ def make_batches(tokenizer, questions: Sequence[Question], batch_size: int, max_
                  epoch: int = 0) -> list[Batch]:
     """One epoch of batches in a seeded shuffle order (same seed and epoch, same batches: resumable)."""
     order = np.random.default_rng([seed, epoch]).permutation(len(questions))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded = [encode_example(tokenizer, questions[i], max_length) for i in order]
-    return [collate(encoded[i : i + batch_size], pad_id) for i in range(0, len(encoded), batch_size)]
+    return [collate(encoded[i : i + batch_size], pad_id(tokenizer)) for i in range(0, len(encoded), batch_size)]
 
 
 def answer_logits(model, batch: Batch) -> torch.Tensor:
     """Logits ``[n_answer_tokens, vocab]`` at the positions predicting answer tokens."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    dev = inner.get_output_embeddings().weight.device  # batches are built on the CPU; the model may be on a GPU
-    hidden = inner.get_decoder()(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
-                                 use_cache=False).last_hidden_state
-    return inner.get_output_embeddings()(hidden[batch.rows.to(dev), batch.positions.to(dev)])
+    backbone, head = backbone_and_head(model)
+    dev = head.weight.device  # batches are built on the CPU; the model may be on a GPU
+    hidden = backbone(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
+                      use_cache=False).last_hidden_state
+    return head(hidden[batch.rows.to(dev), batch.positions.to(dev)])
 
 
 def sft_step(model) -> Callable[[Batch], dict[str, torch.Tensor]]:
@@ -120,14 +120,13 @@ def run_loop(
     total = len(first) * epochs if max_steps is None else max_steps
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
     device = params[0].device.type if params else "cpu"
-    amp = (lambda: torch.autocast(device, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
     for epoch in range(epochs):
         for batch in first if epoch == 0 else batches_for_epoch(epoch):
             if max_steps is not None and n_steps >= max_steps:
                 break
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
-            with amp():
+            with autocast(device, autocast_dtype):
                 out = step(batch)
             out["loss"].backward()
             if grad_clip:  # per optimizer: jointly trained models are clipped independently

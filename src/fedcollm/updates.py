@@ -16,12 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .data import Question
 from .losses import answer_ce, kd_kl
 from .models.lora import NamedArrays, get_adapter_arrays, set_adapter_arrays
-from .train import Batch, answer_logits, make_batches, run_loop, trainable
+from .train import Batch, answer_logits, make_batches, run_loop, sft_step, trainable
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,19 @@ class TrainSettings:
     progress: bool = True
 
 
+class DivergedError(RuntimeError):
+    """Training left an adapter with NaN/Inf (a learning rate too high, say): it must never be saved or scored."""
+
+
+def finite_or_raise(arrays: NamedArrays, who: str, lr: float, steps: int) -> NamedArrays:
+    """The adapter itself, if every value is finite; else ``DivergedError`` naming who and the learning rate."""
+    bad = [k for k, v in arrays if not np.all(np.isfinite(v))]
+    if bad:
+        raise DivergedError(f"{who}: training made the adapter non-finite (NaN/Inf in {len(bad)} of {len(arrays)} "
+                            f"arrays, e.g. {bad[0]}) after {steps} steps at lr {lr:g}; lower the learning rate")
+    return arrays
+
+
 def _seeded(seed: int) -> None:
     """LoRA dropout draws from torch's RNG: seed it per update so a resumed run repeats it exactly."""
     torch.manual_seed(seed)
@@ -54,12 +68,12 @@ def local_update(model, tokenizer, theta: NamedArrays | None, data: Sequence[Que
     opt = torch.optim.AdamW(trainable(model), lr=s.lr)
     metrics = run_loop(
         lambda e: make_batches(tokenizer, data, s.batch_size, s.max_length, s.seed, e),
-        lambda b: {"loss": answer_ce(answer_logits(model, b), b.targets)},
+        sft_step(model),
         [opt], epochs=s.epochs, max_steps=s.max_steps, grad_clip=s.grad_clip, autocast_dtype=s.autocast_dtype,
         desc=desc, progress=s.progress,
     )
     model.eval()
-    return get_adapter_arrays(model), metrics
+    return finite_or_raise(get_adapter_arrays(model), desc, s.lr, metrics["steps"]), metrics
 
 
 def mutual_kd_step(llm, slm, weight: float, temperature: float, top_k: int | None):
@@ -95,4 +109,5 @@ def mutual_transfer(llm, slm, tokenizer, theta: NamedArrays, aux: Sequence[Quest
     )
     llm.eval()
     slm.eval()
-    return get_adapter_arrays(slm), metrics
+    finite_or_raise(get_adapter_arrays(llm), "server KD, the LLM's ω", llm_lr, metrics["steps"])
+    return finite_or_raise(get_adapter_arrays(slm), "server KD, the SLM's θ", s.lr, metrics["steps"]), metrics

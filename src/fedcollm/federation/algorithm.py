@@ -18,6 +18,7 @@ from ..build import derive_seed, load_splits, peak_rss_mb
 from ..config import Config, dump_config
 from ..reporting import print_round, write_run_report
 from ..runlog import RoundError, RunDir
+from ..updates import DivergedError
 from .aggregation import MeteredGrid, PlainAggregation, SecureAggregation, connected_nodes
 from .client_app import CONFIG_KEY
 from .server import CoTuningServer
@@ -89,9 +90,10 @@ def run_round(t: int, grid: Grid, nodes: list[int], cfg: Config, run: RunDir, se
     t0 = time.perf_counter()
     try:
         record = {"round": t, **fedcollm_round(t, grid, nodes, server, aggregation)}
-    except RoundError as exc:
-        raise RoundError(f"{exc}; rounds 1-{t - 1} are saved in {run.path}: continue with "
-                         f"`fedcollm run --resume {run.path}`") from None
+    except (RoundError, DivergedError) as exc:  # nothing of round t is saved: the run can go on from t - 1
+        what = f"round {t}: {exc}" if isinstance(exc, DivergedError) else str(exc)
+        raise RoundError(f"{what}; rounds 1-{t - 1} are saved in {run.path}: continue with "
+                         f"`fedcollm run --resume {run.path}` (overrides such as llm.lr=... allowed)") from None
     t1 = time.perf_counter()
     if cfg.eval.every_round or t == cfg.federation.rounds:
         record["eval"] = server.evaluate()

@@ -39,6 +39,11 @@ def _to_bf16_bits(v: np.ndarray) -> np.ndarray:
     return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype("<u2")  # round to nearest, ties to even
 
 
+def _bf16_array(v: np.ndarray) -> Array:
+    """A float32 array sent as bf16 bits in a Flower Array of our own ``stype`` (half the bytes)."""
+    return Array(dtype="bfloat16", shape=tuple(v.shape), stype=BF16_STYPE, data=_to_bf16_bits(v).tobytes())
+
+
 def _decode(a: Array) -> np.ndarray:
     if a.stype != BF16_STYPE:
         return a.numpy()
@@ -50,8 +55,7 @@ def to_record(arrays: NamedArrays, dtype: str = "float32") -> ArrayRecord:
     flat = np.concatenate([np.asarray(v, dtype=np.float32).ravel() for _, v in arrays]) if arrays else np.zeros(0)
     key = f"theta/{digest(layout_of(arrays))}"
     if dtype == "bfloat16":
-        return ArrayRecord({key: Array(dtype="bfloat16", shape=flat.shape, stype=BF16_STYPE,
-                                       data=_to_bf16_bits(flat).tobytes())})
+        return ArrayRecord({key: _bf16_array(flat)})
     return ArrayRecord({key: Array(np.ascontiguousarray(flat, dtype=np.float32))})
 
 
@@ -88,9 +92,7 @@ def codec_mod(msg: Message, ctxt: Context, call_next) -> Message:
     msg.content["arrays"] = ArrayRecord({k: Array(_decode(v)) for k, v in record.items()})
     out = call_next(msg, ctxt)
     if not out.has_error() and "arrays" in out.content.array_records:
-        out.content["arrays"] = ArrayRecord({
-            k: Array(dtype="bfloat16", shape=v.shape, stype=BF16_STYPE, data=_to_bf16_bits(v.numpy()).tobytes())
-            for k, v in out.content["arrays"].items()})
+        out.content["arrays"] = ArrayRecord({k: _bf16_array(v.numpy()) for k, v in out.content["arrays"].items()})
     return out
 
 

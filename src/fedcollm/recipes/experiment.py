@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..build import preflight
 from ..config import Config, ConfigError, config_differences, load_config, save_config
+from ..reporting import header, mean_bytes_per_client
 from ..runlog import RunDir
 from ..stats import Comparison
 from . import baselines
@@ -146,15 +147,26 @@ def _claim_row(claim: str, task: str, c: Comparison, expect: str) -> str:
 
 
 def write_report(out: Path, cfg: Config) -> None:
+    """report.md (tables 1-3 and the claims), results.csv and the plots, from whatever results exist."""
     results = _load(out)
     tasks = cfg.eval_tasks()
     n = {t: results.get("fedcollm", results.get("zero_shot", {})).get("slm", {}).get(t, {}).get("n", "?")
          for t in tasks}
-    lines = [f"# FedCoLLM experiment `{out.name}`", "",
-             f"LLM `{cfg.llm.name}`, SLM `{cfg.slm.name}`, {cfg.federation.num_clients} clients, "
-             f"{cfg.federation.rounds} rounds, test questions per task: "
-             + ", ".join(f"{TASK_NAMES[t]} {n[t]}" for t in tasks) + ". Accuracy in %.", "",
-             "## Table 1: server LLM", "",
+    lines = header(f"FedCoLLM experiment `{out.name}`", cfg, "test questions per task: "
+                   + ", ".join(f"{TASK_NAMES[t]} {n[t]}" for t in tasks) + ". Accuracy in %.")
+    lines += accuracy_tables(results, tasks) + communication_table(results.get("fedcollm", {}))
+    lines += claims_section(results, tasks)
+    failed = failed_methods(out)
+    if failed:
+        lines += ["", f"Failed methods (see methods/*.error): {', '.join(failed)}"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_results_csv(out / "results.csv", results)
+    _plots(out, results, tasks)
+
+
+def accuracy_tables(results: dict, tasks: list[str]) -> list[str]:
+    """Tables 1 (server LLM) and 2 (client SLM) of the paper, ours beside the paper's three settings."""
+    lines = ["## Table 1: server LLM", "",
              "| task | Zero-Shot | Centralized | FedCoLLM | paper S1 / S2 / S3 (ZS, Cent., FedCoLLM) |",
              "|---|---|---|---|---|"]
     for t in tasks:
@@ -168,31 +180,32 @@ def write_report(out: Path, cfg: Config) -> None:
         paper = " / ".join("(" + ", ".join(map(str, s)) + ")" for s in PAPER_SLM[t])
         cells = [_cell(results, m, "slm", t) for m in ("zero_shot", "standalone", "fedavg", "fedcollm")]
         lines.append(f"| {TASK_NAMES[t]} | " + " | ".join(cells) + f" | {paper} |")
-    fed = results.get("fedcollm", {})
-    if fed.get("params"):
-        slm = fed["params"]["slm"]
-        sent = [r["comm"]["bytes_sent_per_client"] for r in fed["rounds"] if "comm" in r]
-        recv = [r["comm"]["bytes_received_per_client"] for r in fed["rounds"] if "comm" in r]
-        mean = lambda xs: sum(map(sum, xs)) / max(sum(map(len, xs)), 1)  # noqa: E731
-        lines += ["", "## Table 3: transmitted per client per round", "",
-                  "| | parameters | % of SLM | bytes down | bytes up |", "|---|---|---|---|---|",
-                  f"| full-model FedAvg | {slm['base']:,} | 100 | {4 * slm['base']:,} | {4 * slm['base']:,} |",
-                  f"| FedCoLLM (LoRA θ) | {slm['trainable']:,} | {100 * slm['trainable'] / slm['base']:.3f} | "
-                  f"{mean(sent):,.0f} | {mean(recv):,.0f} |",
-                  "", "Paper: GPT-2 124M vs 0.29M (0.24%), OPT 1316M vs 3.15M (0.24%), LLaMA-2 1345M vs 3.15M (0.23%)."]
-    lines += claims_section(results, tasks)
-    failed = failed_methods(out)
-    if failed:
-        lines += ["", f"Failed methods (see methods/*.error): {', '.join(failed)}"]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    with (out / "results.csv").open("w", newline="") as fh:
+    return lines
+
+
+def communication_table(fed: dict) -> list[str]:
+    """Table 3: what a client sends and receives per round, against full-model FedAvg."""
+    if not fed.get("params"):
+        return []
+    slm = fed["params"]["slm"]
+    sent, recv = (mean_bytes_per_client(fed["rounds"], f"bytes_{way}_per_client") or 0 for way in ("sent", "received"))
+    return ["", "## Table 3: transmitted per client per round", "",
+            "| | parameters | % of SLM | bytes down | bytes up |", "|---|---|---|---|---|",
+            f"| full-model FedAvg | {slm['base']:,} | 100 | {4 * slm['base']:,} | {4 * slm['base']:,} |",
+            f"| FedCoLLM (LoRA θ) | {slm['trainable']:,} | {100 * slm['trainable'] / slm['base']:.3f} | "
+            f"{sent:,.0f} | {recv:,.0f} |",
+            "", "Paper: GPT-2 124M vs 0.29M (0.24%), OPT 1316M vs 3.15M (0.24%), LLaMA-2 1345M vs 3.15M (0.23%)."]
+
+
+def write_results_csv(path: Path, results: dict) -> None:
+    """One row per method, model and task: what a spreadsheet or pandas wants."""
+    with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["method", "model", "task", "acc", "acc_norm", "n"])
         for method, res in results.items():
             for role in ("llm", "slm"):
                 for task, m in res.get(role, {}).items():
                     w.writerow([method, role, task, m["acc"], m.get("acc_norm"), m.get("n")])
-    _plots(out, results, tasks)
 
 
 def _plots(out: Path, results: dict, tasks: list[str]) -> None:
