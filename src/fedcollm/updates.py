@@ -58,22 +58,22 @@ def _seeded(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def local_update(model, tokenizer, theta: NamedArrays | None, data: Sequence[Question], s: TrainSettings,
+def local_update(model, tokenizer, theta: NamedArrays | None, data: Sequence[Question], settings: TrainSettings,
                  desc: str = "client") -> tuple[NamedArrays, dict[str, float]]:
     """Step 2: θ_k = E epochs of SFT on D^k starting from θ (None: keep the model's current adapter)."""
     if theta is not None:
         set_adapter_arrays(model, theta)
-    _seeded(s.seed)
+    _seeded(settings.seed)
     model.train()
-    opt = torch.optim.AdamW(trainable(model), lr=s.lr)
+    opt = torch.optim.AdamW(trainable(model), lr=settings.lr)
     metrics = run_loop(
-        lambda e: make_batches(tokenizer, data, s.batch_size, s.max_length, s.seed, e),
+        lambda e: make_batches(tokenizer, data, settings.batch_size, settings.max_length, settings.seed, e),
         sft_step(model),
-        [opt], epochs=s.epochs, max_steps=s.max_steps, grad_clip=s.grad_clip, autocast_dtype=s.autocast_dtype,
-        desc=desc, progress=s.progress,
+        [opt], epochs=settings.epochs, max_steps=settings.max_steps, grad_clip=settings.grad_clip,
+        autocast_dtype=settings.autocast_dtype, desc=desc, progress=settings.progress,
     )
     model.eval()
-    return finite_or_raise(get_adapter_arrays(model), desc, s.lr, metrics["steps"]), metrics
+    return finite_or_raise(get_adapter_arrays(model), desc, settings.lr, metrics["steps"]), metrics
 
 
 def mutual_kd_step(llm, slm, weight: float, temperature: float, top_k: int | None):
@@ -93,21 +93,21 @@ def mutual_kd_step(llm, slm, weight: float, temperature: float, top_k: int | Non
 
 
 def mutual_transfer(llm, slm, tokenizer, theta: NamedArrays, aux: Sequence[Question], llm_lr: float,
-                    s: TrainSettings, weight: float, temperature: float, top_k: int | None,
+                    settings: TrainSettings, weight: float, temperature: float, top_k: int | None,
                     ) -> tuple[NamedArrays, dict[str, float]]:
     """Step 4: R joint KD steps on D^a from θ^{t,0}; returns θ^{t,R} (ω is updated in place on ``llm``)."""
     set_adapter_arrays(slm, theta)
-    _seeded(s.seed)
+    _seeded(settings.seed)
     llm.train()
     slm.train()
-    opts = [torch.optim.AdamW(trainable(llm), lr=llm_lr), torch.optim.AdamW(trainable(slm), lr=s.lr)]
+    opts = [torch.optim.AdamW(trainable(llm), lr=llm_lr), torch.optim.AdamW(trainable(slm), lr=settings.lr)]
     metrics = run_loop(
-        lambda e: make_batches(tokenizer, aux, s.batch_size, s.max_length, s.seed, e),
+        lambda e: make_batches(tokenizer, aux, settings.batch_size, settings.max_length, settings.seed, e),
         mutual_kd_step(llm, slm, weight, temperature, top_k),
-        opts, epochs=s.epochs, max_steps=s.max_steps, grad_clip=s.grad_clip, autocast_dtype=s.autocast_dtype,
-        desc="server KD", progress=s.progress,
+        opts, epochs=settings.epochs, max_steps=settings.max_steps, grad_clip=settings.grad_clip,
+        autocast_dtype=settings.autocast_dtype, desc="server KD", progress=settings.progress,
     )
     llm.eval()
     slm.eval()
     finite_or_raise(get_adapter_arrays(llm), "server KD, the LLM's ω", llm_lr, metrics["steps"])
-    return finite_or_raise(get_adapter_arrays(slm), "server KD, the SLM's θ", s.lr, metrics["steps"]), metrics
+    return finite_or_raise(get_adapter_arrays(slm), "server KD, the SLM's θ", settings.lr, metrics["steps"]), metrics

@@ -73,9 +73,9 @@ def client_train(cfg: Config, partition_id: int, msg: Message, data: list[Questi
     server_round = int(msg.content["config"]["server-round"])
     fault = faults.planned(partition_id, server_round)
     faults.before_training(fault)
-    s = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "client", server_round, partition_id),
-                 cfg.federation.local_epochs, cfg.federation.local_max_steps, progress=False)
-    theta_k, m = local_update(model, tok, theta, data, s, desc=f"client {partition_id}")
+    settings = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "client", server_round, partition_id),
+                              cfg.federation.local_epochs, cfg.federation.local_max_steps, progress=False)
+    theta_k, m = local_update(model, tok, theta, data, settings, desc=f"client {partition_id}")
     reply = RecordDict({
         "arrays": to_record(faults.corrupt(fault, theta_k)),
         "metrics": MetricRecord({

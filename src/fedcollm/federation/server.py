@@ -46,9 +46,9 @@ class CoTuningServer:
         if self.llm is None:
             self.set_theta(theta_avg)
             return {}
-        s = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "server", server_round), cfg.kd.epochs, cfg.kd.max_steps,
-                     self.progress)
-        _, metrics = mutual_transfer(self.llm, self.slm, self.tokenizer, theta_avg, self.aux, cfg.llm.lr, s,
+        settings = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "server", server_round), cfg.kd.epochs,
+                                  cfg.kd.max_steps, self.progress)
+        _, metrics = mutual_transfer(self.llm, self.slm, self.tokenizer, theta_avg, self.aux, cfg.llm.lr, settings,
                                      cfg.kd.weight, cfg.kd.temperature, cfg.kd.top_k)
         return metrics
 

@@ -44,8 +44,8 @@ def standalone(cfg: Config) -> dict[str, Metrics]:
     epochs = fed.rounds * fed.local_epochs
     max_steps = None if fed.local_max_steps is None else fed.local_max_steps * fed.rounds
     for k, data in enumerate(load_splits(cfg).clients):
-        s = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "standalone", k), epochs, max_steps)
-        local_update(model, tok, theta0, data, s, desc=f"standalone client {k}")
+        settings = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "standalone", k), epochs, max_steps)
+        local_update(model, tok, theta0, data, settings, desc=f"standalone client {k}")
         per_client.append(_evaluate(model, tok, cfg))
     mean = {t: {m: float(np.mean([c[t][m] for c in per_client])) for m in ("acc", "acc_norm")}
             for t in per_client[0]}
@@ -77,6 +77,7 @@ def centralized(cfg: Config) -> dict[str, Metrics]:
     splits = load_splits(cfg)
     data = [q for client in splits.clients for q in client] + splits.aux
     epochs = cfg.federation.rounds * cfg.federation.local_epochs
-    s = train_settings(cfg, cfg.llm, derive_seed(cfg.seed, "centralized"), epochs, centralized_max_steps(cfg, splits))
-    local_update(model, tok, None, data, s, desc="centralized LLM")
+    settings = train_settings(cfg, cfg.llm, derive_seed(cfg.seed, "centralized"), epochs,
+                              centralized_max_steps(cfg, splits))
+    local_update(model, tok, None, data, settings, desc="centralized LLM")
     return {"llm": _evaluate(model, tok, cfg)}
