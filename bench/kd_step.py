@@ -69,7 +69,7 @@ def sequential_kd_step(llm, slm, weight: float, temperature: float, top_k: int |
 
 def arms(setup: Setup, batches, what_if: bool = False) -> dict:
     """The timed callables (adapters reset and optimizers fresh on every call)."""
-    from fedcollm.build import autocast_dtype
+    from fedcollm.build import autocast_dtype, transfer_spec
     from fedcollm.models.lora import get_adapter_arrays, set_adapter_arrays
     from fedcollm.train import run_loop, sft_step, trainable
     from fedcollm.updates import mutual_kd_step
@@ -88,7 +88,7 @@ def arms(setup: Setup, batches, what_if: bool = False) -> dict:
         opts = [torch.optim.AdamW(trainable(m), lr=lr) for m, lr in zip(models, lrs)]
         run_loop(lambda e: batches, step, opts, grad_clip=cfg.grad_clip, autocast_dtype=amp, progress=False)
 
-    kd = mutual_kd_step(llm, slm, cfg.kd.weight, cfg.kd.temperature, cfg.kd.top_k)
+    kd = mutual_kd_step(llm, slm, transfer_spec(cfg))
     out = {
         "kd": lambda: loop(kd, (llm, slm), (cfg.llm.lr, cfg.slm.lr)),
         "sft_llm": lambda: loop(sft_step(llm), (llm,), (cfg.llm.lr,)),

@@ -32,7 +32,7 @@ def fedavg(updates: list[tuple[list, int]]) -> list:
 
 def time_round(setup: Setup, clients: int, per_client: int, aux_size: int) -> dict:
     """Seconds of one round's compute with K clients: every local update, FedAvg, the server's transfer."""
-    from fedcollm.build import train_settings
+    from fedcollm.build import train_settings, transfer_spec
     from fedcollm.models.lora import get_adapter_arrays
     from fedcollm.updates import local_update, mutual_transfer
 
@@ -53,8 +53,7 @@ def time_round(setup: Setup, clients: int, per_client: int, aux_size: int) -> di
         updates.append((theta_k, len(data)))
     theta_avg = fedavg(updates)
     ts = time.perf_counter()
-    mutual_transfer(llm, slm, tok, theta_avg, aux, cfg.llm.lr, server_s, cfg.kd.weight, cfg.kd.temperature,
-                    cfg.kd.top_k)
+    mutual_transfer(llm, slm, tok, theta_avg, aux, cfg.llm.lr, server_s, transfer_spec(cfg))
     end = time.perf_counter()
     return {"round_s": end - t0, "clients_s": ts - t0, "client_s_each": per, "server_kd_s": end - ts}
 
@@ -75,7 +74,7 @@ def fixed_length_batch(tok, questions, length: int, filler_questions):
 
 def time_lengths(setup: Setup, lengths: list[int], batch_size: int, reps: int, warmup: int = 1) -> dict:
     """Median seconds of one client step and one KD step at each sequence length."""
-    from fedcollm.build import autocast_dtype
+    from fedcollm.build import autocast_dtype, transfer_spec
     from fedcollm.train import run_loop, sft_step, trainable
     from fedcollm.updates import mutual_kd_step
 
@@ -87,7 +86,7 @@ def time_lengths(setup: Setup, lengths: list[int], batch_size: int, reps: int, w
     llm.train()
     qs = setup.train_questions(batch_size)
     filler = setup.train_questions(64, offset=2000)
-    kd = mutual_kd_step(llm, slm, cfg.kd.weight, cfg.kd.temperature, cfg.kd.top_k)
+    kd = mutual_kd_step(llm, slm, transfer_spec(cfg))
 
     lr = {id(slm): cfg.slm.lr, id(llm): cfg.llm.lr}
 

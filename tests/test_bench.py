@@ -96,7 +96,7 @@ def test_kd_step_and_its_memory_child(setup):
 
 def test_sequential_kd_what_if_has_the_joint_steps_gradients(setup):
     """Without dropout the what-if reorders the work of ``mutual_kd_step`` and changes nothing else."""
-    from fedcollm.updates import mutual_kd_step
+    from fedcollm.updates import Transfer, mutual_kd_step
 
     llm, tok = setup.peft("llm")
     slm, _ = setup.peft("slm")
@@ -109,7 +109,7 @@ def test_sequential_kd_what_if_has_the_joint_steps_gradients(setup):
         step(batch)["loss"].backward()
         return [p.grad.clone() for m in (llm, slm) for p in m.parameters() if p.requires_grad]
 
-    joint = grads(mutual_kd_step(llm, slm, 1.0, 1.0, 16))
+    joint = grads(mutual_kd_step(llm, slm, Transfer(top_k=16)))
     seq = grads(kd_step.sequential_kd_step(llm, slm, 1.0, 1.0, 16))
     assert len(joint) == len(seq) > 0 and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(joint, seq))
 

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from fedcollm.data import load_split
 from fedcollm.models.lora import LoraSpec, attach_lora, get_adapter_arrays
 from fedcollm.train import make_batches, run_loop, sft_step, trainable
-from fedcollm.updates import TrainSettings, local_update, mutual_kd_step, mutual_transfer
+from fedcollm.updates import TrainSettings, Transfer, local_update, mutual_kd_step, mutual_transfer
 
 
 def _peft(path, seed=0):
@@ -44,7 +44,7 @@ def test_mutual_transfer_moves_both_adapters(pair, data_dir):
     omega0, theta0 = get_adapter_arrays(llm), get_adapter_arrays(slm)
     aux = load_split("openbookqa", "train", data_dir)[:8]
     s = TrainSettings(lr=1e-2, batch_size=4, progress=False)
-    theta, m = mutual_transfer(llm, slm, tok, theta0, aux, 1e-2, s, weight=1.0, temperature=1.0, top_k=16)
+    theta, m = mutual_transfer(llm, slm, tok, theta0, aux, 1e-2, s, Transfer(top_k=16))
     assert _changed(theta0, theta) and _changed(omega0, get_adapter_arrays(llm))
     assert m["llm_kl"] > 0 and m["slm_kl"] > 0 and m["steps"] == 2
 
@@ -55,7 +55,8 @@ def test_kd_with_zero_weight_is_plain_sft_for_each_model(tiny_models, data_dir):
     batches = make_batches(tok, load_split("arc_easy", "train", data_dir)[:8], 4, 128, seed=0)
     joint_llm, joint_slm = _peft(tiny_models["llm"]), _peft(tiny_models["slm"])
     opts = [torch.optim.AdamW(trainable(m), lr=1e-2) for m in (joint_llm, joint_slm)]
-    run_loop(lambda e: batches, mutual_kd_step(joint_llm, joint_slm, 0.0, 1.0, None), opts, progress=False)
+    step = mutual_kd_step(joint_llm, joint_slm, Transfer(0.0, 0.0, top_k=None))
+    run_loop(lambda e: batches, step, opts, progress=False)
     for path, joint in (("llm", joint_llm), ("slm", joint_slm)):
         alone = _peft(tiny_models[path])
         run_loop(lambda e: batches, sft_step(alone), [torch.optim.AdamW(trainable(alone), lr=1e-2)], progress=False)
@@ -78,7 +79,7 @@ def test_kd_pulls_models_together(tiny_models, data_dir):
 
     before = gap()
     opts = [torch.optim.AdamW(trainable(m), lr=2e-2) for m in (llm, slm)]
-    step = mutual_kd_step(llm, slm, 1.0, 1.0, None)
+    step = mutual_kd_step(llm, slm, Transfer(top_k=None))
 
     def kl_only(b):
         out = step(b)
@@ -101,4 +102,63 @@ def test_an_update_that_diverges_is_refused_before_anyone_saves_or_scores_it(pai
             local_update(slm, tok, get_adapter_arrays(slm), data, s)
         else:
             mutual_transfer(llm, slm, tok, get_adapter_arrays(slm), data, huge if who == "llm" else fine, s,
-                            1.0, 1.0, 16)
+                            Transfer(top_k=16))
+
+
+def _two_sequences(vocab=6):
+    """A batch of two sequences, 2 answer tokens each, and logits where the LLM (f) is better on the gold
+    answer of sequence 0 and the SLM (g) on sequence 1."""
+    from fedcollm.train import Batch
+
+    rows, targets = torch.tensor([0, 0, 1, 1]), torch.tensor([1, 2, 3, 4])
+    batch = Batch(torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 5, dtype=torch.long), rows,
+                  torch.tensor([1, 2, 1, 2]), targets)
+    good, bad = torch.zeros(4, vocab), torch.zeros(4, vocab)
+    good[torch.arange(4), targets] = 4.0  # confident and right
+    bad[torch.arange(4), (targets + 1) % vocab] = 4.0  # confident and wrong
+    first = (rows == 0)[:, None]
+    f = torch.where(first, good, bad).requires_grad_()
+    g = torch.where(first, bad, good).requires_grad_()
+    return batch, f, g
+
+
+def test_selective_distillation_picks_per_sequence_the_side_with_the_lower_ce():
+    from fedcollm.losses import kd_kl_tokens
+    from fedcollm.updates import kd_losses
+
+    batch, f, g = _two_sequences()
+    out = kd_losses(f, g, batch, Transfer(select="greater", top_k=None))
+    kl_f_tokens = kd_kl_tokens(f, g)  # the LLM's KL toward the SLM, per token
+    kl_g_tokens = kd_kl_tokens(g, f)
+    # the LLM distils only sequence 1 (where the SLM is better), the SLM only sequence 0; the rest add 0
+    torch.testing.assert_close(out["llm_kl"], kl_f_tokens[2:].sum() / 4)
+    torch.testing.assert_close(out["slm_kl"], kl_g_tokens[:2].sum() / 4)
+    assert float(out["llm_kd_frac"]) == float(out["slm_kd_frac"]) == 0.5
+    plain = kd_losses(f, g, batch, Transfer(select="none", top_k=None))  # the paper: every sequence
+    torch.testing.assert_close(plain["llm_kl"], kl_f_tokens.mean())
+    # gradients: the LLM's KL does not move its logits on sequence 0, where its own distribution is the target
+    (grad_f,) = torch.autograd.grad(out["llm_kl"], f)
+    assert torch.all(grad_f[:2] == 0) and torch.any(grad_f[2:] != 0)
+
+
+@pytest.mark.parametrize("mix", ["add", "convex"])
+@pytest.mark.parametrize("select", ["none", "greater"])
+def test_every_mix_and_selection_is_plain_sft_at_zero_kd_weight(mix, select):
+    from fedcollm.losses import answer_ce
+    from fedcollm.updates import kd_losses
+
+    batch, f, g = _two_sequences()
+    out = kd_losses(f, g, batch, Transfer(llm_weight=0.0, slm_weight=0.0, mix=mix, select=select, top_k=None))
+    torch.testing.assert_close(out["llm_loss"], answer_ce(f, batch.targets))
+    torch.testing.assert_close(out["slm_loss"], answer_ce(g, batch.targets))
+    one_way = kd_losses(f, g, batch, Transfer(llm_weight=0.0, slm_weight=0.5, mix=mix, select=select, top_k=None))
+    torch.testing.assert_close(one_way["llm_loss"], answer_ce(f, batch.targets))  # LLM ← SLM off, SLM ← LLM on
+    assert float(one_way["slm_loss"]) != pytest.approx(float(answer_ce(g, batch.targets)))
+
+
+def test_convex_mix_weighs_ce_and_kl_as_fedmkt():
+    from fedcollm.updates import kd_losses
+
+    batch, f, g = _two_sequences()
+    out = kd_losses(f, g, batch, Transfer(llm_weight=0.1, slm_weight=0.1, mix="convex", top_k=None))
+    torch.testing.assert_close(out["llm_loss"], 0.9 * out["llm_ce"] + 0.1 * out["llm_kl"])

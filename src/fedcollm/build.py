@@ -19,7 +19,7 @@ from .data import Question, Splits, load_eval, load_split, split_train
 from .data.schema import DataError, write_jsonl
 from .models.lora import attach_lora
 from .models.sources import load_model
-from .updates import TrainSettings
+from .updates import TrainSettings, Transfer
 
 
 def dtype(cfg: Config) -> torch.dtype:
@@ -114,6 +114,12 @@ def train_settings(cfg: Config, section: ModelSection, seed: int, epochs: int, m
     return TrainSettings(lr=section.lr, batch_size=section.batch_size, epochs=epochs, max_steps=max_steps,
                          max_length=cfg.max_length, grad_clip=cfg.grad_clip, autocast_dtype=autocast_dtype(cfg),
                          seed=seed, progress=progress)
+
+
+def transfer_spec(cfg: Config) -> Transfer:
+    """Step 4's losses from the config's ``kd`` section (one λ both ways for now: the paper's)."""
+    return Transfer(llm_weight=cfg.kd.weight, slm_weight=cfg.kd.weight, temperature=cfg.kd.temperature,
+                    top_k=cfg.kd.top_k)
 
 
 def peak_rss_mb() -> float:

@@ -15,6 +15,32 @@ def answer_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets.to(logits.device))
 
 
+def sequence_ce(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Mean cross-entropy of each sequence's answer tokens, ``[n_rows]`` (``rows[i]``: token i's sequence).
+
+    What selective distillation compares: which model puts more probability on this gold answer.
+    """
+    dev = logits.device
+    tok = F.cross_entropy(logits.float(), targets.to(dev), reduction="none")
+    rows = rows.to(dev)
+    total = torch.zeros(n_rows, device=dev).index_add_(0, rows, tok)
+    count = torch.zeros(n_rows, device=dev).index_add_(0, rows, torch.ones_like(tok))
+    return total / count.clamp(min=1)
+
+
+def kd_kl_tokens(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, top_k: int | None = None
+) -> torch.Tensor:
+    """KL(p_teacher || p_student) of each answer token, ``[n_answer_tokens]``, times τ² (see ``kd_kl``)."""
+    t = teacher.detach().float() / temperature
+    s = student.float() / temperature
+    if top_k is not None and top_k < t.shape[-1]:
+        t, idx = t.topk(top_k, dim=-1)
+        s = s.gather(-1, idx)
+    t_logp, s_logp = F.log_softmax(t, dim=-1), F.log_softmax(s, dim=-1)
+    return (t_logp.exp() * (t_logp - s_logp)).sum(-1) * temperature**2
+
+
 def kd_kl(
     student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, top_k: int | None = None
 ) -> torch.Tensor:
@@ -25,11 +51,4 @@ def kd_kl(
     over the teacher's k most likely tokens (each renormalised there), as FATE-LLM keeps the top-k
     logits to cut the cost of a 150k vocabulary: a true KL on that support, >= 0 and 0 iff they agree.
     """
-    t = teacher.detach().float() / temperature
-    s = student.float() / temperature
-    if top_k is not None and top_k < t.shape[-1]:
-        t, idx = t.topk(top_k, dim=-1)
-        s = s.gather(-1, idx)
-    t_logp, s_logp = F.log_softmax(t, dim=-1), F.log_softmax(s, dim=-1)
-    kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)
-    return kl.mean() * temperature**2
+    return kd_kl_tokens(student, teacher, temperature, top_k).mean()

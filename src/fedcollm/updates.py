@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .data import Question
-from .losses import answer_ce, kd_kl
+from .losses import answer_ce, kd_kl_tokens, sequence_ce
 from .models.lora import NamedArrays, get_adapter_arrays, set_adapter_arrays
 from .train import Batch, answer_logits, make_batches, run_loop, sft_step, trainable
 
@@ -76,25 +76,79 @@ def local_update(model, tokenizer, theta: NamedArrays | None, data: Sequence[Que
     return finite_or_raise(get_adapter_arrays(model), desc, settings.lr, metrics["steps"]), metrics
 
 
-def mutual_kd_step(llm, slm, weight: float, temperature: float, top_k: int | None):
-    """One joint step of Eq. 3-6: L^f(ω) = CE_f + λ·KL(g‖f) and L^g(θ) = CE_g + λ·KL(f‖g)."""
+@dataclass(frozen=True)
+class Transfer:
+    """How the two models teach each other in step 4; every knob has a source (README, "KD").
+
+    - ``llm_weight`` / ``slm_weight``: the KD weight in the LLM's loss (LLM ← SLM) and in the SLM's
+      (SLM ← LLM); the paper has one λ for both. 0 makes that side plain SFT on D^a.
+    - ``mix``: ``add`` is the paper's CE + w·KL; ``convex`` is FedMKT's (1 − w)·CE + w·KL.
+    - ``select``: ``none`` distils every sequence (the paper); ``greater`` is FedMKT's selective
+      distillation: per sequence a model distils toward the other only where the other's CE on the
+      gold answer is lower than its own; elsewhere its target is its own distribution, whose KL is 0,
+      so that sequence trains on CE alone. The KL is averaged over all answer tokens either way, so w
+      keeps its meaning (the fraction distilled is logged as ``*_kd_frac``).
+    - ``temperature`` τ and ``top_k``: as in ``losses.kd_kl``.
+    """
+
+    llm_weight: float = 1.0
+    slm_weight: float = 1.0
+    mix: str = "add"
+    select: str = "none"
+    temperature: float = 1.0
+    top_k: int | None = 128
+
+
+def _mixed(ce: torch.Tensor, kl: torch.Tensor, weight: float, mix: str) -> torch.Tensor:
+    if mix == "add":
+        return ce + weight * kl
+    if mix == "convex":
+        return (1.0 - weight) * ce + weight * kl
+    raise ValueError(f"unknown KD mix {mix!r} (add or convex)")
+
+
+def _distilled(student: torch.Tensor, teacher: torch.Tensor, batch: Batch, spec: Transfer,
+               select: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's KL toward the (detached) teacher, averaged over answer tokens; with ``select`` (one bool
+    per sequence) only the selected sequences' tokens count, the others add 0. Also the fraction selected."""
+    kl = kd_kl_tokens(student, teacher, spec.temperature, spec.top_k)
+    if select is None:
+        return kl.mean(), torch.ones((), device=kl.device)
+    keep = select[batch.rows.to(kl.device)].float()
+    return (kl * keep).mean(), select.float().mean()
+
+
+def kd_losses(f: torch.Tensor, g: torch.Tensor, batch: Batch, spec: Transfer) -> dict[str, torch.Tensor]:
+    """Both models' losses from their answer logits (f: the LLM's, g: the SLM's), each target detached."""
+    ce_f, ce_g = answer_ce(f, batch.targets), answer_ce(g, batch.targets)
+    f_wins = g_wins = None
+    if spec.select == "greater":  # per sequence: is the other model better on the gold answer?
+        n = int(batch.input_ids.shape[0])
+        with torch.no_grad():
+            seq_f = sequence_ce(f, batch.targets, batch.rows, n)
+            seq_g = sequence_ce(g, batch.targets, batch.rows, n)
+        g_wins, f_wins = seq_g < seq_f, seq_f < seq_g
+    elif spec.select != "none":
+        raise ValueError(f"unknown KD selection {spec.select!r} (none or greater)")
+    kl_f, frac_f = _distilled(f, g, batch, spec, g_wins)  # LLM learns from the SLM (g detached)
+    kl_g, frac_g = _distilled(g, f, batch, spec, f_wins)  # SLM learns from the LLM (f detached)
+    loss_f = _mixed(ce_f, kl_f, spec.llm_weight, spec.mix)
+    loss_g = _mixed(ce_g, kl_g, spec.slm_weight, spec.mix)
+    return {"loss": loss_f + loss_g, "llm_loss": loss_f, "llm_ce": ce_f, "llm_kl": kl_f, "llm_kd_frac": frac_f,
+            "slm_loss": loss_g, "slm_ce": ce_g, "slm_kl": kl_g, "slm_kd_frac": frac_g}
+
+
+def mutual_kd_step(llm, slm, spec: Transfer):
+    """One joint step of Eq. 3-6: L^f(ω) = CE_f + λ_f·KL(g‖f) and L^g(θ) = CE_g + λ_g·KL(f‖g) (see ``Transfer``)."""
 
     def step(batch: Batch) -> dict[str, torch.Tensor]:
-        f = answer_logits(llm, batch)  # LLM f_{ψ+ω}
-        g = answer_logits(slm, batch)  # SLM g_{φ+θ}
-        ce_f, ce_g = answer_ce(f, batch.targets), answer_ce(g, batch.targets)
-        kl_f = kd_kl(f, g, temperature, top_k)  # LLM learns from the SLM (g detached inside kd_kl)
-        kl_g = kd_kl(g, f, temperature, top_k)  # SLM learns from the LLM (f detached inside kd_kl)
-        loss_f, loss_g = ce_f + weight * kl_f, ce_g + weight * kl_g
-        return {"loss": loss_f + loss_g, "llm_loss": loss_f, "llm_ce": ce_f, "llm_kl": kl_f,
-                "slm_loss": loss_g, "slm_ce": ce_g, "slm_kl": kl_g}
+        return kd_losses(answer_logits(llm, batch), answer_logits(slm, batch), batch, spec)  # f_{ψ+ω}, g_{φ+θ}
 
     return step
 
 
 def mutual_transfer(llm, slm, tokenizer, theta: NamedArrays, aux: Sequence[Question], llm_lr: float,
-                    settings: TrainSettings, weight: float, temperature: float, top_k: int | None,
-                    ) -> tuple[NamedArrays, dict[str, float]]:
+                    settings: TrainSettings, spec: Transfer) -> tuple[NamedArrays, dict[str, float]]:
     """Step 4: R joint KD steps on D^a from θ^{t,0}; returns θ^{t,R} (ω is updated in place on ``llm``)."""
     set_adapter_arrays(slm, theta)
     _seeded(settings.seed)
@@ -103,7 +157,7 @@ def mutual_transfer(llm, slm, tokenizer, theta: NamedArrays, aux: Sequence[Quest
     opts = [torch.optim.AdamW(trainable(llm), lr=llm_lr), torch.optim.AdamW(trainable(slm), lr=settings.lr)]
     metrics = run_loop(
         lambda e: make_batches(tokenizer, aux, settings.batch_size, settings.max_length, settings.seed, e),
-        mutual_kd_step(llm, slm, weight, temperature, top_k),
+        mutual_kd_step(llm, slm, spec),
         opts, epochs=settings.epochs, max_steps=settings.max_steps, grad_clip=settings.grad_clip,
         autocast_dtype=settings.autocast_dtype, desc="server KD", progress=settings.progress,
     )

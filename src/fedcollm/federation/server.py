@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from ..build import derive_seed, eval_questions, evaluate_model, load_peft, load_splits, train_settings
+from ..build import derive_seed, eval_questions, evaluate_model, load_peft, load_splits, train_settings, transfer_spec
 from ..config import Config
 from ..models.lora import NamedArrays, count_parameters, get_adapter_arrays, set_adapter_arrays
 from ..models.sources import check_same_tokenizer
@@ -49,7 +49,7 @@ class CoTuningServer:
         settings = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "server", server_round), cfg.kd.epochs,
                                   cfg.kd.max_steps, self.progress)
         _, metrics = mutual_transfer(self.llm, self.slm, self.tokenizer, theta_avg, self.aux, cfg.llm.lr, settings,
-                                     cfg.kd.weight, cfg.kd.temperature, cfg.kd.top_k)
+                                     transfer_spec(cfg))
         return metrics
 
     def evaluate(self, adapters: bool = True) -> dict[str, dict[str, dict[str, float]]]:
