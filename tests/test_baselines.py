@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fedcollm.build import load_splits
+from fedcollm.build import budget, load_splits
 from fedcollm.config import load_config
-from fedcollm.recipes.baselines import centralized, centralized_max_steps, standalone, zero_shot
+from fedcollm.recipes.baselines import centralized, standalone, zero_shot
 from fedcollm.recipes.fedcollm import run_fedcollm
 
 
@@ -27,16 +27,23 @@ def test_zero_shot_standalone_centralized(tiny_models, data_dir, tmp_path):
     assert set(ce["llm"]) == {"arc_easy", "openbookqa"}
 
 
-def test_centralized_sees_as_many_examples_as_a_capped_federation(tiny_models, data_dir, tmp_path):
+def test_the_budget_gives_every_method_the_examples_the_readme_states(tiny_models, data_dir, tmp_path):
     cfg = _cfg(tiny_models, data_dir, tmp_path, "federation.rounds=3")
     splits = load_splits(cfg)
-    assert centralized_max_steps(cfg, splits) is None  # no caps: T·E full passes over the union
     sizes = [len(c) for c in splits.clients]
     assert min(sizes) > 4 and len(splits.aux) == 8  # 2 clients of 6, D^a 4 per task (the caps below bind)
+    b = budget(cfg, splits)  # no caps: E = kd.epochs = 1 pass a round over each D^k and over D^a
+    assert b.client == tuple(sizes) and b.kd == 8
+    assert b.federated_client_examples() == 3 * sum(sizes)  # FedAvg and FedCoLLM's clients
+    assert [b.standalone_examples(k) for k in range(2)] == [3 * n for n in sizes]
+    assert b.centralized_examples() == 3 * (sum(sizes) + 8) and b.centralized_loop() == (3, None)  # 3 whole passes
     capped = _cfg(tiny_models, data_dir, tmp_path, "federation.rounds=3", "federation.local_max_steps=1",
                   "slm.batch_size=2", "kd.max_steps=1", "llm.batch_size=4")
-    # a round: each client 1 step of 2 examples, the server 1 KD step of 4 → 8 examples, 3 rounds = 24 = 6 steps of 4
-    assert centralized_max_steps(capped, load_splits(capped)) == 6
+    b = budget(capped, load_splits(capped))
+    # a round: each client 1 step of 2 examples; the server 1 KD step of 2 (KD batches at the SLM's size,
+    # both models see one batch) → 6 examples, 3 rounds = 18 = 5 steps of 4 for Centralized
+    assert b.client == (2, 2) and b.kd == 2 and b.centralized_examples() == 18
+    assert b.centralized_loop() == (1, 5) and b.standalone_loop() == (3, 3)  # 5 steps of 4 in one pass of 20
 
 
 def test_fedavg_is_the_federation_without_the_llm(tiny_models, data_dir, tmp_path):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import resource
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -110,10 +112,74 @@ def device(cfg: Config) -> torch.device:
 
 
 def train_settings(cfg: Config, section: ModelSection, seed: int, epochs: int, max_steps: int | None,
-             progress: bool = True) -> TrainSettings:
-    return TrainSettings(lr=section.lr, batch_size=section.batch_size, epochs=epochs, max_steps=max_steps,
+                   progress: bool = True, batch_size: int | None = None) -> TrainSettings:
+    return TrainSettings(lr=section.lr, batch_size=batch_size or section.batch_size, epochs=epochs, max_steps=max_steps,
                          max_length=cfg.max_length, grad_clip=cfg.grad_clip, autocast_dtype=autocast_dtype(cfg),
                          seed=seed, progress=progress)
+
+
+def kd_batch_size(cfg: Config) -> int:
+    """The server KD step's batch (both models see the same D^a batch): ``kd.batch_size``, else the SLM's."""
+    return getattr(cfg.kd, "batch_size", None) or cfg.slm.batch_size
+
+
+def _seen(n: int, epochs: int, cap: int | None, batch: int) -> int:
+    """Examples a loop of ``epochs`` passes over ``n`` examples sees, stopped after ``cap`` steps of ``batch``."""
+    return n * epochs if cap is None else min(n * epochs, cap * batch)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many training examples each method sees, all from this one place (README, "Budgets").
+
+    Per round, client k sees ``client[k]`` examples (E passes over D^k, or ``local_max_steps`` batches)
+    and the server's KD sees ``kd`` examples of D^a (``kd.epochs`` passes, or ``kd.max_steps`` batches).
+    FedAvg and FedCoLLM train T rounds of that; Standalone gives client k its T·client[k] alone;
+    Centralized gives the LLM the federation's total, T·(Σ client[k] + kd), on the pooled data.
+    """
+
+    rounds: int
+    client: tuple[int, ...]
+    kd: int
+    client_loop: tuple[int, int | None]  # (epochs, max_steps) of one client's local update, per round
+    kd_loop: tuple[int, int | None]  # (epochs, max_steps) of one round's KD on D^a
+    pooled: int  # |∪ D^k ∪ D^a|, what Centralized trains on
+    llm_batch: int
+
+    def federated_client_examples(self) -> int:
+        """FedAvg's and FedCoLLM's client-side examples over the run (FedCoLLM adds T·kd on the server)."""
+        return self.rounds * sum(self.client)
+
+    def standalone_examples(self, k: int) -> int:
+        return self.rounds * self.client[k]
+
+    def standalone_loop(self) -> tuple[int, int | None]:
+        """Client k alone: T rounds' worth of its local updates in one loop."""
+        epochs, cap = self.client_loop
+        return self.rounds * epochs, None if cap is None else self.rounds * cap
+
+    def centralized_examples(self) -> int:
+        return self.rounds * (sum(self.client) + self.kd)
+
+    def centralized_loop(self) -> tuple[int, int | None]:
+        """Whole passes over the pooled data when the total is a whole number of them (exact), else enough
+        passes, stopped after the steps of ``llm.batch_size`` that hold the total (exact to one batch)."""
+        total = self.centralized_examples()
+        if total % self.pooled == 0:
+            return total // self.pooled, None
+        return math.ceil(total / self.pooled), max(1, math.ceil(total / self.llm_batch))
+
+
+def budget(cfg: Config, splits: Splits | None = None) -> Budget:
+    """Every method's example counts for this config (see ``Budget``)."""
+    splits = splits or load_splits(cfg)
+    f, kd = cfg.federation, cfg.kd
+    return Budget(rounds=f.rounds,
+                  client=tuple(_seen(len(c), f.local_epochs, f.local_max_steps, cfg.slm.batch_size)
+                               for c in splits.clients),
+                  kd=_seen(len(splits.aux), kd.epochs, kd.max_steps, kd_batch_size(cfg)),
+                  client_loop=(f.local_epochs, f.local_max_steps), kd_loop=(kd.epochs, kd.max_steps),
+                  pooled=sum(map(len, splits.clients)) + len(splits.aux), llm_batch=cfg.llm.batch_size)
 
 
 def transfer_spec(cfg: Config) -> Transfer:

@@ -7,7 +7,17 @@ from __future__ import annotations
 
 import logging
 
-from ..build import derive_seed, eval_questions, evaluate_model, load_peft, load_splits, train_settings, transfer_spec
+from ..build import (
+    budget,
+    derive_seed,
+    eval_questions,
+    evaluate_model,
+    kd_batch_size,
+    load_peft,
+    load_splits,
+    train_settings,
+    transfer_spec,
+)
 from ..config import Config
 from ..models.lora import NamedArrays, count_parameters, get_adapter_arrays, set_adapter_arrays
 from ..models.sources import check_same_tokenizer
@@ -46,8 +56,9 @@ class CoTuningServer:
         if self.llm is None:
             self.set_theta(theta_avg)
             return {}
-        settings = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "server", server_round), cfg.kd.epochs,
-                                  cfg.kd.max_steps, self.progress)
+        epochs, max_steps = budget(cfg).kd_loop
+        settings = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "server", server_round), epochs, max_steps,
+                                  self.progress, batch_size=kd_batch_size(cfg))
         _, metrics = mutual_transfer(self.llm, self.slm, self.tokenizer, theta_avg, self.aux, cfg.llm.lr, settings,
                                      transfer_spec(cfg))
         return metrics

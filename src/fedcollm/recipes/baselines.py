@@ -1,20 +1,21 @@
 """The paper's baselines, each a few lines over the same loop, scorer and splits as FedCoLLM.
 
 - Zero-Shot: the base LLM and SLM, no adapter.
-- Standalone: each client tunes its own SLM adapter on its D^k alone for T·E epochs (the passes it
-  would make over D^k in T federated rounds); reported as the mean over clients.
+- Standalone: each client tunes its own SLM adapter on its D^k alone, as many examples as its T
+  federated local updates would see; reported as the mean over clients.
 - FedAvg: ``run_fedcollm`` with ``method=fedavg`` (Algorithm 1 without the server's LLM and step 4).
-- Centralized: the LLM adapter tuned on the union of every D^k and D^a for T·E epochs (with step
-  caps: as many examples as the federation trains on).
+- Centralized: the LLM adapter tuned on the union of every D^k and D^a, as many examples as the whole
+  federation trains on, T·(Σ_k client examples + KD examples).
+
+Every count comes from ``build.budget`` (README, "Budgets"): the methods see the same examples by
+construction.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ..build import derive_seed, eval_questions, evaluate_model, load_peft, load_splits, train_settings
+from ..build import budget, derive_seed, eval_questions, evaluate_model, load_peft, load_splits, train_settings
 from ..config import Config
 from ..models.lora import get_adapter_arrays
 from ..updates import local_update
@@ -40,9 +41,7 @@ def standalone(cfg: Config) -> dict[str, Metrics]:
     model, tok = load_peft(cfg.slm, cfg, "slm")
     theta0 = get_adapter_arrays(model)
     per_client = []
-    fed = cfg.federation
-    epochs = fed.rounds * fed.local_epochs
-    max_steps = None if fed.local_max_steps is None else fed.local_max_steps * fed.rounds
+    epochs, max_steps = budget(cfg).standalone_loop()
     for k, data in enumerate(load_splits(cfg).clients):
         settings = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "standalone", k), epochs, max_steps)
         local_update(model, tok, theta0, data, settings, desc=f"standalone client {k}")
@@ -52,32 +51,12 @@ def standalone(cfg: Config) -> dict[str, Metrics]:
     return {"slm": mean, "clients": per_client}
 
 
-def centralized_max_steps(cfg: Config, splits) -> int | None:
-    """With step caps (CPU budgets), Centralized may see as many examples as the federation trained on.
-
-    Without caps it makes the same number of passes (None). With ``local_max_steps`` or
-    ``kd.max_steps`` the federation sees fewer examples than full passes, and uncapped Centralized
-    would get several times its compute, flattering the "FedCoLLM ≈ Centralized" comparison.
-    """
-    fed, kd = cfg.federation, cfg.kd
-    if fed.local_max_steps is None and kd.max_steps is None:
-        return None
-
-    def seen(n: int, epochs: int, cap: int | None, batch: int) -> int:
-        return n * epochs if cap is None else min(n * epochs, cap * batch)
-
-    per_round = sum(seen(len(c), fed.local_epochs, fed.local_max_steps, cfg.slm.batch_size) for c in splits.clients)
-    per_round += seen(len(splits.aux), kd.epochs, kd.max_steps, cfg.llm.batch_size)
-    return max(1, math.ceil(fed.rounds * per_round / cfg.llm.batch_size))
-
-
 def centralized(cfg: Config) -> dict[str, Metrics]:
     """The LLM adapter on all the data the federation has (every D^k and D^a), same number of passes."""
     model, tok = load_peft(cfg.llm, cfg, "llm")
     splits = load_splits(cfg)
     data = [q for client in splits.clients for q in client] + splits.aux
-    epochs = cfg.federation.rounds * cfg.federation.local_epochs
-    settings = train_settings(cfg, cfg.llm, derive_seed(cfg.seed, "centralized"), epochs,
-                              centralized_max_steps(cfg, splits))
+    epochs, max_steps = budget(cfg, splits).centralized_loop()
+    settings = train_settings(cfg, cfg.llm, derive_seed(cfg.seed, "centralized"), epochs, max_steps)
     local_update(model, tok, None, data, settings, desc="centralized LLM")
     return {"llm": _evaluate(model, tok, cfg)}
