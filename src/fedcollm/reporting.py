@@ -7,6 +7,7 @@ import io
 from rich.console import Console
 from rich.table import Table
 
+from . import plots
 from .config import Config
 from .runlog import RunDir
 
@@ -66,6 +67,16 @@ def summary_table(records: list[dict]) -> Table:
     return table
 
 
+def run_plots(run: RunDir, cfg: Config) -> bool:
+    """accuracy_per_round.png of a run: each model and task per round, the base model's accuracy dashed."""
+    records = run.metrics()
+    zero = next((r["eval"] for r in records if r["round"] == 0 and r.get("eval")), None)
+    curve = [r for r in records if r["round"] > 0 and r.get("eval")]
+    return plots.accuracy_per_round(run.path / "accuracy_per_round.png", {cfg.method: curve},
+                                    {"zero_shot": zero} if zero else {}, cfg.eval_tasks(),
+                                    title=f"run {run.path.name}") is not None
+
+
 def write_run_report(run: RunDir, cfg: Config) -> None:
     records = run.metrics()
     table = summary_table(records)
@@ -78,4 +89,6 @@ def write_run_report(run: RunDir, cfg: Config) -> None:
     lines += ["```", rec.export_text().rstrip(), "```", ""]
     if params:
         lines += [f"SLM adapter θ: {adapter_share(params)} (what each client sends per round, vs full-model FedAvg)."]
+    if run_plots(run, cfg):
+        lines += ["", "![accuracy per round](accuracy_per_round.png)"]
     (run.path / "report.md").write_text("\n".join(lines) + "\n")

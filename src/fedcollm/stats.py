@@ -47,6 +47,15 @@ def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> float | None:
     return min(1.0, 2 * tail)
 
 
+def wilson(correct: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score 95% interval of an accuracy (correct of n), as fractions: sound near 0 and 1 too."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = correct / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
 # The paper's FedCoLLM LLM is 0-3 points below Centralized (97-99 %): "≈" means within 3 points.
 EQUIVALENCE_MARGIN = 3.0
 

@@ -46,8 +46,8 @@ def standalone(cfg: Config) -> dict[str, Metrics]:
         settings = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "standalone", k), epochs, max_steps)
         local_update(model, tok, theta0, data, settings, desc=f"standalone client {k}")
         per_client.append(_evaluate(model, tok, cfg))
-    mean = {t: {m: float(np.mean([c[t][m] for c in per_client])) for m in ("acc", "acc_norm")}
-            for t in per_client[0]}
+    mean = {t: {**{m: float(np.mean([c[t][m] for c in per_client])) for m in ("acc", "acc_norm")},
+                "n": per_client[0][t]["n"]} for t in per_client[0]}  # every client scores the same questions
     return {"slm": mean, "clients": per_client}
 
 

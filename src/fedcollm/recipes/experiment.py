@@ -15,8 +15,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .. import plots
 from ..build import preflight
 from ..config import Config, ConfigError, config_differences, load_config, save_config
+from ..plots import TASK_NAMES
 from ..reporting import header, mean_bytes_per_client
 from ..runlog import RunDir
 from ..stats import Comparison
@@ -26,7 +28,6 @@ from .fedcollm import run_fedcollm
 
 log = logging.getLogger(__name__)
 METHODS = ("zero_shot", "standalone", "fedavg", "centralized", "fedcollm")
-TASK_NAMES = {"commonsense_qa": "CQA", "openbookqa": "OBQA", "arc_challenge": "ARC-C", "arc_easy": "ARC-E"}
 # The paper's numbers (accuracy %), settings S1 GPT-2, S2 OPT, S3 LLaMA-2: see ../shared/docs/fedcollm-spec.md.
 PAPER_LLM = {  # Zero-Shot / Centralized / FedCoLLM
     "commonsense_qa": ((36.3, 54.7, 53.5), (48.7, 68.6, 68.1), (39.5, 69.0, 67.1)),
@@ -209,42 +210,12 @@ def write_results_csv(path: Path, results: dict) -> None:
 
 
 def _plots(out: Path, results: dict, tasks: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, role in zip(axes, ("llm", "slm")):
-        for method, style in (("fedcollm", "-"), ("fedavg", "--")):
-            rounds = results.get(method, {}).get("rounds", [])
-            zero = results.get("zero_shot", {}).get(role)
-            if zero and any(role in r.get("eval", {}) for r in rounds):  # round 0: the base models (zero_shot)
-                rounds = [{"round": 0, "eval": {role: zero}}, *rounds]
-            for i, t in enumerate(tasks):
-                pts = [(r["round"], 100 * r["eval"][role][t]["acc"])
-                       for r in rounds if t in r.get("eval", {}).get(role, {})]
-                if pts:  # one colour per task, one line style per method
-                    ax.plot(*zip(*pts), style, color=f"C{i}", marker="o", label=f"{method} {TASK_NAMES[t]}")
-        ax.set(title=f"{role.upper()} accuracy per round", xlabel="round", ylabel="acc %")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_per_round.png", dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, marker in (("fedcollm", "o"), ("fedavg", "s")):
-        rounds = [r for r in results.get(method, {}).get("rounds", []) if "comm" in r]
-        for key, label in (("bytes_sent_per_client", "down"), ("bytes_received_per_client", "up")):
-            pts = [(r["round"], sum(r["comm"][key]) / max(len(r["comm"][key]), 1) / 1e6) for r in rounds]
-            if pts:
-                ax.plot(*zip(*pts), marker=marker, label=f"{method} {label} (LoRA)")
+    """accuracy_per_round.png (FedCoLLM and FedAvg per round against Zero-Shot, Centralized and Standalone),
+    final_accuracy.png (every method with 95% intervals) and bytes_per_round.png."""
+    curves = {m: results[m].get("rounds", []) for m in ("fedcollm", "fedavg") if m in results}
+    references = {m: results[m] for m in ("zero_shot", "centralized", "standalone") if m in results}
+    plots.accuracy_per_round(out / "accuracy_per_round.png", curves, references, tasks,
+                             title="accuracy per round (horizontal lines: methods without rounds)")
+    plots.final_accuracy_bars(out / "final_accuracy.png", results, tasks)
     params = results.get("fedcollm", {}).get("params") or results.get("fedavg", {}).get("params")
-    if params:
-        ax.axhline(4 * params["slm"]["base"] / 1e6, color="grey", ls="--", label="full-model FedAvg (fp32)")
-        ax.set_yscale("log")
-    ax.set(title="bytes per client per round", xlabel="round", ylabel="MB")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "bytes_per_round.png", dpi=110)
-    plt.close(fig)
+    plots.bytes_per_round(out / "bytes_per_round.png", curves, params)
