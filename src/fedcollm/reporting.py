@@ -19,13 +19,30 @@ def _acc(record: dict, role: str) -> str:
     return " ".join(f"{t}={m['acc']:.3f}" for t, m in ev.items()) or "-"
 
 
-def print_round(record: dict) -> None:
+def duration(seconds: float) -> str:
+    """``1 h 02 min``, ``4 min 10 s`` or ``12 s``: how long, in words a person reads at a glance."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+def progress_line(method: str, t: int, rounds: int, round_seconds: list[float]) -> str:
+    """``fedcollm round 2/3 · 4 min 10 s a round · ETA 4 min 10 s``: where a run is and when it ends."""
+    if not round_seconds:
+        return f"{method} round {t}/{rounds}"
+    per = sum(round_seconds) / len(round_seconds)
+    return f"{method} round {t}/{rounds} · {duration(per)} a round · ETA {duration(per * (rounds - t))}"
+
+
+def print_round(record: dict, where: str = "") -> None:
+    """One line per round: accuracies, bytes, KD losses, and (``where``) the progress and ETA."""
     t = record["round"]
     comm = record.get("comm")
     sent = f" | sent/client {comm['bytes_sent_per_client'][0] / 1e6:.2f} MB" if comm else ""
     kd = record.get("kd")
     losses = f" | KD llm {kd['llm_loss']:.3f} slm {kd['slm_loss']:.3f}" if kd else ""
-    label = "zero-shot" if t == 0 else f"round {t}"
+    label = where or ("zero-shot" if t == 0 else f"round {t}")
     console.print(f"[bold]{label}[/bold] LLM {_acc(record, 'llm')} | SLM {_acc(record, 'slm')}{sent}{losses}")
 
 

@@ -16,7 +16,7 @@ from flwr.serverapp import Grid
 
 from ..build import derive_seed, load_splits, peak_rss_mb
 from ..config import Config, dump_config
-from ..reporting import print_round, write_run_report
+from ..reporting import print_round, progress_line, write_run_report
 from ..runlog import RoundError, RunDir
 from ..updates import DivergedError
 from .aggregation import MeteredGrid, PlainAggregation, SecureAggregation, connected_nodes
@@ -85,7 +85,7 @@ def log_zero_shot(cfg: Config, run: RunDir, server: CoTuningServer) -> None:
 
 
 def run_round(t: int, grid: Grid, nodes: list[int], cfg: Config, run: RunDir, server: CoTuningServer,
-              aggregation: Aggregation) -> None:
+              aggregation: Aggregation) -> dict:
     """Round t: Algorithm 1, then evaluation, then the log line, then the checkpoint (its DONE ends the round)."""
     t0 = time.perf_counter()
     try:
@@ -101,7 +101,7 @@ def run_round(t: int, grid: Grid, nodes: list[int], cfg: Config, run: RunDir, se
     record["server_peak_rss_mb"] = peak_rss_mb()
     run.log(record)  # then the checkpoint: its DONE marks the round finished, metrics included
     run.save_round(t, server.llm, server.slm)
-    print_round(record)
+    return record
 
 
 def serve(grid: Grid, cfg: Config, run: RunDir, progress: bool = True) -> None:
@@ -109,9 +109,13 @@ def serve(grid: Grid, cfg: Config, run: RunDir, progress: bool = True) -> None:
     server, done = open_run(cfg, run, progress)
     log_zero_shot(cfg, run, server)
     aggregation = make_aggregation(cfg, server)
+    took: list[float] = []
     for t in range(done + 1, cfg.federation.rounds + 1):
         # wait for all K clients before this process's first round; later rounds go on with those alive
         want = cfg.federation.num_clients if t == done + 1 else min_clients(cfg)
         nodes = connected_nodes(grid, want, min_clients(cfg), cfg.federation.connect_timeout)
-        run_round(t, grid, nodes, cfg, run, server, aggregation)
+        start = time.perf_counter()
+        record = run_round(t, grid, nodes, cfg, run, server, aggregation)
+        took.append(time.perf_counter() - start)
+        print_round(record, progress_line(f"{run.path.name} ({cfg.method})", t, cfg.federation.rounds, took))
     write_run_report(run, cfg)

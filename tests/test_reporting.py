@@ -1,0 +1,19 @@
+"""What a person reads while a run goes: the progress line and its ETA."""
+
+from __future__ import annotations
+
+from fedcollm.reporting import duration, mean_bytes_per_client, progress_line
+
+
+def test_the_progress_line_names_the_run_the_round_and_an_eta_from_the_rounds_so_far():
+    assert progress_line("exp (fedcollm)", 1, 3, []) == "exp (fedcollm) round 1/3"
+    line = progress_line("exp (fedcollm)", 2, 5, [100.0, 140.0])
+    assert line == "exp (fedcollm) round 2/5 · 2 min 00 s a round · ETA 6 min 00 s"
+    assert progress_line("x", 5, 5, [10.0]).endswith("ETA 0 s")
+    assert [duration(s) for s in (9.6, 61, 3725)] == ["10 s", "1 min 01 s", "1 h 02 min"]
+
+
+def test_mean_bytes_per_client_counts_only_rounds_that_moved_something():
+    records = [{"round": 0}, {"round": 1, "comm": {"up": [10, 30]}}, {"round": 2, "comm": {"up": [20]}}]
+    assert mean_bytes_per_client(records, "up") == 20
+    assert mean_bytes_per_client(records[:1], "up") is None
