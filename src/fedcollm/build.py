@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import re
 import resource
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import precision
-from .config import Config, ModelSection
+from .config import Config, ConfigError, ModelSection, check_output_folder
 from .data import Question, Splits, load_eval, load_split, split_train
 from .data.schema import DataError, write_jsonl
 from .models.lora import attach_lora
@@ -62,10 +63,13 @@ def client_data(cfg: Config, partition_id: int) -> list[Question]:
 def export_splits(cfg: Config, out_dir: str | Path) -> list[Path]:
     """Write each client's D^k to its own file (``client-K.jsonl``) and D^a to ``server-aux.jsonl``.
 
-    In a deployment every SuperNode is given only its own file (``--node-config data-file=...``).
+    In a deployment every SuperNode is given only its own file (``--node-config data-file=...``). A folder
+    holding split files that this split would not overwrite (``client-7.jsonl`` of an earlier split into
+    8 clients, now 4) is refused: they would be taken for part of this split (``check_split_folder``).
     """
+    out = check_output_folder(out_dir, "split folder")
     splits = load_splits(cfg)
-    out = Path(out_dir)
+    check_split_folder(out, len(splits.clients))
     paths = []
     for k, qs in enumerate(splits.clients):
         write_jsonl(out / f"client-{k}.jsonl", qs)
@@ -77,20 +81,31 @@ def export_splits(cfg: Config, out_dir: str | Path) -> list[Path]:
 def preflight(cfg: Config) -> None:
     """Every cheap check of a config before anything is written or any weights are loaded.
 
-    Data present and parseable, every client with data, the evaluation sets present, and (for
-    FedCoLLM) an LLM/SLM pair with one tokenizer: a run that would fail on these fails here, in one
-    line, before a run folder exists.
+    Data present and parseable, every client with data, the evaluation sets present, the model files
+    readable and every LoRA target a module of its model, the device present, ``output_dir`` a folder,
+    ``FEDCOLLM_FAULT`` well formed, and (for FedCoLLM) an LLM/SLM pair with one tokenizer: a run that
+    would fail on these fails here, in one line, before a run folder exists.
     """
-    from .models.sources import check_same_tokenizer, load_tokenizer
+    from .faults import check_env
+    from .models.sources import check_lora_targets, check_model_files, check_same_tokenizer, load_tokenizer
 
+    check_env()  # FEDCOLLM_FAULT: malformed, every client would fail on it inside Ray
+    check_device(cfg)
+    check_output_folder(cfg.output_dir, "output_dir")
     splits = load_splits(cfg)
     empty = [k for k, qs in enumerate(splits.clients) if not qs]
     if empty:
         raise DataError(f"clients {empty} would get no training data ({sum(map(len, splits.clients))} questions "
                         f"for {cfg.federation.num_clients} clients); lower federation.num_clients")
     eval_questions(cfg)
+    roles = [("slm", cfg.slm), *([("llm", cfg.llm)] if cfg.method == "fedcollm" else [])]
+    for role, section in roles:  # every model file readable, every LoRA target a module it has
+        check_model_files(section.name)
+        check_lora_targets(section.name, section.lora, f"{role}.lora.targets")
     if cfg.method == "fedcollm":
         check_same_tokenizer(load_tokenizer(cfg.llm.name), load_tokenizer(cfg.slm.name), cfg.llm.name, cfg.slm.name)
+    else:
+        load_tokenizer(cfg.slm.name)
 
 
 def eval_questions(cfg: Config) -> dict[str, list[Question]]:
@@ -201,3 +216,36 @@ def evaluate_model(model, tokenizer, cfg: Config, questions: dict[str, list[Ques
     return evaluate_tasks(model, tokenizer, list(questions), batch_size=cfg.eval.batch_size,
                           max_length=max(cfg.max_length, 512), autocast_dtype=autocast_dtype(cfg), adapter=adapter,
                           progress=progress, questions=questions)
+
+
+def check_device(cfg: Config) -> None:
+    """``device=cuda[:N]`` needs that GPU here; without it the run would fail at the first ``.to()``,
+    after its run folder exists (the config alone cannot tell: clients parse it on other machines)."""
+    if not cfg.device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device} but no CUDA GPU is visible here (torch.cuda.is_available() is "
+                          "False); use device=auto or device=cpu")
+    index = int(cfg.device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device={cfg.device} but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+
+
+SPLIT_FILE = re.compile(r"client-\d+\.jsonl|server-aux\.jsonl")
+
+
+def check_split_folder(out: Path, num_clients: int) -> None:
+    """Refuse a folder holding split files that a split into ``num_clients`` would not overwrite.
+
+    Files of the same names are replaced by this split (an export is deterministic in its config); a
+    ``client-K.jsonl`` beyond this split's K would stay beside them and pass for one of its clients.
+    Files of other names are not ours and are left alone.
+    """
+    if not out.is_dir():
+        return
+    ours = {f"client-{k}.jsonl" for k in range(num_clients)} | {"server-aux.jsonl"}
+    stale = sorted(p.name for p in out.iterdir() if SPLIT_FILE.fullmatch(p.name) and p.name not in ours)
+    if stale:
+        raise ConfigError(f"{out} holds split files of an earlier split that this one ({num_clients} clients) "
+                          f"would leave beside its own ({', '.join(stale[:4])}{', ...' if len(stale) > 4 else ''}); "
+                          "choose an empty --out or remove them")

@@ -1,7 +1,9 @@
 """``fedcollm`` command line: models, eval, run, experiment, compare, data, deploy-local, certs.
 
 User errors (config, data, model source, adapter) end with one line on stderr and exit code 2; no
-traceback, nothing written over earlier results.
+traceback, nothing written over earlier results. Library errors are turned into these types where they
+are raised (the loaders name the file); a command checks its arguments and output paths before it
+loads anything or writes anything.
 """
 
 from __future__ import annotations
@@ -12,24 +14,24 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
-from .config import ConfigError
-from .data import ALL_TASKS, DataError
+from . import precision
+from .config import ConfigError, check_output_file, check_output_folder
+from .data import ALL_TASKS, DataError, check_tasks
 from .models.lora import AdapterError
 from .models.offline import ModelSourceError
 from .runlog import RoundError
 
 USER_ERRORS = (ConfigError, DataError, ModelSourceError, AdapterError, FileNotFoundError)
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def _tasks(text: str) -> list[str]:
-    tasks = [t.strip() for t in text.split(",") if t.strip()]
-    for t in tasks:
-        if t not in ALL_TASKS:
-            raise DataError(f"unknown task {t!r}; choose from {', '.join(ALL_TASKS)}")
-    return tasks
+    return check_tasks((t.strip() for t in text.split(",") if t.strip()), "--tasks")
+
+
+def _at_least_one(value: int | None, flag: str) -> None:
+    """Counts given on the command line: 0 or less would mean "all" (a limit) or never step (a batch)."""
+    if value is not None and value < 1:
+        raise ConfigError(f"{flag} must be >= 1, got {value}")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -55,21 +57,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from .data import load_eval
     from .evaluate import evaluate_tasks
-    from .models.sources import load_model
-    from .precision import resolve_precision
+    from .models.lora import load_adapter_model, read_adapter_arrays, read_adapter_config
+    from .models.sources import check_model_files, load_model
 
+    # everything that can be checked before the weights are loaded first: arguments, output paths, the
+    # model's files, the adapter's files, the data
     tasks = _tasks(args.tasks)
-    dtype = DTYPES[resolve_precision(args.precision)]
-    model, tok = load_model(args.model, dtype=dtype, cache=args.cache)
+    _at_least_one(args.limit, "--limit")
+    _at_least_one(args.batch_size, "--batch-size")
+    if args.out:
+        check_output_file(args.out, "--out")
+    if args.predictions:
+        check_output_folder(args.predictions, "--predictions")
+    check_model_files(args.model, args.cache)
     if args.adapter:
-        from peft import PeftModel
-
-        if not (Path(args.adapter) / "adapter_config.json").is_file():
-            raise AdapterError(f"no PEFT adapter at {args.adapter} (missing adapter_config.json)")
-        model = PeftModel.from_pretrained(model, args.adapter)
-    metrics = evaluate_tasks(model, tok, tasks, args.data_dir, args.limit, args.batch_size,
-                             autocast_dtype=dtype if dtype != torch.float32 else None, out_dir=args.predictions)
+        read_adapter_config(args.adapter)
+        read_adapter_arrays(args.adapter)
+    questions = {t: load_eval(t, args.data_dir, args.limit) for t in tasks}
+    model, tok = load_model(args.model, dtype=precision.torch_dtype(args.precision), cache=args.cache)
+    if args.adapter:  # the same key/shape/finite check as every federated update (PEFT would only warn)
+        model = load_adapter_model(model, args.adapter)
+    metrics = evaluate_tasks(model, tok, tasks, batch_size=args.batch_size,
+                             autocast_dtype=precision.autocast_dtype(args.precision), out_dir=args.predictions,
+                             questions=questions)
     title = args.model + (f" + {args.adapter}" if args.adapter else "")
     table = Table("task", "n", "acc", "acc_norm", "seconds", title=title)
     for task, m in metrics.items():
@@ -114,12 +126,17 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         raise ConfigError("give exactly one of --preset NAME or --config FILE")
     presets = Path(__file__).resolve().parents[2] / "configs" / "presets"
     path = Path(args.config) if args.config else presets / f"{args.preset}.yaml"
+    if args.preset and not path.is_file():
+        names = sorted(p.stem for p in presets.glob("*.yaml"))
+        raise ConfigError(f"unknown preset {args.preset!r}; choose from {', '.join(names)}")
     cfg = load_config(path, args.overrides)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    out = run_experiment(cfg, args.out or Path(cfg.output_dir) / f"experiment-{args.preset or path.stem}", methods)
+    folder = check_output_folder(args.out or Path(cfg.output_dir) / f"experiment-{args.preset or path.stem}",
+                                 "experiment folder")
+    out = run_experiment(cfg, folder, methods)
     print(f"report: {out / 'report.md'}")
     failed = failed_methods(out)
     if failed:
@@ -146,8 +163,15 @@ def cmd_deploy_local(args: argparse.Namespace) -> int:
     from .config import load_config
     from .federation.deploy import DeployError, launch_local
 
+    cfg = load_config(args.config, _overrides(args))
+    check_output_folder(args.workdir, "--workdir")
+    if not 1 <= args.port <= 65535 - cfg.federation.num_clients:  # SuperNodes take the next K ports
+        raise ConfigError(f"--port must leave room for {cfg.federation.num_clients} SuperNode ports in "
+                          f"1..65535, got {args.port}")
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout must be > 0 seconds, got {args.timeout}")
     try:
-        run = launch_local(load_config(args.config, _overrides(args)), args.workdir, port=args.port,
+        run = launch_local(cfg, args.workdir, port=args.port,
                            timeout=args.timeout, tls=not args.insecure)
     except DeployError as exc:
         print(f"fedcollm: error: {exc}", file=sys.stderr)
@@ -159,7 +183,11 @@ def cmd_deploy_local(args: argparse.Namespace) -> int:
 def cmd_certs(args: argparse.Namespace) -> int:
     from .federation.tls import make_certs
 
-    certs = make_certs(args.out, args.nodes, tuple(args.hosts.split(",")))
+    hosts = tuple(h.strip() for h in args.hosts.split(",") if h.strip())
+    if not hosts:
+        raise ConfigError("--hosts must name at least one host name or IP address")
+    _at_least_one(args.nodes, "--nodes")
+    certs = make_certs(args.out, args.nodes, hosts, replace=False)  # never replace a CA nodes trust
     print(f"CA {certs.ca}\nSuperLink certificate {certs.server_cert} (key {certs.server_key}) for {args.hosts}")
     for key in certs.node_keys:
         print(f"SuperNode key {key} (register {key}.pub with `flwr supernode register`)")
@@ -172,6 +200,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from .recipes.compare import compare_results, load_result, verdict
 
+    if args.out:
+        check_output_file(args.out, "--out")
     (a, roles_a), (b, roles_b) = load_result(args.a), load_result(args.b)
     rows = compare_results(a, roles_a, b, roles_b)
     at = {s: f" (round {r['round']})" if "round" in r else "" for s, r in ((args.a, a), (args.b, b))}
@@ -212,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tasks", default=",".join(ALL_TASKS))
     e.add_argument("--limit", type=int, default=None, help="first N evaluation questions per task")
     e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--precision", choices=["auto", *DTYPES], default="auto",
+    e.add_argument("--precision", choices=precision.PRECISIONS, default="auto",
                    help="auto: bf16 where the hardware has fast bf16 (AVX-512 BF16/AMX, GPU), else fp32")
     e.add_argument("--data-dir", default=None, help="local data folder (default $FEDCOLLM_DATA_DIR, else HF hub)")
     e.add_argument("--cache", default=None)

@@ -1,26 +1,71 @@
 """The one config system: typed dataclasses, a YAML file, and ``section.key=value`` overrides.
 
-Unknown keys and values of the wrong type are refused with one line that names the key, where it came
-from and, for typos, the closest valid key. Every run writes its resolved config next to its results.
+Unknown keys, values of the wrong type and values outside a field's range are refused with one line
+that names the key, where it came from and, for typos, the closest valid key; enum-like fields are
+``Literal`` types, so the loader itself names the allowed values. Each section checks its own fields
+(``check``); the checks that span sections are in ``validate``. Every run writes its resolved config
+next to its results.
+
+This module imports neither torch nor PEFT: clients, the CLI and tests parse configs without them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-
-from .models.lora import LoraSpec
 
 
 class ConfigError(ValueError):
     """A bad config file, key or value."""
+
+
+class _NotFinite(ConfigError):
+    """A number that is inf or NaN: more telling than "not a float | None" when a union is tried."""
+
+
+Method = Literal["fedcollm", "fedavg"]
+Precision = Literal["auto", "bf16", "fp32"]  # the same as precision.PRECISIONS (that module imports torch)
+Partition = Literal["iid", "dirichlet"]
+Engine = Literal["simulation", "deployment"]
+TransferDtype = Literal["float32", "bfloat16"]
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def require(ok: bool, message: str) -> None:
+    """One config check: ``message`` as a ConfigError unless ``ok`` (every check reads as a sentence)."""
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class LoraSpec:
+    """LoRA hyper-parameters for one model (the paper's defaults are PEFT's q/v projections).
+
+    Defined here, not in ``models.lora``, so that parsing a config needs neither torch nor PEFT.
+    """
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    def check(self, prefix: str = "lora.") -> None:
+        """A rank of 0 or an empty target list would build an adapter with nothing to train."""
+        require(self.r >= 1, f"{prefix}r must be >= 1")
+        require(self.alpha > 0, f"{prefix}alpha must be > 0")
+        require(0 <= self.dropout < 1, f"{prefix}dropout must be in [0, 1)")
+        require(bool(self.targets) and all(t.strip() for t in self.targets),
+                f"{prefix}targets must name at least one module (e.g. q_proj,v_proj)")
 
 
 @dataclass
@@ -30,6 +75,13 @@ class ModelSection:
     lr: float = 2e-4
     batch_size: int = 4
 
+    def check(self, prefix: str) -> None:
+        """A learning rate <= 0 trains uphill or not at all; a batch of 0 never steps."""
+        require(bool(self.name.strip()), f"{prefix}name must name a model")
+        require(self.lr > 0, f"{prefix}lr must be > 0")
+        require(self.batch_size >= 1, f"{prefix}batch_size must be >= 1")
+        self.lora.check(f"{prefix}lora.")
+
 
 @dataclass
 class FederationSection:
@@ -37,12 +89,12 @@ class FederationSection:
     rounds: int = 2
     local_epochs: int = 1
     local_max_steps: int | None = None  # cap per client per round (CPU budgets); None = full epochs
-    partition: str = "iid"  # iid | dirichlet
+    partition: Partition = "iid"
     alpha: float = 0.5  # Dirichlet concentration (non-IID when small)
     aux_fraction: float = 0.2  # share of each task's train split kept by the server as D^a
     aux_size: int | None = None  # or an absolute number of D^a questions per task
     client_size: int | None = None  # cap on each client's D^k
-    engine: str = "simulation"  # simulation | deployment
+    engine: Engine = "simulation"
     min_clients: int | None = None  # rounds go on with at least this many updates (default: all)
     connect_timeout: float = 600.0  # seconds to wait for all clients before a round starts with min_clients
     round_timeout: float = 24 * 3600.0  # seconds to wait for client replies; a silent client counts as dropped
@@ -50,12 +102,35 @@ class FederationSection:
     # "more than this many times the round's median" (needs >= 3 updates; None = off).
     max_update_norm: float | None = None
     # float32, or bfloat16 (half the bytes each way, plain aggregation only: SecAgg+ has its own encoding)
-    transfer_dtype: str = "float32"
+    transfer_dtype: TransferDtype = "float32"
     update_outlier_factor: float | None = 10.0
     # Simulation: client worker processes. One (the default) runs the clients in turn and shares one
     # frozen SLM base between them (only adapters are swapped); K gives each client its own process
     # (K copies of the base), so a crashed client takes only itself down, as in a deployment.
     sim_workers: int = 1
+
+    def check(self, prefix: str = "federation.") -> None:
+        """Counts, fractions, timeouts and norm gates; a timeout or norm cap <= 0 would drop every client."""
+        p = prefix
+        require(self.num_clients >= 1, f"{p}num_clients must be >= 1")
+        require(self.rounds >= 1, f"{p}rounds must be >= 1")
+        require(self.local_epochs >= 1, f"{p}local_epochs must be >= 1")
+        require(self.local_max_steps is None or self.local_max_steps >= 1, f"{p}local_max_steps must be >= 1 or null")
+        require(self.alpha > 0, f"{p}alpha (Dirichlet concentration) must be > 0")
+        require(0 <= self.aux_fraction < 1, f"{p}aux_fraction must be in [0, 1)")
+        require(self.aux_size is None or self.aux_size >= 0, f"{p}aux_size must be >= 0 or null")
+        require(self.client_size is None or self.client_size >= 1,
+                f"{p}client_size must be >= 1 (a client with no data has nothing to train on)")
+        require(self.min_clients is None or 1 <= self.min_clients <= self.num_clients,
+                f"{p}min_clients must be between 1 and {p}num_clients")
+        require(self.connect_timeout > 0, f"{p}connect_timeout must be > 0 seconds")
+        require(self.round_timeout > 0, f"{p}round_timeout must be > 0 seconds")
+        require(self.max_update_norm is None or self.max_update_norm > 0,
+                f"{p}max_update_norm must be > 0 or null (off): a cap <= 0 rejects every update")
+        require(self.update_outlier_factor is None or self.update_outlier_factor > 1,
+                f"{p}update_outlier_factor must be > 1 or null (off)")
+        require(1 <= self.sim_workers <= self.num_clients,
+                f"{p}sim_workers must be between 1 and {p}num_clients ({self.num_clients})")
 
 
 @dataclass
@@ -65,6 +140,14 @@ class KDSection:
     top_k: int | None = 128  # teacher logits kept for the KL (None = full vocabulary)
     epochs: int = 1  # passes over D^a per round (R = epochs * |D^a| / batch)
     max_steps: int | None = None  # or a cap on R
+
+    def check(self, prefix: str = "kd.") -> None:
+        """A negative λ would push the models apart; τ <= 0 makes the softmax undefined."""
+        require(self.weight >= 0, f"{prefix}weight (λ) must be >= 0")
+        require(self.temperature > 0, f"{prefix}temperature must be > 0")
+        require(self.top_k is None or self.top_k >= 1, f"{prefix}top_k must be >= 1 or null")
+        require(self.epochs >= 1, f"{prefix}epochs must be >= 1")
+        require(self.max_steps is None or self.max_steps >= 1, f"{prefix}max_steps must be >= 1 or null")
 
 
 @dataclass
@@ -78,6 +161,16 @@ class SecAggSection:
     quantization_range: int = 4194304  # 2^22 levels over [-clipping_range, clipping_range]
     max_weight: float | None = None  # client weight = num_examples / max_weight; None: largest possible D^k (DP: 1)
     timeout: float | None = 3600.0  # seconds per protocol stage before a silent client counts as dropped
+
+    def check(self, prefix: str = "secagg.") -> None:
+        """Fractions in (0, 1], positive ranges, and a stage timeout > 0 (0 would drop every client)."""
+        require(0 < self.num_shares <= 1, f"{prefix}num_shares must be a fraction in (0, 1]")
+        require(0 < self.reconstruction_threshold <= 1,
+                f"{prefix}reconstruction_threshold must be a fraction in (0, 1]")
+        require(self.clipping_range > 0 and self.quantization_range > 0,
+                f"{prefix}clipping_range and {prefix}quantization_range must be > 0")
+        require(self.max_weight is None or self.max_weight > 0, f"{prefix}max_weight must be > 0 or null")
+        require(self.timeout is None or self.timeout > 0, f"{prefix}timeout must be > 0 seconds or null")
 
 
 @dataclass
@@ -93,6 +186,12 @@ class DPSection:
     noise_multiplier: float = 1.0  # z: noise std on the mean is z·C/m, m = updates averaged
     delta: float = 1e-5  # δ of the (ε, δ) reported per round
 
+    def check(self, prefix: str = "dp.") -> None:
+        """C <= 0 would clip every update to nothing; δ outside (0, 1) makes (ε, δ) meaningless."""
+        require(self.clipping_norm > 0, f"{prefix}clipping_norm must be > 0")
+        require(self.noise_multiplier >= 0, f"{prefix}noise_multiplier must be >= 0")
+        require(0 < self.delta < 1, f"{prefix}delta must be in (0, 1)")
+
 
 @dataclass
 class EvalSection:
@@ -102,20 +201,27 @@ class EvalSection:
     every_round: bool = True
     zero_shot: bool = True  # score the base models before round 1 (the experiment does it once, not per method)
 
+    def check(self, prefix: str = "eval.") -> None:
+        """A limit of 0 would silently mean "all questions" further down; refuse it here."""
+        require(self.limit is None or self.limit >= 1, f"{prefix}limit must be >= 1 or null (all questions)")
+        require(self.batch_size >= 1, f"{prefix}batch_size must be >= 1")
+        if self.tasks is not None:
+            _check_tasks(self.tasks, f"{prefix}tasks")
+
 
 @dataclass
 class Config:
     # fedcollm: Algorithm 1; fedavg: the same federation without the server's LLM and KD (a baseline)
-    method: str = "fedcollm"
+    method: Method = "fedcollm"
     tasks: list[str] = field(default_factory=lambda: ["arc_easy"])
     data_dir: str | None = None  # None: $FEDCOLLM_DATA_DIR, else the HF hub
     output_dir: str = "runs"
-    run_name: str | None = None
+    run_name: str | None = None  # a folder name inside output_dir (no path separators, not . or ..)
     seed: int = 0
-    precision: str = "auto"  # auto (bf16 where the hardware has fast bf16, else fp32) | bf16 | fp32
+    precision: Precision = "auto"  # auto: bf16 where the hardware has fast bf16, else fp32
     device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
     max_length: int = 256
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max gradient norm per optimizer step; 0 = no clipping
     llm: ModelSection = field(default_factory=lambda: ModelSection("qwen2.5-coder-1.5b-instruct"))
     slm: ModelSection = field(default_factory=lambda: ModelSection("qwen2.5-coder-0.5b-instruct"))
     federation: FederationSection = field(default_factory=FederationSection)
@@ -133,14 +239,52 @@ class Config:
             return self.federation.engine == "deployment"
         return self.secagg.enabled
 
+    def check(self) -> None:
+        """The top-level fields; each section checks its own (``validate`` runs them all)."""
+        _check_tasks(self.tasks, "tasks")
+        require(bool(self.output_dir.strip()), "output_dir must name a folder")
+        if self.run_name is not None:
+            check_run_name(self.run_name)
+        require(DEVICE.fullmatch(self.device) is not None,
+                f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        require(self.max_length >= 8, "max_length must be >= 8")
+        require(self.grad_clip >= 0, "grad_clip must be >= 0 (0 = no clipping; a negative norm trains uphill)")
+
+
+def _check_tasks(names: list[str], key: str) -> None:
+    """The one task-name check (``data.schema.check_tasks``), as a config error naming the key."""
+    from .data.schema import DataError, check_tasks
+
+    try:
+        check_tasks(names, key)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one folder inside ``output_dir``: ``../x``, ``/abs`` or ``a/b`` would write elsewhere."""
+    bad = not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0") or Path(name).is_absolute()
+    require(not bad, f"run_name {name!r} must be a plain folder name inside output_dir "
+                     "(no '/', '\\', not '.' or '..')")
+    return name
+
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
 def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (ints widen to floats); raise ConfigError otherwise."""
+    """Check ``value`` against the annotation ``tp`` (ints widen to floats); raise ConfigError otherwise.
+
+    Floats must be finite: an infinite learning rate or a NaN norm passes every ``> 0`` check below and
+    then voids training. A ``Literal`` accepts only its values, and the error lists them.
+    """
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if isinstance(value, str) and value in allowed:
+            return value
+        raise ConfigError(f"{where}: {key} = {value!r} is not one of {', '.join(map(str, allowed))}")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -150,6 +294,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
                 continue
             try:
                 return _coerce(value, arg, key, where)
+            except _NotFinite:
+                raise
             except ConfigError:
                 pass
         raise ConfigError(f"{where}: {key} = {value!r} is not a {_name(tp)}")
@@ -160,14 +306,18 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: {key} = {value!r} is not a list")
         return [_coerce(v, item, key, where) for v in value]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp in (int, str, float, bool) and (type(value) is tp):
+    if tp is float:
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is not None:
+            if not math.isfinite(number):
+                raise _NotFinite(f"{where}: {key} = {value!r} is not a finite number")
+            return number
+    if tp in (int, str, bool) and (type(value) is tp):
         return value
     raise ConfigError(f"{where}: {key} = {value!r} is not a {_name(tp)}")
 
@@ -182,11 +332,13 @@ def _build(cls, data: dict, where: str, prefix: str, obj):
     known = _fields(cls)
     for key, value in data.items():
         if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
+            close = difflib.get_close_matches(str(key), list(known), n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (valid: {', '.join(known)})"
             raise ConfigError(f"{where}: unknown config key {prefix}{key}{hint}")
         current = getattr(obj, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {prefix}{key} is a section; give its keys ({prefix}{key}.KEY=...)")
             _build(type(current), value, where, f"{prefix}{key}.", current)
         else:
             setattr(obj, key, _coerce(value, hints[key], f"{prefix}{key}", where))
@@ -204,6 +356,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def read_text(path: Path, what: str = "config file") -> str:
+    """A UTF-8 text file, or a ConfigError naming it (a stray binary file must not end in a traceback)."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})"
+                          ) from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot be read ({exc.strerror or exc})") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the YAML file, then each ``a.b=value`` override, each checked on the way in."""
     cfg = Config()
@@ -211,7 +374,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        cfg = config_from_text(p.read_text(), str(p))
+        cfg = config_from_text(read_text(p), str(p), check=False)
     for text in overrides:
         keys, value = parse_override(text)
         nested: Any = value
@@ -223,57 +386,40 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
-    from .data import ALL_TASKS
+    """Every field's range (each section's ``check``), then the checks that span sections.
 
-    for t in cfg.tasks + (cfg.eval.tasks or []):
-        if t not in ALL_TASKS:
-            raise ConfigError(f"unknown task {t!r} in tasks; choose from {', '.join(ALL_TASKS)}")
-    checks = [
-        (cfg.method in ("fedcollm", "fedavg"), f"method must be fedcollm or fedavg, got {cfg.method!r}"),
-        (cfg.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {cfg.precision!r}"),
-        (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
-         f"device must be auto, cpu or cuda[:N], got {cfg.device!r}"),
-        (cfg.federation.partition in ("iid", "dirichlet"), "federation.partition must be iid or dirichlet"),
-        (cfg.federation.engine in ("simulation", "deployment"), "federation.engine must be simulation or deployment"),
-        (cfg.federation.num_clients >= 1, "federation.num_clients must be >= 1"),
-        (cfg.federation.rounds >= 1, "federation.rounds must be >= 1"),
-        (cfg.federation.sim_workers >= 1, "federation.sim_workers must be >= 1"),
-        (cfg.federation.local_epochs >= 1 and cfg.kd.epochs >= 1, "federation.local_epochs and kd.epochs must be >= 1"),
-        (all(x is None or x >= 1 for x in (cfg.federation.local_max_steps, cfg.kd.max_steps)),
-         "federation.local_max_steps and kd.max_steps must be >= 1 or null"),
-        (cfg.federation.alpha > 0, "federation.alpha (Dirichlet concentration) must be > 0"),
-        (cfg.federation.aux_size is None or cfg.federation.aux_size >= 0, "federation.aux_size must be >= 0 or null"),
-        (all(m.lr > 0 and m.batch_size >= 1 for m in (cfg.llm, cfg.slm)),
-         "llm/slm lr must be > 0 and batch_size >= 1"),
-        (cfg.eval.limit is None or cfg.eval.limit >= 1, "eval.limit must be >= 1 or null (all questions)"),
-        (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
-        (cfg.federation.transfer_dtype in ("float32", "bfloat16"),
-         "federation.transfer_dtype must be float32 or bfloat16"),
-        (cfg.federation.min_clients is None or 1 <= cfg.federation.min_clients <= cfg.federation.num_clients,
-         "federation.min_clients must be between 1 and federation.num_clients"),
-        (cfg.federation.client_size is None or cfg.federation.client_size >= 1,
-         "federation.client_size must be >= 1 (a client with no data has nothing to train on)"),
-        (cfg.federation.update_outlier_factor is None or cfg.federation.update_outlier_factor > 1,
-         "federation.update_outlier_factor must be > 1 or null"),
-        (0 < cfg.secagg.num_shares <= 1, "secagg.num_shares must be a fraction in (0, 1]"),
-        (0 < cfg.secagg.reconstruction_threshold <= 1, "secagg.reconstruction_threshold must be a fraction in (0, 1]"),
-        (cfg.secagg.clipping_range > 0 and cfg.secagg.quantization_range > 0,
-         "secagg.clipping_range and secagg.quantization_range must be > 0"),
-        (cfg.secagg.max_weight is None or cfg.secagg.max_weight > 0, "secagg.max_weight must be > 0"),
-        (cfg.dp.clipping_norm > 0 and cfg.dp.noise_multiplier >= 0 and 0 < cfg.dp.delta < 1,
-         "dp.clipping_norm must be > 0, dp.noise_multiplier >= 0 and 0 < dp.delta < 1"),
-        (not cfg.dp.enabled or cfg.federation.transfer_dtype == "float32",
-         "dp.enabled needs federation.transfer_dtype=float32: rounding clipped updates to bf16 can push them "
-         "past dp.clipping_norm"),
-        (cfg.kd.temperature > 0, "kd.temperature must be > 0"),
-        (cfg.kd.weight >= 0, "kd.weight (λ) must be >= 0"),
-        (cfg.kd.top_k is None or cfg.kd.top_k >= 1, "kd.top_k must be >= 1 or null"),
-        (cfg.max_length >= 8, "max_length must be >= 8"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
+    Only values are checked here, never this machine (GPU, files): clients parse the server's config
+    with it too. ``build.preflight`` checks the machine before a run starts.
+    """
+    cfg.check()
+    for name, section in (("llm", cfg.llm), ("slm", cfg.slm)):
+        section.check(f"{name}.")
+    cfg.federation.check()
+    cfg.secagg.check()
+    cfg.dp.check()
+    cfg.kd.check()
+    cfg.eval.check()
+    require(not cfg.dp.enabled or cfg.federation.transfer_dtype == "float32",
+            "dp.enabled needs federation.transfer_dtype=float32: rounding clipped updates to bf16 can push them "
+            "past dp.clipping_norm")
+
+
+def check_output_folder(path: str | Path, what: str) -> Path:
+    """Refuse a folder path that is an existing file, or lies under one: mkdir would fail mid-way."""
+    p = Path(path)
+    for part in (p, *p.parents):
+        if part.exists():
+            require(part.is_dir(), f"{what} {p}: {part} is a file, not a folder")
+            break
+    return p
+
+
+def check_output_file(path: str | Path, what: str) -> Path:
+    """Refuse a file path that is an existing folder, or whose parent is (under) a file."""
+    p = Path(path)
+    require(not p.is_dir(), f"{what} {p} is a folder; give a file name")
+    check_output_folder(p.parent, what)
+    return p
 
 
 def to_dict(cfg: Config) -> dict:
@@ -300,8 +446,12 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def config_from_text(text: str, where: str = "config text") -> Config:
-    """A config from YAML text (what the server sends clients in each train message)."""
+def config_from_text(text: str, where: str = "config text", check: bool = True) -> Config:
+    """A config from YAML text (what the server sends clients in each train message).
+
+    ``check=False`` leaves ``validate`` to the caller (``load_config`` checks after the overrides, so an
+    override can repair a file's value, e.g. ``sim_workers`` together with ``num_clients``).
+    """
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -309,5 +459,6 @@ def config_from_text(text: str, where: str = "config text") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: top level must be a mapping")
     cfg = _build(Config, data, where, "", Config())
-    validate(cfg)
+    if check:
+        validate(cfg)
     return cfg

@@ -10,18 +10,27 @@ Layout::
     RUN_DIR/report.md                summary when the run ends
 
 A round is written to a temporary folder and renamed into place, so a run killed at any moment leaves
-only whole rounds behind, and ``--resume`` continues after the last of them.
+only whole rounds behind, and ``--resume`` continues after the last of them. A kill while a metrics
+line is being appended leaves a truncated last line: it is dropped with a warning (that round had no
+checkpoint yet, so it runs again); a broken line anywhere else means the log was damaged otherwise,
+and is refused in one line.
+
+``--resume`` overrides are checked (``open``) before anything is written; the caller saves the config
+(``save_config``) only once its own checks have passed, so a refused resume leaves the run as it was.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
 
-from .config import Config, ConfigError, load_config, save_config
+from .config import Config, ConfigError, check_output_folder, load_config, save_config
 from .models.lora import load_adapter, save_adapter
+
+log = logging.getLogger(__name__)
 
 
 class RoundError(RuntimeError):
@@ -39,6 +48,7 @@ class RunDir:
     def new_path(cfg: Config) -> Path:
         """Where ``create`` will put the run; refused if an earlier run is there (results are never overwritten)."""
         path = Path(cfg.output_dir) / (cfg.run_name or time.strftime("fedcollm-%Y%m%d-%H%M%S"))
+        check_output_folder(path, "run folder")  # output_dir (or the run folder) must not be a file
         if path.exists() and any(path.iterdir()):
             raise ConfigError(f"run folder {path} already holds a run; use --resume {path} or another run_name")
         return path
@@ -53,14 +63,25 @@ class RunDir:
 
     @classmethod
     def open(cls, path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> tuple[RunDir, Config]:
-        """An existing run and its config (overrides, e.g. ``federation.rounds=5``, are saved into it)."""
+        """An existing run and its config with ``overrides`` (e.g. ``federation.rounds=5``) applied.
+
+        Nothing is written: the caller checks the result (``build.preflight``) and then saves it with
+        ``save_config``. Saving first would leave a refused override (``slm.name=typo``) in the run's
+        config, and every later ``--resume`` would fail on it. The metrics log is read once here, so a
+        damaged one is refused before anything starts.
+        """
         run = cls(path)
         if not (run.path / "config.yaml").is_file():
             raise ConfigError(f"{run.path} is not a run folder (no config.yaml)")
         cfg = load_config(run.path / "config.yaml", overrides)
-        if overrides:
-            save_config(cfg, run.path / "config.yaml")
+        run.metrics()
         return run, cfg
+
+    def save_config(self, cfg: Config) -> None:
+        """Write the (checked) config that a resumed run goes on with; atomic, so a kill leaves the old one."""
+        tmp = self.path / "config.yaml.tmp"
+        save_config(cfg, tmp)
+        tmp.replace(self.path / "config.yaml")
 
     def round_dir(self, t: int) -> Path:
         return self.path / "rounds" / f"{t:03d}"
@@ -91,12 +112,32 @@ class RunDir:
             fh.write(json.dumps(record) + "\n")
 
     def metrics(self) -> list[dict]:
+        """The logged rounds. A truncated last line (a kill mid-append) is dropped with a warning; a broken
+        line before it, or a record that is not a JSON object, is a ConfigError naming file and line."""
         path = self.path / "metrics.jsonl"
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = [(n, raw) for n, raw in enumerate(path.read_bytes().split(b"\n"), 1) if raw.strip()]
+        records = []
+        for i, (lineno, raw) in enumerate(lines):
+            try:
+                record = json.loads(raw.decode("utf-8"))
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                if i == len(lines) - 1:
+                    log.warning("%s:%d: dropped a truncated last record (a run killed while logging); "
+                                "its round runs again on --resume", path, lineno)
+                    break
+                raise ConfigError(f"{path}:{lineno}: corrupt record ({str(exc).splitlines()[0][:120]}); "
+                                  "only a truncated last line can be dropped, so this run folder cannot be "
+                                  "read as it is") from None
+            records.append(record)
+        return records
 
     def truncate_after(self, t: int) -> None:
         """Drop metrics of rounds past the last checkpoint (killed after logging a round, before its DONE)."""
         keep = [r for r in self.metrics() if r.get("round", 0) <= t]
-        (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+        tmp = self.path / "metrics.jsonl.tmp"  # atomic: a kill here must not lose the rounds kept
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        tmp.replace(self.path / "metrics.jsonl")

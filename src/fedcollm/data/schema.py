@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,10 +43,20 @@ class Question:
     answer: int
 
 
-def check_task(task: str) -> str:
+def check_task(task: str, where: str = "") -> str:
     if task not in TASKS:
-        raise DataError(f"unknown task {task!r}; choose from {', '.join(ALL_TASKS)}")
+        raise DataError(f"unknown task {task!r}{f' in {where}' if where else ''}; choose from {', '.join(ALL_TASKS)}")
     return task
+
+
+def check_tasks(names: Iterable[str], where: str = "tasks") -> list[str]:
+    """The one check of a task list (config ``tasks``/``eval.tasks``, ``fedcollm eval --tasks``): known, not empty."""
+    tasks = list(names)
+    if not tasks:
+        raise DataError(f"{where} is empty; choose from {', '.join(ALL_TASKS)}")
+    for t in tasks:
+        check_task(t, where)
+    return tasks
 
 
 def eval_split(task: str) -> str:
@@ -85,20 +96,27 @@ def read_jsonl(path: Path, task: str | None) -> list[Question]:
     """
     if not path.is_file():
         raise DataError(f"missing data file {path} (task {task}); see README 'Data' for where it comes from")
+    try:
+        data = path.read_bytes()  # bytes: a line that is not UTF-8 is reported like a malformed one
+    except OSError as exc:
+        raise DataError(f"data file {path} cannot be read ({exc.strerror or exc})") from None
     out = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-            where = f"{path}:{lineno}"
-            rec_task = task if task is not None else (rec.get("task") if isinstance(rec, dict) else None)
-            if rec_task not in TASKS:
-                raise DataError(f"{where}: record names no known task ({rec_task!r})")
-            out.append(_record_to_question(rec, rec_task, where))
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start} of the line)") from None
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+        where = f"{path}:{lineno}"
+        rec_task = task if task is not None else (rec.get("task") if isinstance(rec, dict) else None)
+        if rec_task not in TASKS:
+            raise DataError(f"{where}: record names no known task ({rec_task!r})")
+        out.append(_record_to_question(rec, rec_task, where))
     return out
 
 
@@ -147,11 +165,21 @@ def load_split(task: str, split: str, data_dir: str | os.PathLike | None = None)
         raise DataError(f"unknown split {split!r}; choose from train, validation, test")
     root = resolve_data_dir(data_dir)
     if root is None:
-        return _load_hub(task, split)
-    return read_jsonl(root / TASKS[task]["dir"] / f"{_LOCAL_SPLIT[split]}.jsonl", task)
+        qs, where = _load_hub(task, split), f"HF hub dataset {TASKS[task]['hub']} [{split}]"
+    else:
+        path = root / TASKS[task]["dir"] / f"{_LOCAL_SPLIT[split]}.jsonl"
+        qs, where = read_jsonl(path, task), str(path)
+    if not qs:  # an empty evaluation set would score NaN, an empty training set trains nothing
+        raise DataError(f"{where}: no questions in {task}'s {split} split")
+    return qs
 
 
 def load_eval(task: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> list[Question]:
-    """The evaluation questions of ``task`` in file order (lm-eval's order), optionally the first ``limit``."""
+    """The evaluation questions of ``task`` in file order (lm-eval's order), optionally the first ``limit``.
+
+    ``limit`` must be >= 1: 0 would read as "all" and a negative one would drop questions from the end.
+    """
+    if limit is not None and (isinstance(limit, bool) or limit < 1):
+        raise DataError(f"limit must be >= 1 (or none for all questions), got {limit}")
     qs = load_split(task, eval_split(task), data_dir)
     return qs[:limit] if limit else qs

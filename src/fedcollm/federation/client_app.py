@@ -21,13 +21,13 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from .. import faults
 from ..build import client_data, derive_seed, load_peft, peak_rss_mb, train_settings
 from ..config import Config, config_from_text
 from ..data import Question
 from ..data.schema import read_jsonl
 from ..models.lora import check_adapter_arrays, get_adapter_arrays
 from ..updates import local_update
-from . import faults
 from .secagg import legacy_fit_mod, secagg_mod
 from .wire import codec_mod, from_record, layout_of, to_record
 

@@ -49,10 +49,12 @@ def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
     if rc.get("resume"):
         run, cfg = RunDir.open(str(rc["resume"]))
+        preflight(cfg)
     elif rc.get("config"):
         from ..config import load_config
 
         cfg = load_config(str(rc["config"]))
+        RunDir.new_path(cfg)  # a taken run folder is refused first, as in simulation
         preflight(cfg)
         run = RunDir.create(cfg)
     else:
@@ -171,6 +173,9 @@ def launch_local(cfg: Config, workdir: str | Path, port: int = 39500, timeout: f
             section.name = str(Path(section.name).expanduser().resolve())
     RunDir.new_path(cfg)  # refuse a taken run folder and a config that cannot run before starting any process
     preflight(cfg)
+    # the work folder's split is scratch, remade for this run: an earlier run's client files (another K)
+    # would make export_splits refuse the folder
+    shutil.rmtree(Path(workdir).resolve() / "client-data", ignore_errors=True)
     k = cfg.federation.num_clients
     with LocalFederation(workdir, port, k, tls) as fed:
         cfg_path = fed.work / "run-config.yaml"

@@ -41,8 +41,8 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from .. import faults
 from ..config import SecAggSection
-from . import faults
 
 log = logging.getLogger(__name__)
 NAMES_KEY = "fedcollm-array-names"  # legacy Parameters carry no names: they travel in the config

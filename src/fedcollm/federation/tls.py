@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ..config import ConfigError, check_output_folder
 
 
 @dataclass(frozen=True)
@@ -37,14 +40,38 @@ def _name(cn: str) -> x509.Name:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.write_bytes(data)
-    path.chmod(0o600)
+    """Create a private key file readable by its owner only from the first byte.
+
+    Writing it and then chmod-ing it leaves a moment in which the key is world-readable; ``O_EXCL``
+    also refuses to follow a link planted at that name. An earlier key there is removed first.
+    """
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def existing_certs(out_dir: str | Path) -> list[Path]:
+    """The files of an earlier ``make_certs`` in ``out_dir`` (CA, SuperLink certificate and keys, node keys)."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    names = {"ca.crt", "ca.key", "server.pem", "server.key"}
+    return sorted(p for p in out.iterdir() if p.name in names or p.name.startswith("supernode-"))
 
 
 def make_certs(out_dir: str | Path, num_nodes: int, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
-               days: int = 365) -> Certs:
-    """A CA, a SuperLink certificate valid for ``hosts``, and ``num_nodes`` SuperNode key pairs."""
-    out = Path(out_dir)
+               days: int = 365, replace: bool = True) -> Certs:
+    """A CA, a SuperLink certificate valid for ``hosts``, and ``num_nodes`` SuperNode key pairs.
+
+    ``replace=False`` (``fedcollm certs``) refuses a folder that already holds a CA or keys: replacing
+    them would lock out every SuperNode registered with the old ones. A local deployment's scratch
+    folder (``deploy-local``) is remade on every launch.
+    """
+    out = check_output_folder(out_dir, "certificate folder")
+    if not replace and (old := existing_certs(out)):
+        raise ConfigError(f"{out} already holds certificates or keys ({', '.join(p.name for p in old[:4])}"
+                          f"{', ...' if len(old) > 4 else ''}); refusing to replace them: choose an empty --out")
     out.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
     valid = {"not_valid_before": now - datetime.timedelta(minutes=5),

@@ -58,13 +58,20 @@ def load_result(spec: str) -> tuple[dict, list[str]]:
         result = {**tuned[-1]["eval"], "round": tuned[-1]["round"]}
     elif p.is_file():
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(p.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{p}: not UTF-8 text (byte {exc.start}); expected a JSON result file") from None
         except json.JSONDecodeError as exc:
             raise DataError(f"{p}: not JSON ({exc})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("metrics", {}), dict):
+            raise DataError(f"{p}: not a result (expected a JSON object with llm/slm or a metrics block)")
         result = {"model": data["metrics"]} if "metrics" in data else data
     else:
         raise DataError(f"{path}: no such run folder or result file")
     roles = [r for r in ("llm", "slm", "model") if r in result]
+    for r in roles:  # {task: metrics} per role; anything else would fail deep inside the comparison
+        if not isinstance(result[r], dict) or not all(isinstance(m, dict) for m in result[r].values()):
+            raise DataError(f"{path}: {r} is not a {{task: metrics}} mapping (not a fedcollm result)")
     if role:
         if role not in roles:
             raise DataError(f"{path} has no role {role!r}; it has {', '.join(roles) or 'none'}")

@@ -32,7 +32,10 @@ def run_fedcollm(cfg: Config, resume: str | None = None, overrides: tuple[str, .
     from ..federation.client_app import app as client_app
 
     if resume:
-        run, cfg = RunDir.open(resume, overrides)
+        run, cfg = RunDir.open(resume, overrides)  # checks the overrides, writes nothing
+        preflight(cfg)
+        if overrides:  # saved only once they passed: a refused resume leaves the run's config as it was
+            run.save_config(cfg)
     else:
         RunDir.new_path(cfg)  # a taken run folder is refused first: nothing else is checked or written
         preflight(cfg)

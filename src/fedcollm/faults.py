@@ -15,6 +15,8 @@ partition id, in that round, do KIND instead of replying normally:
   or renamed adapter.
 
 Nothing happens when the variable is unset; the README's fault table lists what each one shows.
+``check_env`` (called by ``build.preflight``) refuses a malformed value in one line before a run
+starts; unchecked, every client would fail on it inside Ray with a traceback.
 """
 
 from __future__ import annotations
@@ -24,15 +26,38 @@ import signal
 
 import numpy as np
 
-from ..models.lora import NamedArrays
+from .config import ConfigError
+from .models.lora import NamedArrays
 
 ENV = "FEDCOLLM_FAULT"
+STAGES = ("setup", "share_keys", "collect_masked_vectors", "unmask")  # SecAgg+'s stages, for drop-STAGE
+KINDS = ("exit", "kill-node", "raise", "nan", "scale", "shape", "keys", *(f"drop-{s}" for s in STAGES))
+
+
+def parse(text: str) -> list[tuple[str, int, int]]:
+    """``KIND:PARTITION:ROUND[;...]`` as (kind, partition, round) triples; ConfigError naming the variable."""
+    faults = []
+    for spec in filter(None, (s.strip() for s in text.split(";"))):
+        parts = spec.split(":")
+        if len(parts) != 3:
+            raise ConfigError(f"{ENV}={text!r}: {spec!r} is not KIND:PARTITION:ROUND")
+        kind, part, rnd = parts
+        if kind not in KINDS:
+            raise ConfigError(f"{ENV}={text!r}: unknown fault kind {kind!r}; choose from {', '.join(KINDS)}")
+        if not (part.isdigit() and rnd.isdigit() and int(rnd) >= 1):
+            raise ConfigError(f"{ENV}={text!r}: in {spec!r} PARTITION must be an integer >= 0 and ROUND >= 1")
+        faults.append((kind, int(part), int(rnd)))
+    return faults
+
+
+def check_env() -> None:
+    """Refuse a malformed ``FEDCOLLM_FAULT`` before a run starts (one line, not a traceback per client)."""
+    parse(os.environ.get(ENV, ""))
 
 
 def planned(partition_id: int, server_round: int) -> str | None:
-    for spec in filter(None, os.environ.get(ENV, "").split(";")):
-        kind, part, rnd = spec.split(":")
-        if int(part) == partition_id and int(rnd) == server_round:
+    for kind, part, rnd in parse(os.environ.get(ENV, "")):
+        if part == partition_id and rnd == server_round:
             return kind
     return None
 
