@@ -44,6 +44,9 @@ def test_the_budget_gives_every_method_the_examples_the_readme_states(tiny_model
     # both models see one batch) → 6 examples, 3 rounds = 18 = 5 steps of 4 for Centralized
     assert b.client == (2, 2) and b.kd == 2 and b.centralized_examples() == 18
     assert b.centralized_loop() == (1, 5) and b.standalone_loop() == (3, 3)  # 5 steps of 4 in one pass of 20
+    own = budget(_cfg(tiny_models, data_dir, tmp_path, "federation.rounds=3", "federation.local_max_steps=1",
+                      "slm.batch_size=2", "kd.max_steps=1", "llm.batch_size=4", "kd.batch_size=3"))  # KD's own batch
+    assert own.kd == 3 and own.centralized_examples() == 3 * (2 + 2 + 3)
 
 
 def test_fedavg_is_the_federation_without_the_llm(tiny_models, data_dir, tmp_path):

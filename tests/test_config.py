@@ -91,3 +91,33 @@ def test_a_file_value_may_be_repaired_by_an_override(tmp_path):
     with pytest.raises(ConfigError, match="sim_workers must be between 1 and federation.num_clients"):
         load_config(f)
     assert load_config(f, ["federation.num_clients=4"]).federation.sim_workers == 4
+
+
+def test_kd_knobs_reach_the_transfer_and_the_server_loop():
+    from fedcollm.build import kd_batch_size, transfer_spec
+    from fedcollm.updates import Transfer
+
+    cfg = load_config(None, [])
+    assert transfer_spec(cfg) == Transfer()  # the paper: one λ both ways, CE + λ·KL, every sequence
+    assert kd_batch_size(cfg) == cfg.slm.batch_size
+    fedmkt = load_config(None, ["kd.weight=0.1", "kd.mix=convex", "kd.select=greater", "kd.llm_weight=0",
+                                "kd.batch_size=2", "kd.llm_lr=3e-5", "kd.slm_lr=3e-4"])
+    assert transfer_spec(fedmkt) == Transfer(llm_weight=0.0, slm_weight=0.1, mix="convex", select="greater")
+    assert kd_batch_size(fedmkt) == 2 and fedmkt.kd.llm_lr == 3e-5
+    with pytest.raises(ConfigError, match=r"kd.mix = 'sum' is not one of add, convex"):
+        load_config(None, ["kd.mix=sum"])
+    with pytest.raises(ConfigError, match=r"mix=convex needs weights in \[0, 1\]"):
+        load_config(None, ["kd.mix=convex", "kd.slm_weight=1.5"])
+    with pytest.raises(ConfigError, match="kd.llm_weight must be >= 0"):
+        load_config(None, ["kd.llm_weight=-1"])
+
+
+def test_the_paper_faithful_preset_is_the_papers_transfer():
+    from pathlib import Path
+
+    from fedcollm.build import transfer_spec
+    from fedcollm.updates import Transfer
+
+    presets = Path(__file__).resolve().parents[1] / "configs" / "presets"
+    cfg = load_config(presets / "paper-faithful.yaml")
+    assert transfer_spec(cfg) == Transfer(llm_weight=1.0, slm_weight=1.0, mix="add", select="none", top_k=128)

@@ -127,15 +127,17 @@ def device(cfg: Config) -> torch.device:
 
 
 def train_settings(cfg: Config, section: ModelSection, seed: int, epochs: int, max_steps: int | None,
-                   progress: bool = True, batch_size: int | None = None) -> TrainSettings:
-    return TrainSettings(lr=section.lr, batch_size=batch_size or section.batch_size, epochs=epochs, max_steps=max_steps,
+                   progress: bool = True, batch_size: int | None = None, lr: float | None = None) -> TrainSettings:
+    """The loop's settings for one model: its section's lr and batch size unless the caller (KD) overrides them."""
+    return TrainSettings(lr=lr or section.lr, batch_size=batch_size or section.batch_size, epochs=epochs,
+                         max_steps=max_steps,
                          max_length=cfg.max_length, grad_clip=cfg.grad_clip, autocast_dtype=autocast_dtype(cfg),
                          seed=seed, progress=progress)
 
 
 def kd_batch_size(cfg: Config) -> int:
     """The server KD step's batch (both models see the same D^a batch): ``kd.batch_size``, else the SLM's."""
-    return getattr(cfg.kd, "batch_size", None) or cfg.slm.batch_size
+    return cfg.kd.batch_size or cfg.slm.batch_size
 
 
 def _seen(n: int, epochs: int, cap: int | None, batch: int) -> int:
@@ -198,9 +200,10 @@ def budget(cfg: Config, splits: Splits | None = None) -> Budget:
 
 
 def transfer_spec(cfg: Config) -> Transfer:
-    """Step 4's losses from the config's ``kd`` section (one λ both ways for now: the paper's)."""
-    return Transfer(llm_weight=cfg.kd.weight, slm_weight=cfg.kd.weight, temperature=cfg.kd.temperature,
-                    top_k=cfg.kd.top_k)
+    """Step 4's losses from the config's ``kd`` section."""
+    llm_weight, slm_weight = cfg.kd.weights()
+    return Transfer(llm_weight=llm_weight, slm_weight=slm_weight, mix=cfg.kd.mix, select=cfg.kd.select,
+                    temperature=cfg.kd.temperature, top_k=cfg.kd.top_k)
 
 
 def peak_rss_mb() -> float:

@@ -38,6 +38,8 @@ Precision = Literal["auto", "bf16", "fp32"]  # the same as precision.PRECISIONS 
 Partition = Literal["iid", "dirichlet"]
 Engine = Literal["simulation", "deployment"]
 TransferDtype = Literal["float32", "bfloat16"]
+KDMix = Literal["add", "convex"]
+KDSelect = Literal["none", "greater"]
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -135,15 +137,40 @@ class FederationSection:
 
 @dataclass
 class KDSection:
+    """Step 4, the server's mutual distillation on D^a (README, "KD losses", says where each knob comes from)."""
+
     weight: float = 1.0  # λ: weight of the KL term in both directions (0 = plain SFT on D^a)
+    llm_weight: float | None = None  # LLM ← SLM only (the KL toward the SLM in the LLM's loss); null: weight
+    slm_weight: float | None = None  # SLM ← LLM only; null: weight
+    mix: KDMix = "add"  # add: CE + w·KL (the paper); convex: (1 − w)·CE + w·KL (FedMKT, w = 0.1)
+    select: KDSelect = "none"  # none: distil every sequence (the paper); greater: FedMKT's selective KD
     temperature: float = 1.0  # τ
     top_k: int | None = 128  # teacher logits kept for the KL (None = full vocabulary)
     epochs: int = 1  # passes over D^a per round (R = epochs * |D^a| / batch)
     max_steps: int | None = None  # or a cap on R
+    batch_size: int | None = None  # D^a examples per KD step, one batch for both models; null: slm.batch_size
+    llm_lr: float | None = None  # the LLM's learning rate in KD; null: llm.lr
+    slm_lr: float | None = None  # the SLM's learning rate in KD; null: slm.lr
+
+    def weights(self) -> tuple[float, float]:
+        """(LLM ← SLM, SLM ← LLM): each direction's own weight, else the shared λ."""
+        return (self.weight if self.llm_weight is None else self.llm_weight,
+                self.weight if self.slm_weight is None else self.slm_weight)
 
     def check(self, prefix: str = "kd.") -> None:
-        """A negative λ would push the models apart; τ <= 0 makes the softmax undefined."""
+        """A negative λ would push the models apart; τ <= 0 makes the softmax undefined; a convex mix
+        needs weights in [0, 1] (above 1 the CE term would be subtracted)."""
         require(self.weight >= 0, f"{prefix}weight (λ) must be >= 0")
+        for name in ("llm_weight", "slm_weight"):
+            value = getattr(self, name)
+            require(value is None or value >= 0, f"{prefix}{name} must be >= 0 or null (kd.weight)")
+        if self.mix == "convex":
+            require(all(0 <= w <= 1 for w in self.weights()),
+                    f"{prefix}mix=convex needs weights in [0, 1]: (1 − w)·CE + w·KL")
+        require(self.batch_size is None or self.batch_size >= 1, f"{prefix}batch_size must be >= 1 or null")
+        for name in ("llm_lr", "slm_lr"):
+            value = getattr(self, name)
+            require(value is None or value > 0, f"{prefix}{name} must be > 0 or null")
         require(self.temperature > 0, f"{prefix}temperature must be > 0")
         require(self.top_k is None or self.top_k >= 1, f"{prefix}top_k must be >= 1 or null")
         require(self.epochs >= 1, f"{prefix}epochs must be >= 1")

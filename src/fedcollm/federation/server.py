@@ -58,9 +58,9 @@ class CoTuningServer:
             return {}
         epochs, max_steps = budget(cfg).kd_loop
         settings = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "server", server_round), epochs, max_steps,
-                                  self.progress, batch_size=kd_batch_size(cfg))
-        _, metrics = mutual_transfer(self.llm, self.slm, self.tokenizer, theta_avg, self.aux, cfg.llm.lr, settings,
-                                     transfer_spec(cfg))
+                                  self.progress, batch_size=kd_batch_size(cfg), lr=cfg.kd.slm_lr)
+        _, metrics = mutual_transfer(self.llm, self.slm, self.tokenizer, theta_avg, self.aux,
+                                     cfg.kd.llm_lr or cfg.llm.lr, settings, transfer_spec(cfg))
         return metrics
 
     def evaluate(self, adapters: bool = True) -> dict[str, dict[str, dict[str, float]]]:
