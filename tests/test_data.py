@@ -114,3 +114,18 @@ def test_exported_client_files_hold_exactly_each_split(data_dir, tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"id": "x", "question": {"stem": "s", "choices": []}, "answerKey": "A"}\n')
     with pytest.raises(DataError, match="bad.jsonl:1: record names no known task"):
         read_jsonl(tmp_path / "bad.jsonl", None)
+
+
+def test_dev_splits_are_official_validation_or_a_fixed_carve_of_train_disjoint_from_everything(data_dir):
+    from fedcollm.data import dev_split, load_eval, load_split
+    from fedcollm.data.schema import _read_split
+
+    assert dev_split("arc_easy") == "validation" and dev_split("commonsense_qa") == "dev"
+    assert [q.id for q in load_eval("arc_easy", data_dir, split="dev")] == \
+        [q.id for q in load_split("arc_easy", "validation", data_dir)]
+    raw = _read_split("commonsense_qa", "train", data_dir)
+    dev = load_eval("commonsense_qa", data_dir, split="dev")
+    train, test = load_split("commonsense_qa", "train", data_dir), load_eval("commonsense_qa", data_dir)
+    assert len(dev) == round(0.1 * len(raw)) and len(dev) + len(train) == len(raw)
+    assert not {q.id for q in dev} & {q.id for q in train} and not {q.id for q in dev} & {q.id for q in test}
+    assert [q.id for q in load_eval("commonsense_qa", data_dir, split="dev")] == [q.id for q in dev]  # fixed

@@ -109,7 +109,7 @@ def preflight(cfg: Config) -> None:
 
 
 def eval_questions(cfg: Config) -> dict[str, list[Question]]:
-    return {t: load_eval(t, cfg.data_dir, cfg.eval.limit) for t in cfg.eval_tasks()}
+    return {t: load_eval(t, cfg.data_dir, cfg.eval.limit, cfg.eval.split) for t in cfg.eval_tasks()}
 
 
 def load_peft(section: ModelSection, cfg: Config, seed_tag: str):

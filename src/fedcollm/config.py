@@ -39,6 +39,7 @@ Partition = Literal["iid", "dirichlet"]
 Engine = Literal["simulation", "deployment"]
 TransferDtype = Literal["float32", "bfloat16"]
 KDMix = Literal["add", "convex"]
+EvalSplit = Literal["dev", "test"]
 KDSelect = Literal["none", "greater"]
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -223,7 +224,8 @@ class DPSection:
 @dataclass
 class EvalSection:
     tasks: list[str] | None = None  # default: the training tasks
-    limit: int | None = None  # first N test questions per task (None = all)
+    split: EvalSplit = "test"  # dev: what choices are made on; test: lm-eval's split, for the report
+    limit: int | None = None  # first N questions per task (None = all)
     batch_size: int = 8
     every_round: bool = True
     zero_shot: bool = True  # score the base models before round 1 (the experiment does it once, not per method)

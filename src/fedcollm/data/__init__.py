@@ -8,6 +8,7 @@ from .schema import (
     DataError,
     Question,
     check_tasks,
+    dev_split,
     eval_split,
     load_eval,
     load_split,
@@ -16,5 +17,6 @@ from .schema import (
 
 __all__ = [
     "ALL_TASKS", "TASKS", "DataError", "check_tasks", "MCRequest", "Question", "Splits", "choices_of", "context_of",
-    "eval_split", "load_eval", "load_split", "mc_request", "resolve_data_dir", "split_train", "training_pair",
+    "dev_split", "eval_split", "load_eval", "load_split", "mc_request", "resolve_data_dir", "split_train",
+    "training_pair",
 ]

@@ -8,6 +8,7 @@ or digits in some ARC questions, and both are accepted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -158,11 +159,44 @@ def _hf_choices(row: dict) -> list[dict]:
     return [{"label": lab, "text": txt} for lab, txt in zip(row["choices"]["label"], row["choices"]["text"])]
 
 
+#: Tasks whose official validation split is their *test* set here (lm-eval scores CommonsenseQA on it):
+#: their dev set is carved from train instead, a fixed tenth of it (the questions with the smallest
+#: sha1 of their id: the same on every machine and for every seed), and it is never in D^a or any D^k.
+DEV_FROM_TRAIN = {"commonsense_qa": 0.1}
+#: Set (to anything) while tuning: reading a test split then fails, so no test question can steer a choice.
+SEAL_ENV = "FEDCOLLM_SEAL_TEST"
+
+
+def dev_split(task: str) -> str:
+    """The split that choices are made on: the official validation split, or (CSQA) the ``dev`` carve."""
+    return "dev" if check_task(task) in DEV_FROM_TRAIN else "validation"
+
+
+def _carve(task: str, train: list[Question]) -> tuple[list[Question], list[Question]]:
+    """(dev, rest) of a task's train split, per ``DEV_FROM_TRAIN``."""
+    n = max(1, round(DEV_FROM_TRAIN[task] * len(train)))
+    dev = {q.id for q in sorted(train, key=lambda q: hashlib.sha1(q.id.encode()).hexdigest())[:n]}
+    return [q for q in train if q.id in dev], [q for q in train if q.id not in dev]
+
+
 def load_split(task: str, split: str, data_dir: str | os.PathLike | None = None) -> list[Question]:
-    """All questions of ``task``'s ``split`` ("train", "validation" or "test")."""
+    """All questions of ``task``'s ``split``: "train" (without a carved dev set), "validation", "test",
+    or "dev" (a carve of train, for the tasks in ``DEV_FROM_TRAIN``)."""
     check_task(task)
+    if split == "dev" or (split == "train" and task in DEV_FROM_TRAIN):
+        if task not in DEV_FROM_TRAIN:
+            raise DataError(f"{task} has an official validation split: ask for 'validation', not 'dev'")
+        dev, rest = _carve(task, _read_split(task, "train", data_dir))
+        return dev if split == "dev" else rest
+    if os.environ.get(SEAL_ENV) and split == eval_split(task):
+        raise DataError(f"{task}'s {split} split is its test set, and it is sealed while tuning ({SEAL_ENV} is "
+                        "set): choose on eval.split=dev; the test set is scored once, at the end")
+    return _read_split(task, split, data_dir)
+
+
+def _read_split(task: str, split: str, data_dir: str | os.PathLike | None) -> list[Question]:
     if split not in _LOCAL_SPLIT:
-        raise DataError(f"unknown split {split!r}; choose from train, validation, test")
+        raise DataError(f"unknown split {split!r}; choose from train, validation, test, dev")
     root = resolve_data_dir(data_dir)
     if root is None:
         qs, where = _load_hub(task, split), f"HF hub dataset {TASKS[task]['hub']} [{split}]"
@@ -174,12 +208,16 @@ def load_split(task: str, split: str, data_dir: str | os.PathLike | None = None)
     return qs
 
 
-def load_eval(task: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> list[Question]:
+def load_eval(task: str, data_dir: str | os.PathLike | None = None, limit: int | None = None,
+              split: str = "test") -> list[Question]:
     """The evaluation questions of ``task`` in file order (lm-eval's order), optionally the first ``limit``.
 
+    ``split``: "test" (what lm-eval scores, for the report) or "dev" (what choices are made on).
     ``limit`` must be >= 1: 0 would read as "all" and a negative one would drop questions from the end.
     """
     if limit is not None and (isinstance(limit, bool) or limit < 1):
         raise DataError(f"limit must be >= 1 (or none for all questions), got {limit}")
-    qs = load_split(task, eval_split(task), data_dir)
+    if split not in ("dev", "test"):
+        raise DataError(f"unknown evaluation split {split!r}; choose dev or test")
+    qs = load_split(task, eval_split(task) if split == "test" else dev_split(task), data_dir)
     return qs[:limit] if limit else qs
