@@ -1,7 +1,7 @@
 """Benchmark 4, communication: bytes a client exchanges per round, as Flower puts them on the wire.
 
-The messages are the real ones: the broadcast is built by our strategy's ``configure_train`` with the
-config record of ``recipes.fedcollm.fedcollm_round`` (the run's YAML under ``CONFIG_KEY`` plus
+The messages are the real ones: the broadcast is built by ``federation.aggregation.broadcast`` with the
+config record of ``federation.algorithm.fedcollm_round`` (the run's YAML under ``CONFIG_KEY`` plus
 ``server-round``), the reply by ``federation.client_app.client_train`` after one local step.
 
 Flower ≥ 1.20 does not send a message as one protobuf: the message header (metadata + object tree)
@@ -41,16 +41,6 @@ def flower_identity(run_id: int = RUN_ID, node_id: int = SERVER_NODE, task_id: i
         yield
     finally:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
-class NodeList:
-    """Just enough of a Flower Grid for ``FedAvg.configure_train`` to address K nodes."""
-
-    def __init__(self, node_ids: list[int]) -> None:
-        self.node_ids = node_ids
-
-    def get_node_ids(self) -> list[int]:
-        return self.node_ids
 
 
 def wire_bytes(msg, direction: str) -> dict:
@@ -102,21 +92,18 @@ def messages(setup: Setup, clients: int = 4):
 
     from fedcollm.config import dump_config
     from fedcollm.federation import client_app
+    from fedcollm.federation.aggregation import broadcast as plain_broadcast
     from fedcollm.federation.client_app import CONFIG_KEY, client_train
-    from fedcollm.federation.strategy import CheckedFedAvg
-    from fedcollm.federation.wire import from_record, layout_of, to_record
+    from fedcollm.federation.wire import from_record, layout_of
     from fedcollm.models.lora import get_adapter_arrays
 
     cfg = setup.config(f"federation.num_clients={clients}", "federation.local_max_steps=1")
     model, _ = setup.peft("slm")
     theta = get_adapter_arrays(model)
-    nodes = NodeList([CLIENT_NODE + k for k in range(clients)])
-    strategy = CheckedFedAvg(theta, fraction_evaluate=0.0, min_available_nodes=clients, min_train_nodes=clients)
+    nodes = [CLIENT_NODE + k for k in range(clients)]
 
     def broadcast(t: int, arrays):
-        config = ConfigRecord({CONFIG_KEY: dump_config(cfg)})
-        sent = strategy.configure_train(t, to_record(arrays), config, nodes)
-        return sorted(sent, key=lambda m: m.metadata.dst_node_id)
+        return plain_broadcast(cfg, t, nodes, arrays, ConfigRecord({CONFIG_KEY: dump_config(cfg)}))
 
     with flower_identity():
         first = broadcast(1, theta)

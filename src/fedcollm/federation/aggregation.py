@@ -173,6 +173,13 @@ def train_config(cfg: Config, t: int, config: ConfigRecord) -> ConfigRecord:
     return out
 
 
+def broadcast(cfg: Config, t: int, nodes: list[int], theta: NamedArrays, config: ConfigRecord) -> list[Message]:
+    """Step 1 of a plain round: one train message per node, θ^t packed (``wire``) plus the round's config."""
+    content = RecordDict({"arrays": to_record(theta, cfg.federation.transfer_dtype),
+                          "config": train_config(cfg, t, config)})
+    return [Message(content=content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
+
+
 def add_dp_noise(cfg: Config, mean: NamedArrays, averaged: int, seed: int) -> NamedArrays:
     """Central DP on the mean of ``averaged`` clipped updates: Gaussian noise of std z·C/m (Flower's helpers).
 
@@ -202,10 +209,7 @@ class PlainAggregation:
         f = self.cfg.federation
         gate = CheckedFedAvg(theta, max_update_norm=f.max_update_norm, outlier_factor=f.update_outlier_factor,
                              unit_weights=self.cfg.dp.enabled)  # this round's reference: θ^t
-        content = RecordDict({"arrays": to_record(theta, f.transfer_dtype),
-                              "config": train_config(self.cfg, t, config)})
-        replies = list(grid.send_and_receive(
-            [Message(content=content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes], timeout=timeout))
+        replies = list(grid.send_and_receive(broadcast(self.cfg, t, nodes, theta, config), timeout=timeout))
         ok = [r for r in replies if not r.has_error()]
         reported = {r.metadata.src_node_id: dict(r.content["metrics"]) for r in ok
                     if "metrics" in r.content.metric_records}  # before the gate adds its weight key
