@@ -41,3 +41,31 @@ def test_final_accuracy_bars_carry_wilson_intervals_and_a_mean_over_clients_uses
     lo, hi = wilson(100, 200)
     assert lo < 0.5 < hi and hi - lo == pytest.approx(2 * 1.96 * (0.25 / 200) ** 0.5, rel=0.02)
     assert plots.final_accuracy_bars(tmp_path / "b.png", results, ["arc_easy"]).is_file()
+
+
+def test_fedcollm_report_rebuilds_an_experiment_folder_from_its_saved_results(tmp_path, capsys):
+    import json
+    import shutil
+    from pathlib import Path
+
+    from fedcollm.cli import main
+
+    src = Path(__file__).resolve().parents[1] / "results" / "experiment-cpu-small"
+    out = tmp_path / "exp"
+    out.mkdir()
+    shutil.copy(src / "config.yaml", out / "config.yaml")
+    shutil.copytree(src / "methods", out / "methods", ignore=shutil.ignore_patterns("*.error"))
+    assert main(["report", str(out)]) == 0
+    pngs = {"accuracy_per_round.png", "final_accuracy.png", "bytes_per_round.png"}
+    assert {p.name for p in out.glob("*.png")} == pngs
+    assert (out / "report.md").read_text().splitlines()[1:] == (src / "report.md").read_text().splitlines()[1:]
+    for f in (src / "methods").glob("*.json"):  # the saved results are read, never rewritten
+        assert json.loads((out / "methods" / f.name).read_text()) == json.loads(f.read_text())
+    run = tmp_path / "run"  # a run folder: its table, report.md and accuracy plot
+    run.mkdir()
+    for name in ("config.yaml", "metrics.jsonl"):
+        shutil.copy(src.parent / "demo" / name, run / name)
+    assert main(["report", str(run)]) == 0
+    assert (run / "accuracy_per_round.png").is_file() and "accuracy_per_round.png" in (run / "report.md").read_text()
+    assert main(["report", str(tmp_path)]) == 2  # not a run or experiment folder: one line
+    assert "no config.yaml" in capsys.readouterr().err

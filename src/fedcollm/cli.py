@@ -194,6 +194,29 @@ def cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild report.md, results and plots from a folder's saved results alone (no model is loaded)."""
+    from .config import load_config
+
+    folder = Path(args.folder)
+    if not (folder / "config.yaml").is_file():
+        raise ConfigError(f"{folder} is neither a run folder nor an experiment folder (no config.yaml)")
+    cfg = load_config(folder / "config.yaml")
+    if (folder / "methods").is_dir():
+        from .recipes.experiment import write_report
+
+        write_report(folder, cfg)
+    elif (folder / "metrics.jsonl").is_file():
+        from .reporting import write_run_report
+        from .runlog import RunDir
+
+        write_run_report(RunDir(folder), cfg)
+    else:
+        raise ConfigError(f"{folder} has a config.yaml but no metrics.jsonl (run) or methods/ (experiment)")
+    print(f"report: {folder / 'report.md'}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -296,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("b", help="the reference, same forms")
     k.add_argument("--out", help="also write the rows as JSON here")
     k.set_defaults(func=cmd_compare)
+
+    o = sub.add_parser("report", help="rebuild report.md and the plots of a run or experiment folder from its results")
+    o.add_argument("folder", help="a run folder (metrics.jsonl) or an experiment folder (methods/)")
+    o.set_defaults(func=cmd_report)
     return p
 
 
