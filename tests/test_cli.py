@@ -38,6 +38,12 @@ def test_eval_on_a_local_folder_prints_and_writes_metrics(tiny_models, data_dir,
     metrics = json.loads(out.read_text())["metrics"]
     assert set(metrics) == {"arc_easy", "commonsense_qa"} and metrics["arc_easy"]["n"] == 5
     assert "arc_easy" in capsys.readouterr().out
+    dev = tmp_path / "dev.json"  # the dev split: other questions than the test split's
+    assert main(["eval", "--model", str(tiny_models["slm"]), "--tasks", "commonsense_qa", "--split", "dev",
+                 "--data-dir", str(data_dir), "--limit", "5", "--precision", "fp32", "--out", str(dev)]) == 0
+    result = json.loads(dev.read_text())
+    assert result["split"] == "dev"
+    assert result["metrics"]["commonsense_qa"]["ids_sha1"] != metrics["commonsense_qa"]["ids_sha1"]
 
 
 @pytest.fixture

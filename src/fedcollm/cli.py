@@ -75,7 +75,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.adapter:
         read_adapter_config(args.adapter)
         read_adapter_arrays(args.adapter)
-    questions = {t: load_eval(t, args.data_dir, args.limit) for t in tasks}
+    questions = {t: load_eval(t, args.data_dir, args.limit, args.split) for t in tasks}
     model, tok = load_model(args.model, dtype=precision.torch_dtype(args.precision), cache=args.cache)
     if args.adapter:  # the same key/shape/finite check as every federated update (PEFT would only warn)
         model = load_adapter_model(model, args.adapter)
@@ -88,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         table.add_row(task, str(m["n"]), f"{m['acc']:.4f}", f"{m['acc_norm']:.4f}", f"{m['seconds']:.1f}")
     Console().print(table)
     result = {"model": args.model, "adapter": args.adapter, "precision": args.precision, "limit": args.limit,
-              "metrics": metrics}
+              "split": args.split, "metrics": metrics}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -264,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--adapter", default=None, help="PEFT adapter folder to apply")
     e.add_argument("--tasks", default=",".join(ALL_TASKS))
     e.add_argument("--limit", type=int, default=None, help="first N evaluation questions per task")
+    e.add_argument("--split", choices=["dev", "test"], default="test",
+                   help="test: lm-eval's split (for reports); dev: the split choices are made on (README, Data)")
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--precision", choices=precision.PRECISIONS, default="auto",
                    help="auto: bf16 where the hardware has fast bf16 (AVX-512 BF16/AMX, GPU), else fp32")
