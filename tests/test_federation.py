@@ -249,3 +249,39 @@ def test_bf16_transfer_halves_the_bytes_and_keeps_the_aggregate(tiny_models, dat
     step = np.sqrt(sum(np.sum((a[k] - theta0[k]) ** 2) for k in a))
     gap = np.sqrt(sum(np.sum((b[k] - a[k]) ** 2) for k in a))
     assert gap < 0.1 * step, (gap, step)  # bf16 rounding moves the round's aggregate by a small part of its step
+
+
+def test_a_message_handed_to_a_restarting_worker_is_sent_again_and_a_dead_one_is_not(monkeypatch):
+    from flwr.app import ConfigRecord, Error, RecordDict
+
+    from fedcollm.federation import aggregation
+    from fedcollm.federation.aggregation import MeteredGrid
+
+    monkeypatch.setattr(aggregation.time, "sleep", lambda s: None)
+
+    class RestartingGrid:  # node 5's worker is restarting for two tries; node 7's died running the message
+        tries = {5: 0, 7: 0}
+
+        def send_and_receive(self, messages, *, timeout=None):
+            out = []
+            for m in messages:
+                n = m.metadata.dst_node_id
+                self.tries[n] += 1
+                if n == 7:
+                    reason = "ActorUnavailableError: RpcError: Socket closed"
+                elif self.tries[n] <= 2:
+                    reason = "ActorUnavailableError: IOError: The actor is restarting.. The task may or may not ..."
+                else:
+                    out.append(Message(RecordDict({"config": ConfigRecord({"ok": 1})}), reply_to=m))
+                    continue
+                out.append(Message(Error(code=0, reason=reason), reply_to=m))
+            return out
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    grid = MeteredGrid(RestartingGrid())
+    ask = [Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=n, message_type="train")
+           for n in (5, 7)]
+    replies = grid.send_and_receive(ask, timeout=1.0)
+    assert sorted((r.metadata.src_node_id, r.has_error()) for r in replies) == [(5, False), (7, True)]
+    assert grid._grid.tries == {5: 3, 7: 1}  # the restarting one sent again until it ran; the dead one once
+    assert list(grid.dropped) == [7] and "Socket closed" in grid.dropped[7].reason

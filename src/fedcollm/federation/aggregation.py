@@ -64,7 +64,8 @@ class MeteredGrid:
         for m in messages:
             self.sent[m.metadata.dst_node_id] += payload_bytes(m.content)
             stage[m.metadata.dst_node_id] = stage_of(m)
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        replies = self._resend_if_restarting(messages, list(self._grid.send_and_receive(messages, timeout=timeout)),
+                                             timeout)
         for r in replies:
             node = r.metadata.src_node_id
             if r.has_error():
@@ -75,6 +76,31 @@ class MeteredGrid:
         for n in stage.keys() - {r.metadata.src_node_id for r in replies}:
             self.dropped.setdefault(n, Drop(n, stage[n], f"no reply within {timeout} s"))
         return replies
+
+
+    def _resend_if_restarting(self, messages: list[Message], replies: list[Message],
+                              timeout: float | None) -> list[Message]:
+        """Send again, for up to ``RESTART_WAIT_S``, the messages that Flower's simulation handed to a client
+        worker Ray was restarting (they never ran: "The actor is restarting"). Without this, one dead worker
+        fails healthy clients for as long as its restart takes, and under load that can be a whole round.
+        A worker that died running a message answers otherwise ("Socket closed") and is not retried."""
+        deadline = time.monotonic() + RESTART_WAIT_S
+        while time.monotonic() < deadline:
+            again = {r.metadata.src_node_id for r in replies if r.has_error() and RESTARTING in r.error.reason}
+            if not again:
+                break
+            time.sleep(1.0)
+            sent = [Message(content=m.content, dst_node_id=m.metadata.dst_node_id,
+                            message_type=m.metadata.message_type, group_id=m.metadata.group_id)
+                    for m in messages if m.metadata.dst_node_id in again]
+            log.info("resending %d message(s) handed to a restarting client worker", len(sent))
+            replies = [r for r in replies if r.metadata.src_node_id not in again]
+            replies += list(self._grid.send_and_receive(sent, timeout=timeout))
+        return replies
+
+
+RESTARTING = "The actor is restarting"  # Ray's words for a worker it is bringing back (simulation only)
+RESTART_WAIT_S = 120.0  # how long such messages are sent again before they count as dropped
 
 
 @dataclass(frozen=True)
