@@ -41,6 +41,7 @@ TransferDtype = Literal["float32", "bfloat16"]
 KDMix = Literal["add", "convex"]
 EvalSplit = Literal["dev", "test"]
 KDSelect = Literal["none", "greater"]
+Strategy = Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -111,6 +112,16 @@ class FederationSection:
     # frozen SLM base between them (only adapters are swapped); K gives each client its own process
     # (K copies of the base), so a crashed client takes only itself down, as in a deployment.
     sim_workers: int = 1
+    # Step 3's server optimizer, Flower's own, on the aggregated mean (federation/server_opt.py): fedavg takes
+    # the mean as θ^{t,0}; fedavgm (Hsu et al. 2019) and fedadam/fedyogi/fedadagrad (Reddi et al. 2021) step θ^t
+    # along mean − θ^t. A null hyper-parameter keeps Flower's default for the chosen strategy.
+    strategy: Strategy = "fedavg"
+    server_lr: float | None = None  # η of fedadam/fedyogi/fedadagrad (Flower: 0.1); fedavgm's server lr (1.0)
+    server_momentum: float | None = None  # fedavgm's momentum (Flower: 0.0)
+    beta_1: float | None = None  # fedadam/fedyogi first-moment decay (Flower: 0.9)
+    beta_2: float | None = None  # fedadam/fedyogi second-moment decay (Flower: 0.99)
+    tau: float | None = None  # fedadam/fedyogi/fedadagrad adaptivity, added to √v_t (Flower: 1e-3)
+    proximal_mu: float = 0.0  # FedProx (Li et al. 2020): μ/2·‖θ − θ^t‖² on each client's loss; 0 = off
 
     def check(self, prefix: str = "federation.") -> None:
         """Counts, fractions, timeouts and norm gates; a timeout or norm cap <= 0 would drop every client."""
@@ -134,6 +145,18 @@ class FederationSection:
                 f"{p}update_outlier_factor must be > 1 or null (off)")
         require(1 <= self.sim_workers <= self.num_clients,
                 f"{p}sim_workers must be between 1 and {p}num_clients ({self.num_clients})")
+        require(self.server_lr is None or self.server_lr > 0, f"{p}server_lr must be > 0 or null (Flower's default)")
+        for name in ("server_momentum", "beta_1", "beta_2"):
+            value = getattr(self, name)
+            require(value is None or 0 <= value < 1, f"{p}{name} must be in [0, 1) or null (Flower's default)")
+        require(self.tau is None or self.tau > 0, f"{p}tau must be > 0 or null (Flower's default)")
+        require(self.proximal_mu >= 0, f"{p}proximal_mu must be >= 0 (0 = FedAvg's plain client loss)")
+        moments = self.strategy in ("fedadam", "fedyogi")  # fedadagrad has neither β (Flower's signature)
+        stray = [n for n, used in (("server_momentum", self.strategy == "fedavgm"), ("beta_1", moments),
+                                   ("beta_2", moments), ("tau", moments or self.strategy == "fedadagrad"),
+                                   ("server_lr", self.strategy != "fedavg"))
+                 if getattr(self, n) is not None and not used]
+        require(not stray, f"{p}{stray[0] if stray else ''} has no effect with {p}strategy={self.strategy}")
 
 
 @dataclass

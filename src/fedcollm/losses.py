@@ -15,6 +15,12 @@ def answer_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets.to(logits.device))
 
 
+def proximal_term(params: list[torch.Tensor], reference: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx's μ/2·‖θ − θ^t‖² over the trainable adapter (Li et al. 2020, "Federated Optimization in
+    Heterogeneous Networks", eq. 2): it keeps a client's θ_k near the broadcast θ^t on skewed data."""
+    return 0.5 * mu * sum(((p.float() - r) ** 2).sum() for p, r in zip(params, reference))
+
+
 def sequence_ce(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Mean cross-entropy of each sequence's answer tokens, ``[n_rows]`` (``rows[i]``: token i's sequence).
 

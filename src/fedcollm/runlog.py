@@ -6,6 +6,7 @@ Layout::
     RUN_DIR/metrics.jsonl            one JSON object per finished round (round 0 = zero-shot)
     RUN_DIR/rounds/NNN/theta/        global SLM adapter θ after round NNN (PEFT format)
     RUN_DIR/rounds/NNN/omega/        server LLM adapter ω after round NNN (PEFT format)
+    RUN_DIR/rounds/NNN/server_opt.safetensors   the server optimizer's state (FedAdam & co. only)
     RUN_DIR/rounds/NNN/DONE          written last: a round without it is ignored
     RUN_DIR/report.md                summary when the run ends
 
@@ -27,10 +28,15 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
 from .config import Config, ConfigError, check_output_folder, load_config, save_config
 from .models.lora import load_adapter, save_adapter
 
 log = logging.getLogger(__name__)
+SERVER_STATE = "server_opt.safetensors"
 
 
 class RoundError(RuntimeError):
@@ -91,13 +97,16 @@ class RunDir:
         done = [int(p.parent.name) for p in (self.path / "rounds").glob("*/DONE") if p.parent.name.isdigit()]
         return max(done, default=0)
 
-    def save_round(self, t: int, llm, slm) -> None:
+    def save_round(self, t: int, llm, slm, server_state: dict[str, np.ndarray] | None = None) -> None:
+        """θ (and ω, and the server optimizer's state) of round t, all or nothing."""
         final = self.round_dir(t)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         save_adapter(slm, tmp / "theta")
         if llm is not None:
             save_adapter(llm, tmp / "omega")
+        if server_state is not None:
+            save_file({k: np.ascontiguousarray(v) for k, v in server_state.items()}, str(tmp / SERVER_STATE))
         (tmp / "DONE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -106,6 +115,14 @@ class RunDir:
         load_adapter(slm, self.round_dir(t) / "theta")
         if llm is not None:
             load_adapter(llm, self.round_dir(t) / "omega")
+
+    def server_state(self, t: int) -> dict[str, np.ndarray]:
+        """The server optimizer's state saved with round t ({} when the run has none, e.g. plain FedAvg)."""
+        path = self.round_dir(t) / SERVER_STATE
+        try:
+            return load_file(str(path)) if path.is_file() else {}
+        except SafetensorError as exc:
+            raise ConfigError(f"{path}: unreadable server optimizer state ({exc})") from None
 
     def log(self, record: dict) -> None:
         with (self.path / "metrics.jsonl").open("a") as fh:

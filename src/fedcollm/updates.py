@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .data import Question
-from .losses import answer_ce, kd_kl_tokens, sequence_ce
+from .losses import answer_ce, kd_kl_tokens, proximal_term, sequence_ce
 from .models.lora import NamedArrays, get_adapter_arrays, set_adapter_arrays
 from .train import Batch, answer_logits, make_batches, run_loop, sft_step, trainable
 
@@ -59,16 +59,29 @@ def _seeded(seed: int) -> None:
 
 
 def local_update(model, tokenizer, theta: NamedArrays | None, data: Sequence[Question], settings: TrainSettings,
-                 desc: str = "client") -> tuple[NamedArrays, dict[str, float]]:
-    """Step 2: θ_k = E epochs of SFT on D^k starting from θ (None: keep the model's current adapter)."""
+                 desc: str = "client", proximal_mu: float = 0.0) -> tuple[NamedArrays, dict[str, float]]:
+    """Step 2: θ_k = E epochs of SFT on D^k starting from θ (None: keep the model's current adapter).
+
+    ``proximal_mu`` > 0 adds FedProx's μ/2·‖θ − θ_start‖² to the loss (``losses.proximal_term``)."""
     if theta is not None:
         set_adapter_arrays(model, theta)
     _seeded(settings.seed)
     model.train()
-    opt = torch.optim.AdamW(trainable(model), lr=settings.lr)
+    params = trainable(model)
+    opt = torch.optim.AdamW(params, lr=settings.lr)
+    step = sft_step(model)
+    if proximal_mu > 0:
+        start = [p.detach().float().clone() for p in params]
+        sft = step
+
+        def step(batch: Batch) -> dict[str, torch.Tensor]:
+            out = sft(batch)
+            prox = proximal_term(params, start, proximal_mu)
+            return {"loss": out["loss"] + prox, "task_loss": out["loss"], "proximal": prox}
+
     metrics = run_loop(
         lambda e: make_batches(tokenizer, data, settings.batch_size, settings.max_length, settings.seed, e),
-        sft_step(model),
+        step,
         [opt], epochs=settings.epochs, max_steps=settings.max_steps, grad_clip=settings.grad_clip,
         autocast_dtype=settings.autocast_dtype, desc=desc, progress=settings.progress,
     )

@@ -22,12 +22,14 @@ from ..updates import DivergedError
 from .aggregation import MeteredGrid, PlainAggregation, SecureAggregation, connected_nodes
 from .client_app import CONFIG_KEY
 from .server import CoTuningServer
+from .server_opt import ServerOptimizer, make_server_optimizer
 
 log = logging.getLogger(__name__)
 Aggregation = PlainAggregation | SecureAggregation
 
 
-def fedcollm_round(t: int, grid: Grid, nodes: list[int], server: CoTuningServer, aggregation: Aggregation) -> dict:
+def fedcollm_round(t: int, grid: Grid, nodes: list[int], server: CoTuningServer, aggregation: Aggregation,
+                   server_opt: ServerOptimizer | None = None) -> dict:
     """Algorithm 1, round t: broadcast θ^t, local tuning, (secure) FedAvg, mutual KD on D^a."""
     cfg, metered = server.cfg, MeteredGrid(grid)
     config = ConfigRecord({CONFIG_KEY: dump_config(cfg)})  # what clients need to train (no data)
@@ -37,9 +39,11 @@ def fedcollm_round(t: int, grid: Grid, nodes: list[int], server: CoTuningServer,
     if up.theta is None or up.accepted < min_clients(cfg):
         raise RoundError(f"round {t}: {up.accepted} usable client updates, federation.min_clients is "
                          f"{min_clients(cfg)} ({up.problems()})")
-    kd = server.distil(up.theta, t)  # 4. R steps of CE + λ·KL both ways -> θ^{t+1}, ω^{t+1}
+    theta0 = up.theta if server_opt is None else server_opt.step(t, server.theta, up.theta)  # 3'. FedAdam & co.
+    kd = server.distil(theta0, t)  # 4. R steps of CE + λ·KL both ways -> θ^{t+1}, ω^{t+1}
     return {
         "clients": up.record(),  # who is in θ^{t,0} with which weight, who dropped where, who was rejected
+        "strategy": cfg.federation.strategy,
         "kd": kd,
         "privacy": up.privacy,
         "comm": {
@@ -62,15 +66,18 @@ def make_aggregation(cfg: Config, server: CoTuningServer) -> Aggregation:
     return SecureAggregation(cfg, max_weight)
 
 
-def open_run(cfg: Config, run: RunDir, progress: bool) -> tuple[CoTuningServer, int]:
-    """The server's models and data, with the adapters of the run's last whole round when resuming."""
+def open_run(cfg: Config, run: RunDir, progress: bool) -> tuple[CoTuningServer, ServerOptimizer | None, int]:
+    """The server's models, data and optimizer, with the state of the run's last whole round when resuming."""
     server = CoTuningServer(cfg, progress=progress)
+    server_opt = make_server_optimizer(cfg.federation)
     done = run.last_round()
     run.truncate_after(done)  # a round logged but killed before its checkpoint was complete is run again
     if done:
         run.load_round(done, server.llm, server.slm)
+        if server_opt is not None:
+            server_opt.load_state(run.server_state(done))
         log.info("resuming %s after round %d of %d", run.path, done, cfg.federation.rounds)
-    return server, done
+    return server, server_opt, done
 
 
 def log_zero_shot(cfg: Config, run: RunDir, server: CoTuningServer) -> None:
@@ -85,11 +92,11 @@ def log_zero_shot(cfg: Config, run: RunDir, server: CoTuningServer) -> None:
 
 
 def run_round(t: int, grid: Grid, nodes: list[int], cfg: Config, run: RunDir, server: CoTuningServer,
-              aggregation: Aggregation) -> dict:
+              aggregation: Aggregation, server_opt: ServerOptimizer | None = None) -> dict:
     """Round t: Algorithm 1, then evaluation, then the log line, then the checkpoint (its DONE ends the round)."""
     t0 = time.perf_counter()
     try:
-        record = {"round": t, **fedcollm_round(t, grid, nodes, server, aggregation)}
+        record = {"round": t, **fedcollm_round(t, grid, nodes, server, aggregation, server_opt)}
     except (RoundError, DivergedError) as exc:  # nothing of round t is saved: the run can go on from t - 1
         what = f"round {t}: {exc}" if isinstance(exc, DivergedError) else str(exc)
         raise RoundError(f"{what}; rounds 1-{t - 1} are saved in {run.path}: continue with "
@@ -100,13 +107,13 @@ def run_round(t: int, grid: Grid, nodes: list[int], cfg: Config, run: RunDir, se
     record["seconds"] = {"train": t1 - t0, "eval": time.perf_counter() - t1}
     record["server_peak_rss_mb"] = peak_rss_mb()
     run.log(record)  # then the checkpoint: its DONE marks the round finished, metrics included
-    run.save_round(t, server.llm, server.slm)
+    run.save_round(t, server.llm, server.slm, server_opt.state() if server_opt is not None else None)
     return record
 
 
 def serve(grid: Grid, cfg: Config, run: RunDir, progress: bool = True) -> None:
     """The ServerApp's body: set up (or resume), run the remaining rounds, write the report."""
-    server, done = open_run(cfg, run, progress)
+    server, server_opt, done = open_run(cfg, run, progress)
     log_zero_shot(cfg, run, server)
     aggregation = make_aggregation(cfg, server)
     took: list[float] = []
@@ -115,7 +122,7 @@ def serve(grid: Grid, cfg: Config, run: RunDir, progress: bool = True) -> None:
         want = cfg.federation.num_clients if t == done + 1 else min_clients(cfg)
         nodes = connected_nodes(grid, want, min_clients(cfg), cfg.federation.connect_timeout)
         start = time.perf_counter()
-        record = run_round(t, grid, nodes, cfg, run, server, aggregation)
+        record = run_round(t, grid, nodes, cfg, run, server, aggregation, server_opt)
         took.append(time.perf_counter() - start)
         print_round(record, progress_line(f"{run.path.name} ({cfg.method})", t, cfg.federation.rounds, took))
     write_run_report(run, cfg)

@@ -75,12 +75,14 @@ def client_train(cfg: Config, partition_id: int, msg: Message, data: list[Questi
     faults.before_training(fault)
     settings = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "client", server_round, partition_id),
                               cfg.federation.local_epochs, cfg.federation.local_max_steps, progress=False)
-    theta_k, m = local_update(model, tok, theta, data, settings, desc=f"client {partition_id}")
+    theta_k, m = local_update(model, tok, theta, data, settings, desc=f"client {partition_id}",
+                              proximal_mu=cfg.federation.proximal_mu)
     reply = RecordDict({
         "arrays": to_record(faults.corrupt(fault, theta_k)),
         "metrics": MetricRecord({
             "num-examples": len(data),
-            "train-loss": float(m.get("loss", 0.0)),
+            "train-loss": float(m.get("task_loss", m.get("loss", 0.0))),  # ℓ_TA, without FedProx's term
+            "proximal-term": float(m.get("proximal", 0.0)),
             "train-steps": int(m["steps"]),
             "train-tokens": int(m["tokens"]),
             "partition-id": partition_id,
