@@ -19,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the bench package lives beside src/, not inside it
 
-from bench import client_step, comm, eval_scorer, kd_step, memory, scaling  # noqa: E402
+from bench import client_step, comm, eval_scorer, kd_step, memory, sampling, scaling  # noqa: E402
 from bench.common import Setup, check, interleaved, train_step_flops  # noqa: E402
 
 ROW_KEYS = {"bench", "figure", "ours", "baseline", "ratio", "target", "met", "unit"}
@@ -198,3 +198,16 @@ def test_quick_suite_on_the_real_models(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     saved = json.loads((tmp_path / "b.json").read_text())
     assert set(saved["benchmarks"]) == {"comm", "client"}
+
+
+def test_sampling_bench_runs_each_arm_with_the_clients_it_names(setup):
+    out = sampling.run(setup)  # quick: 4 of 10, 4 of 40 and 8 of 10 simulated nodes, 2 rounds each
+    rows = _rows(out)
+    assert len(rows) == 4
+    base, many, double = out["arms"]
+    assert (base["registered"], many["registered"], double["sampled"]) == (10, 40, 8)
+    for a in out["arms"]:
+        assert a["clients_per_round"] == [a["sampled"]] * 2 and a["server_peak_rss_mb"] > 0
+    first = next(iter(rows.values()))
+    assert first["baseline"] == pytest.approx(base["median_round_s"], abs=1e-3)
+    assert first["ours"] == pytest.approx(many["median_round_s"], abs=1e-3)

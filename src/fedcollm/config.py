@@ -122,6 +122,16 @@ class FederationSection:
     beta_2: float | None = None  # fedadam/fedyogi second-moment decay (Flower: 0.99)
     tau: float | None = None  # fedadam/fedyogi/fedadagrad adaptivity, added to √v_t (Flower: 1e-3)
     proximal_mu: float = 0.0  # FedProx (Li et al. 2020): μ/2·‖θ − θ^t‖² on each client's loss; 0 = off
+    # Cross-device rounds: train only this many of the num_clients registered (an int), or this fraction of
+    # them (a float in (0, 1]), drawn each round by Flower's sampler, seeded by (seed, round); null: all
+    clients_per_round: int | float | None = None
+
+    def per_round(self) -> int:
+        """How many clients a round trains: ``clients_per_round`` as a count, or a fraction of ``num_clients``."""
+        n = self.clients_per_round
+        if n is None:
+            return self.num_clients
+        return max(1, round(n * self.num_clients)) if isinstance(n, float) else n
 
     def check(self, prefix: str = "federation.") -> None:
         """Counts, fractions, timeouts and norm gates; a timeout or norm cap <= 0 would drop every client."""
@@ -135,8 +145,11 @@ class FederationSection:
         require(self.aux_size is None or self.aux_size >= 0, f"{p}aux_size must be >= 0 or null")
         require(self.client_size is None or self.client_size >= 1,
                 f"{p}client_size must be >= 1 (a client with no data has nothing to train on)")
-        require(self.min_clients is None or 1 <= self.min_clients <= self.num_clients,
-                f"{p}min_clients must be between 1 and {p}num_clients")
+        n = self.clients_per_round
+        require(n is None or (1 <= n <= self.num_clients if isinstance(n, int) else 0 < n <= 1),
+                f"{p}clients_per_round must be a count in [1, {p}num_clients] or a fraction in (0, 1], got {n}")
+        require(self.min_clients is None or 1 <= self.min_clients <= self.per_round(),
+                f"{p}min_clients must be between 1 and the clients trained per round ({self.per_round()})")
         require(self.connect_timeout > 0, f"{p}connect_timeout must be > 0 seconds")
         require(self.round_timeout > 0, f"{p}round_timeout must be > 0 seconds")
         require(self.max_update_norm is None or self.max_update_norm > 0,

@@ -19,6 +19,7 @@ through ``MeteredGrid``, and both go on without clients that fail or drop, down 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -27,12 +28,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore.constant import NodeStatus
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, add_gaussian_noise_inplace, compute_stdv
 
 from ..config import Config
 from ..models.lora import NamedArrays
-from .dp import epsilon
+from .dp import ALL_CLIENTS, SAMPLED, epsilon, epsilon_sampled
 from .secagg import SECAGG_CONFIGS, SECAGG_STAGE, secure_train_round, workflow
 from .strategy import UNIT_WEIGHT, CheckedFedAvg
 from .wire import from_record, layout_of, payload_bytes, to_record
@@ -140,6 +142,33 @@ def connected_nodes(grid: Grid, want: int, at_least: int, wait_s: float) -> list
         time.sleep(0.5)
 
 
+class _Online:
+    """What Flower's sampler asks a Grid for, answered with the nodes already found online (sorted, so that a
+    seeded draw depends on the node ids alone, not on the order the SuperLink lists them)."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = sorted(nodes)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+
+def sample_clients(online: list[int], n: int, seed: int) -> list[int]:
+    """The round's clients: ``n`` of the ``online`` nodes drawn by Flower's own sampler (uniformly, without
+    replacement: ``strategy_utils.sample_nodes``), or all of them when there are no more than ``n``.
+
+    Flower draws from Python's global RNG; seeding it per round makes the draw a function of (seed, round)
+    and the node ids. A deployment's node ids persist, so a rerun samples the same nodes; Flower's
+    simulation gives its nodes fresh random ids in every process, so there a rerun samples other (equally
+    uniform) sets of clients.
+    """
+    if n >= len(online):
+        return sorted(online)
+    random.seed(seed)
+    sampled, _ = sample_nodes(_Online(online), n, n)  # online ≥ n, so Flower's wait for nodes never waits
+    return sorted(sampled)
+
+
 @dataclass
 class TrainRound:
     """θ^{t,0} and what the server may know about how it came about.
@@ -184,10 +213,15 @@ def _privacy(cfg: Config, t: int, averaged: int, secure: bool) -> dict:
     """What the round's metrics say about privacy; ``averaged`` = m, the updates in the (unweighted) mean."""
     out: dict = {"secure_aggregation": secure}
     if cfg.dp.enabled:
-        std = compute_stdv(cfg.dp.noise_multiplier, cfg.dp.clipping_norm, averaged) if averaged else None
-        out["dp"] = {"clipping_norm": cfg.dp.clipping_norm, "noise_multiplier": cfg.dp.noise_multiplier,
-                     "clients_averaged": averaged, "noise_std": std,
-                     "delta": cfg.dp.delta, "epsilon": epsilon(cfg.dp.noise_multiplier, t, cfg.dp.delta)}
+        d, f = cfg.dp, cfg.federation
+        std = compute_stdv(d.noise_multiplier, d.clipping_norm, averaged) if averaged else None
+        if f.per_round() < f.num_clients:
+            eps, accountant = epsilon_sampled(d.noise_multiplier, t, d.delta, f.num_clients, f.per_round()), SAMPLED
+        else:
+            eps, accountant = epsilon(d.noise_multiplier, t, d.delta), ALL_CLIENTS
+        out["dp"] = {"clipping_norm": d.clipping_norm, "noise_multiplier": d.noise_multiplier,
+                     "clients_averaged": averaged, "noise_std": std, "delta": d.delta, "epsilon": eps,
+                     "accountant": accountant}
     return out
 
 

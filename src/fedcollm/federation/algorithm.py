@@ -19,7 +19,7 @@ from ..config import Config, dump_config
 from ..reporting import print_round, progress_line, write_run_report
 from ..runlog import RoundError, RunDir
 from ..updates import DivergedError
-from .aggregation import MeteredGrid, PlainAggregation, SecureAggregation, connected_nodes
+from .aggregation import MeteredGrid, PlainAggregation, SecureAggregation, connected_nodes, sample_clients
 from .client_app import CONFIG_KEY
 from .server import CoTuningServer
 from .server_opt import ServerOptimizer, make_server_optimizer
@@ -54,7 +54,8 @@ def fedcollm_round(t: int, grid: Grid, nodes: list[int], server: CoTuningServer,
 
 
 def min_clients(cfg: Config) -> int:
-    return cfg.federation.min_clients or cfg.federation.num_clients
+    """The fewest usable updates a round may aggregate: ``min_clients``, else every client sampled."""
+    return cfg.federation.min_clients or cfg.federation.per_round()
 
 
 def make_aggregation(cfg: Config, server: CoTuningServer) -> Aggregation:
@@ -92,11 +93,14 @@ def log_zero_shot(cfg: Config, run: RunDir, server: CoTuningServer) -> None:
 
 
 def run_round(t: int, grid: Grid, nodes: list[int], cfg: Config, run: RunDir, server: CoTuningServer,
-              aggregation: Aggregation, server_opt: ServerOptimizer | None = None) -> dict:
-    """Round t: Algorithm 1, then evaluation, then the log line, then the checkpoint (its DONE ends the round)."""
+              aggregation: Aggregation, server_opt: ServerOptimizer | None = None, online: int | None = None) -> dict:
+    """Round t: Algorithm 1, then evaluation, then the log line, then the checkpoint (its DONE ends the round).
+
+    ``nodes`` are the clients this round trains, sampled from ``online`` nodes when rounds sample."""
     t0 = time.perf_counter()
     try:
-        record = {"round": t, **fedcollm_round(t, grid, nodes, server, aggregation, server_opt)}
+        record = {"round": t, "sampled": {"clients": len(nodes), "of": online or len(nodes)},
+                  **fedcollm_round(t, grid, nodes, server, aggregation, server_opt)}
     except (RoundError, DivergedError) as exc:  # nothing of round t is saved: the run can go on from t - 1
         what = f"round {t}: {exc}" if isinstance(exc, DivergedError) else str(exc)
         raise RoundError(f"{what}; rounds 1-{t - 1} are saved in {run.path}: continue with "
@@ -118,11 +122,13 @@ def serve(grid: Grid, cfg: Config, run: RunDir, progress: bool = True) -> None:
     aggregation = make_aggregation(cfg, server)
     took: list[float] = []
     for t in range(done + 1, cfg.federation.rounds + 1):
-        # wait for all K clients before this process's first round; later rounds go on with those alive
+        # wait for all K clients before this process's first round; later rounds go on with those alive;
+        # then train all of them, or the round's sample of clients_per_round
         want = cfg.federation.num_clients if t == done + 1 else min_clients(cfg)
-        nodes = connected_nodes(grid, want, min_clients(cfg), cfg.federation.connect_timeout)
+        online = connected_nodes(grid, want, min_clients(cfg), cfg.federation.connect_timeout)
+        nodes = sample_clients(online, cfg.federation.per_round(), derive_seed(cfg.seed, "sample", t))
         start = time.perf_counter()
-        record = run_round(t, grid, nodes, cfg, run, server, aggregation, server_opt)
+        record = run_round(t, grid, nodes, cfg, run, server, aggregation, server_opt, len(online))
         took.append(time.perf_counter() - start)
         print_round(record, progress_line(f"{run.path.name} ({cfg.method})", t, cfg.federation.rounds, took))
     write_run_report(run, cfg)
