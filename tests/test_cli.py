@@ -66,7 +66,7 @@ def other_tokenizer_model(tiny_models, tmp_path):
 @pytest.mark.parametrize("extra,needle", [
     (["federation.client_size=0"], "federation.client_size must be >= 1"),
     (["federation.num_clients=500"], "cannot be dealt to 500 clients"),
-    (["federation.min_clients=5"], "federation.min_clients must be between 1 and federation.num_clients"),
+    (["federation.min_clients=5"], "federation.min_clients must be between 1 and the clients trained per round"),
     (["llm.name=OTHER"], "tokenizers differ"),
     (["data_dir=/nonexistent/data"], "/nonexistent/data"),
 ])

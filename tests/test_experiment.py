@@ -12,7 +12,7 @@ def test_toy_experiment_report_has_every_method_and_task(tiny_models, data_dir, 
     overrides = [
         f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}", "precision=fp32",
         "federation.num_clients=2", "federation.rounds=1", "federation.client_size=4", "federation.aux_size=2",
-        "tasks=arc_easy,commonsense_qa", "eval.limit=3", "kd.top_k=8"]
+        "tasks=arc_easy,commonsense_qa", "eval.limit=3", "kd.top_k=8", "tracking=[tensorboard,mlflow]"]
     cfg = load_config(None, overrides)
 
     def broken(cfg, out):
@@ -51,3 +51,21 @@ def test_toy_experiment_report_has_every_method_and_task(tiny_models, data_dir, 
         rows = [line for line in claims if line.startswith(f"| {claim} |")]
         assert {r.split("|")[2].strip() for r in rows} == {"ARC-E", "CQA", "**all**"}, claim
         assert all(r.split("|")[3].strip() in ("3", "6") for r in rows)  # n questions, pooled = 6
+
+    # MLflow: one parent run for the experiment, one child run per method (the federated ones per round)
+    import json
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out.resolve()}/mlflow.db")
+    parent_id = json.loads((out / "tracking.json").read_text())["mlflow_run_id"]
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and "report.md" in {a.path for a in client.list_artifacts(parent_id)}
+    runs = client.search_runs([parent.info.experiment_id])
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
+    assert set(children) == set(experiment.METHODS) and len(runs) == len(experiment.METHODS) + 1
+    assert children["fedcollm"].data.metrics["eval/llm/arc_easy/acc"] == pytest.approx(
+        json.loads((out / "methods" / "fedcollm.json").read_text())["llm"]["arc_easy"]["acc"])
+    assert "eval/slm/commonsense_qa/acc" in children["standalone"].data.metrics
+    assert (out / "runs" / "fedcollm" / "tensorboard").is_dir()
+    assert (out / "methods" / "zero_shot.tracking" / "tensorboard").is_dir()

@@ -15,7 +15,7 @@ LAYERS = [
     {"precision", "memory", "stats"},
     {"config", "data", "models"},  # the config names tasks (data) and LoRA specs (models' input)
     {"losses", "train", "evaluate", "lm_eval_ref", "updates", "runlog", "faults"},
-    {"build", "reporting", "plots"},
+    {"build", "reporting", "plots", "tracking"},
     {"federation"},
     {"recipes"},
     {"cli", "__main__"},

@@ -41,6 +41,7 @@ TransferDtype = Literal["float32", "bfloat16"]
 KDMix = Literal["add", "convex"]
 EvalSplit = Literal["dev", "test"]
 KDSelect = Literal["none", "greater"]
+Tracker = Literal["tensorboard", "mlflow"]
 Strategy = Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -275,6 +276,19 @@ class EvalSection:
 
 
 @dataclass
+class MlflowSection:
+    """Where ``tracking: [mlflow]`` logs (tracking.py): a local store, no server needed."""
+
+    uri: str | None = None  # null: sqlite:///OUTPUT_DIR/mlflow.db (MLflow 3's recommended local store)
+    experiment: str = "fedcollm"  # MLflow experiment name
+    parent_run: str | None = None  # an MLflow run id to nest this run under (set by `fedcollm experiment`)
+
+    def check(self, prefix: str = "mlflow.") -> None:
+        require(bool(self.experiment.strip()), f"{prefix}experiment must name an MLflow experiment")
+        require(self.uri is None or bool(self.uri.strip()), f"{prefix}uri must be a tracking URI or null")
+
+
+@dataclass
 class Config:
     # fedcollm: Algorithm 1; fedavg: the same federation without the server's LLM and KD (a baseline)
     method: Method = "fedcollm"
@@ -294,6 +308,10 @@ class Config:
     dp: DPSection = field(default_factory=DPSection)
     kd: KDSection = field(default_factory=KDSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    # where each round's figures go besides metrics.jsonl: TensorBoard event files in the run folder and/or
+    # an MLflow store on local disk (tracking.py); [] for neither
+    tracking: list[Tracker] = field(default_factory=lambda: ["tensorboard"])
+    mlflow: MlflowSection = field(default_factory=MlflowSection)
 
     def eval_tasks(self) -> list[str]:
         return list(self.eval.tasks or self.tasks)
@@ -464,6 +482,7 @@ def validate(cfg: Config) -> None:
     cfg.dp.check()
     cfg.kd.check()
     cfg.eval.check()
+    cfg.mlflow.check()
     require(not cfg.dp.enabled or cfg.federation.transfer_dtype == "float32",
             "dp.enabled needs federation.transfer_dtype=float32: rounding clipped updates to bf16 can push them "
             "past dp.clipping_norm")

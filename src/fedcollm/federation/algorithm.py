@@ -18,6 +18,7 @@ from ..build import derive_seed, load_splits, peak_rss_mb
 from ..config import Config, dump_config
 from ..reporting import print_round, progress_line, write_run_report
 from ..runlog import RoundError, RunDir
+from ..tracking import Trackers
 from ..updates import DivergedError
 from .aggregation import MeteredGrid, PlainAggregation, SecureAggregation, connected_nodes, sample_clients
 from .client_app import CONFIG_KEY
@@ -119,6 +120,8 @@ def serve(grid: Grid, cfg: Config, run: RunDir, progress: bool = True) -> None:
     """The ServerApp's body: set up (or resume), run the remaining rounds, write the report."""
     server, server_opt, done = open_run(cfg, run, progress)
     log_zero_shot(cfg, run, server)
+    trackers = Trackers(run.path, cfg)  # TensorBoard / MLflow: catch up on every logged round they lack
+    trackers.sync(run.metrics())
     aggregation = make_aggregation(cfg, server)
     took: list[float] = []
     for t in range(done + 1, cfg.federation.rounds + 1):
@@ -129,6 +132,8 @@ def serve(grid: Grid, cfg: Config, run: RunDir, progress: bool = True) -> None:
         nodes = sample_clients(online, cfg.federation.per_round(), derive_seed(cfg.seed, "sample", t))
         start = time.perf_counter()
         record = run_round(t, grid, nodes, cfg, run, server, aggregation, server_opt, len(online))
+        trackers.sync([record])  # after its checkpoint: a tracker never holds a round the run would redo
         took.append(time.perf_counter() - start)
         print_round(record, progress_line(f"{run.path.name} ({cfg.method})", t, cfg.federation.rounds, took))
     write_run_report(run, cfg)
+    trackers.finish()  # final adapters, report and plots as MLflow artifacts

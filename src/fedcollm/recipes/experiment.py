@@ -22,6 +22,7 @@ from ..plots import TASK_NAMES
 from ..reporting import header, mean_bytes_per_client
 from ..runlog import RunDir
 from ..stats import Comparison
+from ..tracking import Trackers
 from . import baselines
 from .compare import compare_results
 from .fedcollm import run_fedcollm
@@ -45,7 +46,7 @@ PAPER_SLM = {  # Zero-Shot / Standalone / FedAvg / FedCoLLM
 
 def _federated(method: str) -> Callable[[Config, Path], dict]:
     def run(cfg: Config, out: Path) -> dict:
-        c = copy.deepcopy(cfg)
+        c = method_config(cfg, out)
         c.method, c.output_dir, c.run_name = method, str(out / "runs"), method
         c.eval.zero_shot = False  # the zero_shot method scores the base models once for everyone
         existing = out / "runs" / method
@@ -64,6 +65,44 @@ RUNNERS: dict[str, Callable[[Config, Path], dict]] = {
     "fedavg": _federated("fedavg"),
     "fedcollm": _federated("fedcollm"),
 }
+
+
+def method_config(cfg: Config, out: Path) -> Config:
+    """A method's config: MLflow runs go to the experiment's store (``OUT/mlflow.db`` unless ``mlflow.uri``
+    says otherwise), nested under the experiment's parent run."""
+    c = copy.deepcopy(cfg)
+    if "mlflow" in cfg.tracking:
+        c.mlflow.uri = mlflow_uri_of(cfg, out)
+        c.mlflow.parent_run = parent_run(cfg, out)
+    return c
+
+
+def mlflow_uri_of(cfg: Config, out: Path) -> str:
+    return cfg.mlflow.uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+
+
+def parent_trackers(cfg: Config, out: Path) -> Trackers:
+    """The experiment's own MLflow run (created once, its id in ``OUT/tracking.json``), parent of every method's."""
+    c = copy.deepcopy(cfg)
+    c.mlflow.uri = mlflow_uri_of(cfg, out)
+    c.tracking = ["mlflow"]
+    return Trackers(out, c, name=f"experiment {out.name}")
+
+
+def parent_run(cfg: Config, out: Path) -> str:
+    return parent_trackers(cfg, out).items[0].run_id
+
+
+def track_result(cfg: Config, out: Path, method: str, result: dict) -> None:
+    """A method without rounds (zero-shot, Standalone, Centralized): its final accuracy as step 0 of its
+    own TensorBoard folder and MLflow child run (``OUT/methods/METHOD.tracking/``)."""
+    if not cfg.tracking:
+        return
+    folder = out / "methods" / f"{method}.tracking"
+    folder.mkdir(parents=True, exist_ok=True)
+    trackers = Trackers(folder, method_config(cfg, out), name=method)
+    trackers.sync([{"round": 0, "eval": {r: result[r] for r in ("llm", "slm") if r in result}}])
+    trackers.finish()
 
 
 def run_experiment(cfg: Config, out_dir: str | Path, methods: Sequence[str] = METHODS) -> Path:
@@ -96,7 +135,11 @@ def run_experiment(cfg: Config, out_dir: str | Path, methods: Sequence[str] = ME
             continue
         failed.unlink(missing_ok=True)
         done.write_text(json.dumps(result, indent=1) + "\n")
+        if m not in ("fedavg", "fedcollm"):  # federated runs track themselves, round by round
+            track_result(cfg, out, m, result)
     write_report(out, cfg)
+    if "mlflow" in cfg.tracking:  # the parent run: the experiment's report, table and plots as artifacts
+        parent_trackers(cfg, out).finish()
     return out
 
 
