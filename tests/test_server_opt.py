@@ -233,3 +233,16 @@ def test_dp_secagg_and_the_gate_work_under_fedyogi(tiny_models, data_dir, tmp_pa
     theta = _round(run, 1)
     assert all(np.all(np.isfinite(v)) for v in theta.values())
     assert any(np.abs(v).max() > 0 for k, v in theta.items() if "lora_B" in k)  # B left its zero init
+
+
+def test_the_update_gate_still_rejects_by_name_under_fedavgm(tiny_models, data_dir, tmp_path, monkeypatch):
+    from fedcollm.recipes.fedcollm import run_fedcollm
+
+    monkeypatch.setenv("FEDCOLLM_FAULT", "nan:2:1")  # client 2 replies NaN in round 1
+    run = run_fedcollm(_sim_cfg(tiny_models, data_dir, tmp_path, "gate", "method=fedavg", "federation.min_clients=2",
+                                "federation.strategy=fedavgm", "federation.server_momentum=0.9"), progress=False)
+    clients = run.metrics()[1]["clients"]
+    (rejected,) = clients["rejected"]
+    assert "contains NaN or Inf" in rejected["reason"] and len(clients["contributors"]) == 2
+    assert all(np.all(np.isfinite(v)) for v in _round(run, 1).values())  # the momentum never saw the NaN
+    assert "momentum/0" in run.server_state(1)
