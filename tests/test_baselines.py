@@ -54,3 +54,60 @@ def test_fedavg_is_the_federation_without_the_llm(tiny_models, data_dir, tmp_pat
     last = run.metrics()[-1]
     assert set(last["eval"]) == {"slm"} and last["kd"] == {} and len(last["clients"]["contributors"]) == 2
     assert not (run.round_dir(1) / "omega").exists() and (run.round_dir(1) / "theta").is_dir()
+
+
+def test_a_killed_centralized_resumes_after_its_last_round_and_equals_an_uninterrupted_one(
+        tiny_models, data_dir, tmp_path, monkeypatch):
+    import numpy as np
+    import pytest
+
+    import fedcollm.updates as updates
+    from fedcollm.models.lora import read_adapter_arrays
+
+    cfg = _cfg(tiny_models, data_dir, tmp_path, "federation.rounds=3")
+    whole = centralized(cfg, save_to=tmp_path / "whole")
+    assert not (tmp_path / "whole" / "centralized-loop").exists()  # the loop state goes once the adapter is kept
+
+    saves = []
+    real_save = updates.LoopCheckpoint.save
+
+    def killed_after_round_1(self, model, opt, at):
+        real_save(self, model, opt, at)
+        if at.step % self.every == 0:
+            saves.append(at.step)
+            raise KeyboardInterrupt("killed")  # as a kill right after the first round's checkpoint
+
+    monkeypatch.setattr(updates.LoopCheckpoint, "save", killed_after_round_1)
+    with pytest.raises(KeyboardInterrupt):
+        centralized(cfg, save_to=tmp_path / "part")
+    monkeypatch.undo()
+    (first,) = saves
+    assert first > 0 and (tmp_path / "part" / "centralized-loop" / "loop.pt").is_file()
+    steps_run = []
+    real_loop = updates.run_loop
+    monkeypatch.setattr(updates, "run_loop", lambda *a, **k: steps_run.append(k["start"].step) or real_loop(*a, **k))
+    resumed = centralized(cfg, save_to=tmp_path / "part")
+    assert steps_run == [first]  # it went on after the checkpoint, not from step 0
+    want = dict(read_adapter_arrays(tmp_path / "whole" / "llm"))
+    got = dict(read_adapter_arrays(tmp_path / "part" / "llm"))
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    assert resumed["llm"]["arc_easy"]["correct"] == whole["llm"]["arc_easy"]["correct"]
+
+
+def test_a_killed_standalone_skips_the_clients_that_finished(tiny_models, data_dir, tmp_path, monkeypatch):
+    import fedcollm.recipes.baselines as baselines
+
+    cfg = _cfg(tiny_models, data_dir, tmp_path)
+    first = standalone(cfg, save_to=tmp_path / "sa")
+    (tmp_path / "sa" / "slm-client-1" / "metrics.json").unlink()  # as if killed while client 1 trained
+    trained = []
+    real = baselines.local_update
+    monkeypatch.setattr(baselines, "local_update", lambda *a, **k: trained.append(k["desc"]) or real(*a, **k))
+    again = standalone(cfg, save_to=tmp_path / "sa")
+    assert trained == ["standalone client 1"]
+    def outcomes(clients):  # everything but the seconds each scoring took
+        return [{t: {k: v for k, v in m.items() if k != "seconds"} for t, m in c.items()} for c in clients]
+
+    assert outcomes(again["clients"]) == outcomes(first["clients"])
+    assert (tmp_path / "sa" / "slm-client-1" / "metrics.json").is_file()

@@ -3,11 +3,34 @@ authenticated SuperNodes, SecAgg+ (on by default there), a SuperNode killed mid-
 
 from __future__ import annotations
 
+import random
+import socket
 import time
 
 from fedcollm.config import load_config
 from fedcollm.federation.deploy import LocalFederation, launch_local
 from fedcollm.federation.tls import node_key
+
+
+def free_ports(n: int = 16) -> int:
+    """The first of ``n`` consecutive free local ports (the SuperLink takes a few, SuperNodes the next K):
+    fixed ports would collide with a second test run on the same machine (a soak beside CI, say)."""
+    rng = random.Random()  # from the OS's entropy, not the tests' seeds: two runs must not pick alike
+    for _ in range(500):
+        base = rng.randrange(20000, 60000 - n)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports found")
 
 
 def _cfg(tiny_models, data_dir, tmp_path, *extra):
@@ -18,15 +41,16 @@ def _cfg(tiny_models, data_dir, tmp_path, *extra):
 
 
 def test_tls_deployment_with_secagg_completes_a_round(tiny_models, data_dir, tmp_path):
+    port = free_ports()
     run = launch_local(_cfg(tiny_models, data_dir, tmp_path, "federation.num_clients=2"), tmp_path / "work",
-                       port=39610)
+                       port=port)
     (zero, first) = run.metrics()
     assert first["round"] == 1 and len(first["clients"]["contributors"]) == 2
     assert first["privacy"]["secure_aggregation"] is True  # the deployment default
     # each SuperNode ran its own ClientApp process
     assert len({c["worker-pid"] for c in first["clients"]["contributors"]}) == 2
     assert (run.round_dir(1) / "theta" / "adapter_model.safetensors").is_file()
-    assert "https://127.0.0.1:39610" in (tmp_path / "work" / "logs" / "superlink.log").read_text()
+    assert f"https://127.0.0.1:{port}" in (tmp_path / "work" / "logs" / "superlink.log").read_text()
 
 
 def test_a_round_survives_one_of_four_supernodes_killed(tiny_models, data_dir, tmp_path, monkeypatch):
@@ -34,7 +58,7 @@ def test_a_round_survives_one_of_four_supernodes_killed(tiny_models, data_dir, t
     monkeypatch.setenv("FEDCOLLM_FAULT", "kill-node:1:1")
     cfg = _cfg(tiny_models, data_dir, tmp_path, "federation.num_clients=4", "federation.min_clients=3",
                "secagg.timeout=300")
-    run = launch_local(cfg, tmp_path / "work", port=39630)
+    run = launch_local(cfg, tmp_path / "work", port=free_ports())
     first = run.metrics()[1]
     clients = first["clients"]
     assert {c["partition-id"] for c in clients["contributors"]} == {0, 2, 3}
@@ -44,7 +68,7 @@ def test_a_round_survives_one_of_four_supernodes_killed(tiny_models, data_dir, t
 
 
 def test_an_unregistered_supernode_is_refused(tmp_path):
-    with LocalFederation(tmp_path / "work", 39650, num_nodes=1) as fed:
+    with LocalFederation(tmp_path / "work", free_ports(), num_nodes=1) as fed:
         intruder = fed.add_supernode(0, "partition-id=0 num-partitions=1", key=node_key(tmp_path / "intruder"),
                                      register=False, name="intruder")
         deadline = time.time() + 120
@@ -58,14 +82,13 @@ def test_an_unregistered_supernode_is_refused(tmp_path):
 
 
 def test_a_taken_port_ends_in_one_line(tiny_models, data_dir, tmp_path, capsys):
-    import socket
-
     from fedcollm.cli import main
 
+    port = free_ports()
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 39670))
+        taken.bind(("127.0.0.1", port))
         taken.listen()
-        argv = ["deploy-local", "--workdir", str(tmp_path / "work"), "--port", "39670", "--insecure",
+        argv = ["deploy-local", "--workdir", str(tmp_path / "work"), "--port", str(port), "--insecure",
                 f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}",
                 f"output_dir={tmp_path / 'runs'}", "run_name=blocked", "federation.num_clients=2", "eval.limit=4"]
         assert main(argv) == 4

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 from fedcollm.config import ConfigError, load_config
+from fedcollm.data.schema import SEAL_ENV
 from fedcollm.recipes import experiment
 
 
@@ -19,7 +23,17 @@ def test_toy_experiment_report_has_every_method_and_task(tiny_models, data_dir, 
         raise RuntimeError("boom")
 
     monkeypatch.setitem(experiment.RUNNERS, "centralized", broken)
+    seal_seen = {}
+    real_score = experiment.score_on_test
+
+    def score(cfg, out, m):  # the test phase runs with the seal lifted, after the method's dev phase
+        seal_seen[m] = os.environ.get(SEAL_ENV)
+        assert (out / "methods" / f"{m}.dev.json").is_file()
+        return real_score(cfg, out, m)
+
+    monkeypatch.setattr(experiment, "score_on_test", score)
     out = experiment.run_experiment(cfg, tmp_path / "exp")
+    assert seal_seen and set(seal_seen.values()) == {None}
     assert (out / "methods" / "centralized.error").is_file()  # the failure is kept ...
     assert {p.stem for p in (out / "methods").glob("*.json")} == set(experiment.METHODS) - {"centralized"}  # ... alone
     assert experiment.failed_methods(out) == ["centralized"]  # what makes `fedcollm experiment` exit 1
@@ -52,9 +66,27 @@ def test_toy_experiment_report_has_every_method_and_task(tiny_models, data_dir, 
         assert {r.split("|")[2].strip() for r in rows} == {"ARC-E", "CQA", "**all**"}, claim
         assert all(r.split("|")[3].strip() in ("3", "6") for r in rows)  # n questions, pooled = 6
 
-    # MLflow: one parent run for the experiment, one child run per method (the federated ones per round)
-    import json
+    # choose on dev, report on test: dev results per method, the final adapters, test scored from them
+    dev = {m: json.loads((out / "methods" / f"{m}.dev.json").read_text()) for m in experiment.METHODS}
+    test = {m: json.loads((out / "methods" / f"{m}.json").read_text()) for m in experiment.METHODS}
+    assert {d["split"] for d in dev.values()} == {"dev"} and {t["split"] for t in test.values()} == {"test"}
+    runs = experiment.RunDir(out / "runs" / "fedcollm").metrics()
+    assert dev["fedcollm"]["llm"] == runs[-1]["eval"]["llm"]  # the dev file is the run's last round, on dev
+    assert dev["fedcollm"]["slm"]["arc_easy"]["ids_sha1"] != test["fedcollm"]["slm"]["arc_easy"]["ids_sha1"]
+    saved = {p.relative_to(out / "adapters").as_posix() for p in (out / "adapters").glob("*/*")}
+    assert saved == {"fedcollm/llm", "fedcollm/slm", "fedavg/slm", "centralized/llm", "standalone/slm-client-0",
+                     "standalone/slm-client-1"}
+    from fedcollm.build import eval_questions, evaluate_model, load_peft
+    from fedcollm.models.lora import load_adapter
 
+    on_test = experiment.on_split(cfg, "test")
+    model, tok = load_peft(cfg.slm, on_test, "slm")
+    load_adapter(model, out / "adapters" / "fedcollm" / "slm")
+    again = evaluate_model(model, tok, on_test, eval_questions(on_test), progress=False)
+    assert {t: m["correct"] for t, m in again.items()} == {t: m["correct"] for t, m in test["fedcollm"]["slm"].items()}
+    assert "Dev split (choices are made here" in report
+
+    # MLflow: one parent run for the experiment, one child run per method (the federated ones per round)
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out.resolve()}/mlflow.db")
@@ -64,8 +96,14 @@ def test_toy_experiment_report_has_every_method_and_task(tiny_models, data_dir, 
     runs = client.search_runs([parent.info.experiment_id])
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
     assert set(children) == set(experiment.METHODS) and len(runs) == len(experiment.METHODS) + 1
-    assert children["fedcollm"].data.metrics["eval/llm/arc_easy/acc"] == pytest.approx(
-        json.loads((out / "methods" / "fedcollm.json").read_text())["llm"]["arc_easy"]["acc"])
+    fed_dev = dev["fedcollm"]["llm"]["arc_easy"]["acc"]
+    assert children["fedcollm"].data.metrics["eval/llm/arc_easy/acc"] == pytest.approx(fed_dev)
+    for m in experiment.METHODS:  # the test figures, once each, on the parent run
+        for role in ("llm", "slm"):
+            if role in test[m]:
+                key = f"test/{m}/{role}/arc_easy/acc"
+                assert [x.value for x in client.get_metric_history(parent_id, key)] == [
+                    pytest.approx(test[m][role]["arc_easy"]["acc"])], key
     assert "eval/slm/commonsense_qa/acc" in children["standalone"].data.metrics
     assert (out / "runs" / "fedcollm" / "tensorboard").is_dir()
     assert (out / "methods" / "zero_shot.tracking" / "tensorboard").is_dir()

@@ -159,11 +159,13 @@ class MLflow:
             ids.write_text(json.dumps({**known, "mlflow_run_id": self.run_id, "mlflow_uri": mlflow_uri(cfg)}) + "\n")
             self.last = -1
 
-    def log(self, step: int, values: dict[str, float]) -> None:
+    def log(self, step: int, values: dict[str, float], mark: bool = True) -> None:
+        """``values`` at ``step``, then (``mark``) the ``round`` metric that says the step is complete."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, step) for k, v in values.items()] + [Metric(ROUND, step, now, step)]
+        metrics = [Metric(k, v, now, step) for k, v in values.items()] + ([Metric(ROUND, step, now, step)] if mark
+                                                                          else [])
         for i in range(0, len(metrics), 1000):  # the ROUND metric comes last: a cut batch is redone on resume
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 

@@ -96,6 +96,15 @@ def trainable(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+@dataclass
+class LoopState:
+    """Where a loop is after ``step`` optimizer steps: what a resumed loop needs besides the weights."""
+
+    step: int
+    tokens: int
+    sums: dict[str, float]
+
+
 def run_loop(
     batches_for_epoch: Callable[[int], Sequence[Batch]],
     step: Callable[[Batch], dict[str, torch.Tensor]],
@@ -106,22 +115,37 @@ def run_loop(
     autocast_dtype: torch.dtype | None = None,
     desc: str = "train",
     progress: bool = True,
+    start: LoopState | None = None,
+    on_step: Callable[[LoopState], None] | None = None,
 ) -> dict[str, float]:
     """Run ``step`` over the batches, backprop its ``loss``, step every optimizer; mean metrics back.
 
     ``step`` returns ``loss`` (what is differentiated) plus any metrics; several models train jointly by
     returning the sum of losses over disjoint parameters, each with its own optimizer.
+
+    Resuming: ``start`` (a state ``on_step`` was given after some step) skips the steps already taken
+    (the batches of an epoch are a function of its seed, so the same ones) and carries their metric sums
+    on; the caller has put back the adapter, optimizer and RNG state saved with it.
     """
     groups = [[p for g in opt.param_groups for p in g["params"]] for opt in optimizers]
     params = [p for group in groups for p in group]
-    sums: dict[str, float] = {}
-    n_steps = n_tokens = 0
+    sums: dict[str, float] = dict(start.sums) if start else {}
+    n_steps, n_tokens = (start.step, start.tokens) if start else (0, 0)
+    skip = n_steps
     first = batches_for_epoch(0)
     total = len(first) * epochs if max_steps is None else max_steps
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
     device = params[0].device.type if params else "cpu"
+    bar.update(skip)
+    seen = 0
     for epoch in range(epochs):
+        if seen + len(first) <= skip:  # a whole epoch taken before the resume: not even built again
+            seen += len(first)
+            continue
         for batch in first if epoch == 0 else batches_for_epoch(epoch):
+            if seen < skip:
+                seen += 1
+                continue
             if max_steps is not None and n_steps >= max_steps:
                 break
             for opt in optimizers:
@@ -140,6 +164,8 @@ def run_loop(
             n_tokens += batch.n_tokens
             bar.update(1)
             bar.set_postfix(loss=f"{float(out['loss'].detach()):.3f}")
+            if on_step is not None:
+                on_step(LoopState(n_steps, n_tokens, dict(sums)))
     bar.close()
     release()  # the activations of the last step are garbage now
     return {**{k: v / max(n_steps, 1) for k, v in sums.items()}, "steps": n_steps, "tokens": n_tokens}

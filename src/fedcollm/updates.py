@@ -13,16 +13,18 @@ Standalone, FedAvg and Centralized reuse these with the same loop (``train.run_l
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .data import Question
 from .losses import answer_ce, kd_kl_tokens, proximal_term, sequence_ce
-from .models.lora import NamedArrays, get_adapter_arrays, set_adapter_arrays
-from .train import Batch, answer_logits, make_batches, run_loop, sft_step, trainable
+from .models.lora import NamedArrays, get_adapter_arrays, load_adapter, save_adapter, set_adapter_arrays
+from .train import Batch, LoopState, answer_logits, make_batches, run_loop, sft_step, trainable
 
 
 @dataclass(frozen=True)
@@ -58,17 +60,55 @@ def _seeded(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass(frozen=True)
+class LoopCheckpoint:
+    """Every ``every`` steps, a loop's adapter, optimizer and RNG state go to ``folder`` (replaced whole), and
+    a loop given the same checkpoint starts after the last one: Centralized's single long loop survives a
+    kill that way. CPU RNG only (LoRA dropout on a GPU draws from CUDA's generator, not saved)."""
+
+    folder: Path
+    every: int
+
+    def resume(self, model, opt: torch.optim.Optimizer) -> LoopState | None:
+        old = self.folder.with_name(self.folder.name + ".old")  # killed between the two renames of ``save``
+        where = self.folder if (self.folder / "loop.pt").is_file() else old
+        if not (where / "loop.pt").is_file():
+            return None
+        state = torch.load(where / "loop.pt", weights_only=False)
+        load_adapter(model, where / "adapter")
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        return LoopState(state["step"], state["tokens"], state["sums"])
+
+    def save(self, model, opt: torch.optim.Optimizer, at: LoopState) -> None:
+        if at.step % self.every:
+            return
+        tmp, old = (self.folder.with_name(self.folder.name + s) for s in (".tmp", ".old"))
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_adapter(model, tmp / "adapter")
+        torch.save({"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "step": at.step,
+                    "tokens": at.tokens, "sums": at.sums}, tmp / "loop.pt")
+        shutil.rmtree(old, ignore_errors=True)
+        if self.folder.exists():
+            self.folder.rename(old)
+        tmp.rename(self.folder)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def local_update(model, tokenizer, theta: NamedArrays | None, data: Sequence[Question], settings: TrainSettings,
-                 desc: str = "client", proximal_mu: float = 0.0) -> tuple[NamedArrays, dict[str, float]]:
+                 desc: str = "client", proximal_mu: float = 0.0,
+                 checkpoint: LoopCheckpoint | None = None) -> tuple[NamedArrays, dict[str, float]]:
     """Step 2: θ_k = E epochs of SFT on D^k starting from θ (None: keep the model's current adapter).
 
-    ``proximal_mu`` > 0 adds FedProx's μ/2·‖θ − θ_start‖² to the loss (``losses.proximal_term``)."""
+    ``proximal_mu`` > 0 adds FedProx's μ/2·‖θ − θ_start‖² to the loss (``losses.proximal_term``);
+    ``checkpoint`` makes the loop resumable (``LoopCheckpoint``)."""
     if theta is not None:
         set_adapter_arrays(model, theta)
     _seeded(settings.seed)
     model.train()
     params = trainable(model)
     opt = torch.optim.AdamW(params, lr=settings.lr)
+    start = checkpoint.resume(model, opt) if checkpoint is not None else None
     step = sft_step(model)
     if proximal_mu > 0:
         start = [p.detach().float().clone() for p in params]
@@ -83,7 +123,8 @@ def local_update(model, tokenizer, theta: NamedArrays | None, data: Sequence[Que
         lambda e: make_batches(tokenizer, data, settings.batch_size, settings.max_length, settings.seed, e),
         step,
         [opt], epochs=settings.epochs, max_steps=settings.max_steps, grad_clip=settings.grad_clip,
-        autocast_dtype=settings.autocast_dtype, desc=desc, progress=settings.progress,
+        autocast_dtype=settings.autocast_dtype, desc=desc, progress=settings.progress, start=start,
+        on_step=None if checkpoint is None else lambda at: checkpoint.save(model, opt, at),
     )
     model.eval()
     return finite_or_raise(get_adapter_arrays(model), desc, settings.lr, metrics["steps"]), metrics

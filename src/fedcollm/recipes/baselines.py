@@ -13,12 +13,17 @@ construction.
 
 from __future__ import annotations
 
+import json
+import math
+import shutil
+from pathlib import Path
+
 import numpy as np
 
 from ..build import budget, derive_seed, eval_questions, evaluate_model, load_peft, load_splits, train_settings
 from ..config import Config
-from ..models.lora import get_adapter_arrays
-from ..updates import local_update
+from ..models.lora import get_adapter_arrays, save_adapter
+from ..updates import LoopCheckpoint, local_update
 
 Metrics = dict[str, dict[str, float]]
 
@@ -36,27 +41,50 @@ def zero_shot(cfg: Config) -> dict[str, Metrics]:
     return out
 
 
-def standalone(cfg: Config) -> dict[str, Metrics]:
-    """Each client alone; ``slm`` holds the mean over clients, ``clients`` each client's metrics."""
+def standalone(cfg: Config, save_to: Path | None = None) -> dict[str, Metrics]:
+    """Each client alone; ``slm`` holds the mean over clients, ``clients`` each client's metrics.
+
+    ``save_to``: each client's final adapter goes to ``save_to/slm-client-K`` (PEFT folders), its figures
+    to ``metrics.json`` in it, written last: a killed run skips the clients that finished."""
     model, tok = load_peft(cfg.slm, cfg, "slm")
     theta0 = get_adapter_arrays(model)
     per_client = []
     epochs, max_steps = budget(cfg).standalone_loop()
     for k, data in enumerate(load_splits(cfg).clients):
+        done = None if save_to is None else save_to / f"slm-client-{k}" / "metrics.json"
+        if done is not None and done.is_file():
+            per_client.append(json.loads(done.read_text()))
+            continue
         settings = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "standalone", k), epochs, max_steps)
         local_update(model, tok, theta0, data, settings, desc=f"standalone client {k}")
         per_client.append(_evaluate(model, tok, cfg))
-    mean = {t: {**{m: float(np.mean([c[t][m] for c in per_client])) for m in ("acc", "acc_norm")},
-                "n": per_client[0][t]["n"]} for t in per_client[0]}  # every client scores the same questions
-    return {"slm": mean, "clients": per_client}
+        if done is not None:
+            save_adapter(model, done.parent)
+            done.write_text(json.dumps(per_client[-1]) + "\n")
+    return {"slm": client_mean(per_client), "clients": per_client}
 
 
-def centralized(cfg: Config) -> dict[str, Metrics]:
-    """The LLM adapter on all the data the federation has (every D^k and D^a), same number of passes."""
+def client_mean(per_client: list[Metrics]) -> Metrics:
+    """Standalone's figure: each metric's mean over the clients (every client scores the same questions)."""
+    return {t: {**{m: float(np.mean([c[t][m] for c in per_client])) for m in ("acc", "acc_norm")},
+                "n": per_client[0][t]["n"]} for t in per_client[0]}
+
+
+def centralized(cfg: Config, save_to: Path | None = None) -> dict[str, Metrics]:
+    """The LLM adapter on all the data the federation has (every D^k and D^a), same number of passes
+    (its final adapter to ``save_to/llm`` when given)."""
     model, tok = load_peft(cfg.llm, cfg, "llm")
     splits = load_splits(cfg)
     data = [q for client in splits.clients for q in client] + splits.aux
     epochs, max_steps = budget(cfg, splits).centralized_loop()
     settings = train_settings(cfg, cfg.llm, derive_seed(cfg.seed, "centralized"), epochs, max_steps)
-    local_update(model, tok, None, data, settings, desc="centralized LLM")
+    checkpoint = None
+    if save_to is not None:  # one checkpoint per round's worth of steps: a kill loses at most that much
+        total = epochs * math.ceil(len(data) / cfg.llm.batch_size)
+        total = total if max_steps is None else min(total, max_steps)
+        checkpoint = LoopCheckpoint(save_to / "centralized-loop", max(1, math.ceil(total / cfg.federation.rounds)))
+    local_update(model, tok, None, data, settings, desc="centralized LLM", checkpoint=checkpoint)
+    if save_to is not None:
+        save_adapter(model, save_to / "llm")
+        shutil.rmtree(checkpoint.folder, ignore_errors=True)  # the final adapter is kept; the loop state is done
     return {"llm": _evaluate(model, tok, cfg)}

@@ -22,10 +22,11 @@ from ..plots import TASK_NAMES
 from ..reporting import header, mean_bytes_per_client
 from ..runlog import RunDir
 from ..stats import Comparison
-from ..tracking import Trackers
+from ..tracking import Trackers, scalars
 from . import baselines
 from .compare import compare_results
 from .fedcollm import run_fedcollm
+from .final_test import adapters_dir, keep_run_adapters, on_split, score_on_test, sealed
 
 log = logging.getLogger(__name__)
 METHODS = ("zero_shot", "standalone", "fedavg", "centralized", "fedcollm")
@@ -51,6 +52,7 @@ def _federated(method: str) -> Callable[[Config, Path], dict]:
         c.eval.zero_shot = False  # the zero_shot method scores the base models once for everyone
         existing = out / "runs" / method
         run_dir = run_fedcollm(None, resume=str(existing)) if existing.exists() else run_fedcollm(c)
+        keep_run_adapters(run_dir, adapters_dir(out, method))
         records = RunDir(run_dir.path).metrics()
         last = records[-1]
         return {**last["eval"], "rounds": records, "params": records[0].get("params")}
@@ -58,13 +60,16 @@ def _federated(method: str) -> Callable[[Config, Path], dict]:
     return run
 
 
+# Each runner trains on the config it is given (the dev one, under the seal), returns its dev figures and
+# leaves its final adapters in adapters_dir(out, method) for the test phase (final_test.py).
 RUNNERS: dict[str, Callable[[Config, Path], dict]] = {
     "zero_shot": lambda cfg, out: baselines.zero_shot(cfg),
-    "standalone": lambda cfg, out: baselines.standalone(cfg),
-    "centralized": lambda cfg, out: baselines.centralized(cfg),
+    "standalone": lambda cfg, out: baselines.standalone(cfg, save_to=adapters_dir(out, "standalone")),
+    "centralized": lambda cfg, out: baselines.centralized(cfg, save_to=adapters_dir(out, "centralized")),
     "fedavg": _federated("fedavg"),
     "fedcollm": _federated("fedcollm"),
 }
+FEDERATED = ("fedavg", "fedcollm")
 
 
 def method_config(cfg: Config, out: Path) -> Config:
@@ -105,8 +110,33 @@ def track_result(cfg: Config, out: Path, method: str, result: dict) -> None:
     trackers.finish()
 
 
+def run_on_dev(cfg: Config, out: Path, method: str) -> dict:
+    """Phase 1: train the method and evaluate it on dev only, the test splits sealed (``final_test``).
+    Its dev figures are kept in ``methods/METHOD.dev.json``; a finished phase is not run again."""
+    path = out / "methods" / f"{method}.dev.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    log.info("%s: training, evaluated on dev (test splits sealed)", method)
+    with sealed():
+        dev = {**RUNNERS[method](on_split(cfg, "dev"), out), "split": "dev"}
+    path.write_text(json.dumps(dev, indent=1) + "\n")
+    if method not in FEDERATED:  # federated runs track themselves, round by round
+        track_result(cfg, out, method, dev)
+    return dev
+
+
+def track_test(cfg: Config, out: Path, method: str, result: dict) -> None:
+    """The method's test figures on the experiment's parent MLflow run (``test/METHOD/ROLE/TASK/acc``)."""
+    if "mlflow" in cfg.tracking:
+        roles = {r: result[r] for r in ("llm", "slm") if r in result}
+        parent_trackers(cfg, out).items[0].log(0, scalars({"test": {method: roles}}), mark=False)
+
+
 def run_experiment(cfg: Config, out_dir: str | Path, methods: Sequence[str] = METHODS) -> Path:
     """Run every method not finished yet in ``out_dir``, then write the report from all of them.
+
+    Each method is tuned and evaluated on dev with the test splits sealed, then its final adapters are
+    scored on test once (``final_test``): what the report's tables and claims show.
 
     A folder holds one config: finished methods are only reused when the config is the same (else
     the report would mix splits and budgets), and a config that cannot run is refused before
@@ -126,17 +156,19 @@ def run_experiment(cfg: Config, out_dir: str | Path, methods: Sequence[str] = ME
         if done.exists():
             log.info("%s: already finished, skipped", m)
             continue
-        log.info("%s: running", m)
         try:
-            result = RUNNERS[m](cfg, out)
+            dev = run_on_dev(cfg, out, m)
+            log.info("%s: scoring its final adapters on the test split, once", m)
+            result = {**score_on_test(cfg, out, m), "split": "test"}
+            if "params" in dev:
+                result["params"] = dev["params"]
         except Exception:  # one method's failure must not lose the others' results
             failed.write_text(traceback.format_exc())
             log.error("%s failed; see %s", m, failed)
             continue
         failed.unlink(missing_ok=True)
         done.write_text(json.dumps(result, indent=1) + "\n")
-        if m not in ("fedavg", "fedcollm"):  # federated runs track themselves, round by round
-            track_result(cfg, out, m, result)
+        track_test(cfg, out, m, result)
     write_report(out, cfg)
     if "mlflow" in cfg.tracking:  # the parent run: the experiment's report, table and plots as artifacts
         parent_trackers(cfg, out).finish()
@@ -147,8 +179,13 @@ def failed_methods(out: Path) -> list[str]:
     return sorted(p.stem for p in (out / "methods").glob("*.error"))
 
 
-def _load(out: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "methods").glob("*.json"))}
+def _load(out: Path, split: str = "test") -> dict[str, dict]:
+    """Each method's results on ``split``: ``methods/METHOD.json`` (test) or ``methods/METHOD.dev.json``."""
+    dev = ".dev.json"
+    files = sorted((out / "methods").glob("*.json"))
+    if split == "dev":
+        return {p.name[: -len(dev)]: json.loads(p.read_text()) for p in files if p.name.endswith(dev)}
+    return {p.stem: json.loads(p.read_text()) for p in files if not p.name.endswith(dev)}
 
 
 def _cell(results: dict, method: str, role: str, task: str) -> str:
@@ -192,20 +229,24 @@ def _claim_row(claim: str, task: str, c: Comparison, expect: str) -> str:
 
 def write_report(out: Path, cfg: Config) -> None:
     """report.md (tables 1-3 and the claims), results.csv and the plots, from whatever results exist."""
-    results = _load(out)
+    results, dev = _load(out), _load(out, "dev")
     tasks = cfg.eval_tasks()
     n = {t: results.get("fedcollm", results.get("zero_shot", {})).get("slm", {}).get(t, {}).get("n", "?")
          for t in tasks}
     lines = header(f"FedCoLLM experiment `{out.name}`", cfg, "test questions per task: "
                    + ", ".join(f"{TASK_NAMES[t]} {n[t]}" for t in tasks) + ". Accuracy in %.")
-    lines += accuracy_tables(results, tasks) + communication_table(results.get("fedcollm", {}))
-    lines += claims_section(results, tasks)
+    if dev:
+        lines += ["", "Every method was trained and evaluated on the dev split with the test splits sealed; its "
+                  "final adapters (`adapters/`) were then scored once on test. Tables 1-2 and the claims are "
+                  "test; the per-round plot and the dev table are what choices are made on.", ""]
+    lines += accuracy_tables(results, tasks) + communication_table(dev.get("fedcollm") or results.get("fedcollm", {}))
+    lines += claims_section(results, tasks) + dev_table(dev, tasks)
     failed = failed_methods(out)
     if failed:
         lines += ["", f"Failed methods (see methods/*.error): {', '.join(failed)}"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     write_results_csv(out / "results.csv", results)
-    _plots(out, results, tasks)
+    _plots(out, results, dev, tasks)
 
 
 def accuracy_tables(results: dict, tasks: list[str]) -> list[str]:
@@ -252,13 +293,30 @@ def write_results_csv(path: Path, results: dict) -> None:
                     w.writerow([method, role, task, m["acc"], m.get("acc_norm"), m.get("n")])
 
 
-def _plots(out: Path, results: dict, tasks: list[str]) -> None:
-    """accuracy_per_round.png (FedCoLLM and FedAvg per round against Zero-Shot, Centralized and Standalone),
-    final_accuracy.png (every method with 95% intervals) and bytes_per_round.png."""
-    curves = {m: results[m].get("rounds", []) for m in ("fedcollm", "fedavg") if m in results}
-    references = {m: results[m] for m in ("zero_shot", "centralized", "standalone") if m in results}
+def dev_table(dev: dict, tasks: list[str]) -> list[str]:
+    """Each method's final dev accuracy (what presets and knobs are chosen on), per model and task."""
+    if not dev:
+        return []
+    lines = ["", "## Dev split (choices are made here, never on test)", "",
+             "| model | method | " + " | ".join(TASK_NAMES[t] for t in tasks) + " |",
+             "|---|---|" + "---|" * len(tasks)]
+    for role in ("llm", "slm"):
+        for m in METHODS:
+            if role in dev.get(m, {}):
+                lines.append(f"| {role.upper()} | {m} | " + " | ".join(_cell(dev, m, role, t) for t in tasks) + " |")
+    return lines
+
+
+def _plots(out: Path, results: dict, dev: dict, tasks: list[str]) -> None:
+    """accuracy_per_round.png (FedCoLLM and FedAvg per round against Zero-Shot, Centralized and Standalone;
+    on dev when the experiment has dev results, as older folders do not), final_accuracy.png (every method
+    on test, with 95% intervals) and bytes_per_round.png."""
+    per_round = dev or results
+    curves = {m: per_round[m].get("rounds", []) for m in ("fedcollm", "fedavg") if m in per_round}
+    references = {m: per_round[m] for m in ("zero_shot", "centralized", "standalone") if m in per_round}
+    split = "dev" if dev else "the evaluated split"
     plots.accuracy_per_round(out / "accuracy_per_round.png", curves, references, tasks,
-                             title="accuracy per round (horizontal lines: methods without rounds)")
+                             title=f"accuracy per round on {split} (horizontal lines: methods without rounds)")
     plots.final_accuracy_bars(out / "final_accuracy.png", results, tasks)
     params = results.get("fedcollm", {}).get("params") or results.get("fedavg", {}).get("params")
     plots.bytes_per_round(out / "bytes_per_round.png", curves, params)
