@@ -15,6 +15,8 @@ The optimizer's state (FedOpt's moments m_t and v_t, FedAvgM's momentum) is save
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvgM, FedYogi
@@ -49,7 +51,13 @@ class ServerOptimizer:
             self.strategy.current_arrays = {k: a.numpy() for k, a in current.items()}
         reply = Message(RecordDict({"arrays": to_record(mean), "metrics": MetricRecord({"num-examples": 1})}),
                         dst_node_id=0, message_type=MessageType.TRAIN)
-        stepped, _ = self.strategy.aggregate_train(t, [reply])
+        flwr_log = logging.getLogger("flwr")  # its "Received 1 results" line would read as a lost round
+        level = flwr_log.level
+        flwr_log.setLevel(logging.WARNING)
+        try:
+            stepped, _ = self.strategy.aggregate_train(t, [reply])
+        finally:
+            flwr_log.setLevel(level)
         return from_record(stepped, layout_of(theta_t))
 
     def state(self) -> dict[str, np.ndarray]:
