@@ -79,3 +79,20 @@ def test_a_hundred_clients_ten_per_round_in_flowers_simulation(tiny_models, tmp_
         assert dp["epsilon"] == pytest.approx(epsilon_sampled(0.5, t, 1e-5, 100, 10))
     assert chosen[0] != chosen[1]  # a fresh sample each round
     assert ALL_CLIENTS != SAMPLED
+
+
+def test_secagg_runs_over_the_sampled_clients(tiny_models, tmp_path):
+    from fedcollm.recipes.fedcollm import run_fedcollm
+
+    data = write_data_dir(tmp_path / "data", n_train=80, n_eval=8)
+    cfg = load_config(None, [
+        f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data}", "precision=fp32",
+        f"output_dir={tmp_path}", "run_name=secure", "method=fedavg", "federation.num_clients=20",
+        "federation.clients_per_round=0.25", "federation.rounds=1", "eval.limit=4", "eval.every_round=false",
+        "secagg.enabled=true", "secagg.timeout=600", "dp.enabled=true", "dp.noise_multiplier=0.5", "slm.lr=0.01"])
+    run = run_fedcollm(cfg, progress=False)
+    record = run.metrics()[1]
+    assert record["sampled"] == {"clients": 5, "of": 20}
+    assert len(record["clients"]["contributors"]) == 5 and record["privacy"]["secure_aggregation"] is True
+    assert record["privacy"]["dp"]["clients_averaged"] == 5
+    assert len(record["comm"]["bytes_sent_per_client"]) == 5  # SecAgg+'s stages went to the 5 sampled only
