@@ -246,7 +246,7 @@ def write_report(out: Path, cfg: Config) -> None:
         lines += ["", f"Failed methods (see methods/*.error): {', '.join(failed)}"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     write_results_csv(out / "results.csv", results)
-    _plots(out, results, dev, tasks)
+    _plots(out, results, dev, tasks, "dev" if dev else cfg.eval.split)
 
 
 def accuracy_tables(results: dict, tasks: list[str]) -> list[str]:
@@ -307,14 +307,13 @@ def dev_table(dev: dict, tasks: list[str]) -> list[str]:
     return lines
 
 
-def _plots(out: Path, results: dict, dev: dict, tasks: list[str]) -> None:
+def _plots(out: Path, results: dict, dev: dict, tasks: list[str], split: str) -> None:
     """accuracy_per_round.png (FedCoLLM and FedAvg per round against Zero-Shot, Centralized and Standalone;
     on dev when the experiment has dev results, as older folders do not), final_accuracy.png (every method
     on test, with 95% intervals) and bytes_per_round.png."""
     per_round = dev or results
     curves = {m: per_round[m].get("rounds", []) for m in ("fedcollm", "fedavg") if m in per_round}
     references = {m: per_round[m] for m in ("zero_shot", "centralized", "standalone") if m in per_round}
-    split = "dev" if dev else "the evaluated split"
     plots.accuracy_per_round(out / "accuracy_per_round.png", curves, references, tasks,
                              title=f"accuracy per round on {split} (horizontal lines: methods without rounds)")
     plots.final_accuracy_bars(out / "final_accuracy.png", results, tasks)
