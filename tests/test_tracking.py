@@ -98,3 +98,15 @@ def test_tracking_names_only_known_backends():
         load_config(None, ["tracking=[wandb]"])
     assert load_config(None, ["tracking=[]"]).tracking == []
     assert load_config(None, []).tracking == ["tensorboard"]
+
+
+def test_a_tracker_without_its_package_is_refused_before_the_run(tiny_models, data_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    from fedcollm.build import preflight
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    cfg = _cfg(tiny_models, data_dir, tmp_path, "nomlflow")
+    with pytest.raises(ConfigError, match=r"pip install 'fedcollm\[mlflow\]'"):
+        preflight(cfg)

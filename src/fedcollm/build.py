@@ -91,6 +91,7 @@ def preflight(cfg: Config) -> None:
 
     check_env()  # FEDCOLLM_FAULT: malformed, every client would fail on it inside Ray
     check_device(cfg)
+    check_trackers(cfg)
     check_output_folder(cfg.output_dir, "output_dir")
     splits = load_splits(cfg)
     empty = [k for k, qs in enumerate(splits.clients) if not qs]
@@ -219,6 +220,19 @@ def evaluate_model(model, tokenizer, cfg: Config, questions: dict[str, list[Ques
     return evaluate_tasks(model, tokenizer, list(questions), batch_size=cfg.eval.batch_size,
                           max_length=max(cfg.max_length, 512), autocast_dtype=autocast_dtype(cfg), adapter=adapter,
                           progress=progress, questions=questions)
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+
+
+def check_trackers(cfg: Config) -> None:
+    """Each tracker's package is installed (MLflow is an extra: ``pip install 'fedcollm[mlflow]'``)."""
+    import importlib.util
+
+    for kind in cfg.tracking:
+        if importlib.util.find_spec(TRACKER_PACKAGES[kind]) is None:
+            raise ConfigError(f"tracking lists {kind}, but the {TRACKER_PACKAGES[kind]} package is not installed: "
+                              f"pip install 'fedcollm[{kind}]', or drop it from tracking")
 
 
 def check_device(cfg: Config) -> None:
