@@ -64,7 +64,8 @@ def _seeded(seed: int) -> None:
 class LoopCheckpoint:
     """Every ``every`` steps, a loop's adapter, optimizer and RNG state go to ``folder`` (replaced whole), and
     a loop given the same checkpoint starts after the last one: Centralized's single long loop survives a
-    kill that way. CPU RNG only (LoRA dropout on a GPU draws from CUDA's generator, not saved)."""
+    kill that way. The RNG states (CPU, and CUDA's where there is a GPU: LoRA dropout draws there) come
+    back with it, so the resumed loop drops out the same units as an uninterrupted one."""
 
     folder: Path
     every: int
@@ -78,6 +79,8 @@ class LoopCheckpoint:
         load_adapter(model, where / "adapter")
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         return LoopState(state["step"], state["tokens"], state["sums"])
 
     def save(self, model, opt: torch.optim.Optimizer, at: LoopState) -> None:
@@ -86,8 +89,9 @@ class LoopCheckpoint:
         tmp, old = (self.folder.with_name(self.folder.name + s) for s in (".tmp", ".old"))
         shutil.rmtree(tmp, ignore_errors=True)
         save_adapter(model, tmp / "adapter")
-        torch.save({"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "step": at.step,
-                    "tokens": at.tokens, "sums": at.sums}, tmp / "loop.pt")
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        torch.save({"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "cuda_rng": cuda_rng,
+                    "step": at.step, "tokens": at.tokens, "sums": at.sums}, tmp / "loop.pt")
         shutil.rmtree(old, ignore_errors=True)
         if self.folder.exists():
             self.folder.rename(old)
