@@ -115,12 +115,12 @@ def local_update(model, tokenizer, theta: NamedArrays | None, data: Sequence[Que
     start = checkpoint.resume(model, opt) if checkpoint is not None else None
     step = sft_step(model)
     if proximal_mu > 0:
-        start = [p.detach().float().clone() for p in params]
+        anchor = [p.detach().float().clone() for p in params]  # θ^t (or the resumed loop's adapter)
         sft = step
 
         def step(batch: Batch) -> dict[str, torch.Tensor]:
             out = sft(batch)
-            prox = proximal_term(params, start, proximal_mu)
+            prox = proximal_term(params, anchor, proximal_mu)
             return {"loss": out["loss"] + prox, "task_loss": out["loss"], "proximal": prox}
 
     metrics = run_loop(
