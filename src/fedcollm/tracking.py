@@ -81,7 +81,7 @@ def flat_config(cfg: Config) -> dict[str, str]:
 class TensorBoard:
     """Event files in ``RUN_DIR/tensorboard`` (torch's SummaryWriter; read back with tensorboard's EventAccumulator)."""
 
-    def __init__(self, run_dir: Path, cfg: Config) -> None:
+    def __init__(self, run_dir: Path, cfg: Config, name: str | None = None) -> None:  # name: MLflow's only
         from torch.utils.tensorboard import SummaryWriter
 
         self.dir = run_dir / "tensorboard"
@@ -190,8 +190,7 @@ class Trackers:
         self.run_dir = Path(run_dir)
         self.items = []
         for kind in dict.fromkeys(cfg.tracking):  # each once, in the order given
-            self.items.append(makers[kind](self.run_dir, cfg, name) if kind == "mlflow"
-                              else makers[kind](self.run_dir, cfg))
+            self.items.append(makers[kind](self.run_dir, cfg, name))
 
     def sync(self, records: list[dict]) -> None:
         """Log every record a tracker does not have yet (round number = step)."""
