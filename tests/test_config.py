@@ -30,6 +30,8 @@ def test_defaults_file_and_overrides(tmp_path):
     ("slm.lr=-0.1", "slm.lr must be > 0"),
     ("llm.batch_size=0", "llm.batch_size must be >= 1"),
     ("eval.limit=-5", "eval.limit must be >= 1"),
+    ("eval.dev_limit=0", "eval.dev_limit must be >= 1"),
+    ("federation.train_size=0", "federation.train_size must be >= 1"),
 ])
 def test_bad_values_are_one_clear_line(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -121,3 +123,25 @@ def test_the_paper_faithful_preset_is_the_papers_transfer():
     presets = Path(__file__).resolve().parents[1] / "configs" / "presets"
     cfg = load_config(presets / "paper-faithful.yaml")
     assert transfer_spec(cfg) == Transfer(llm_weight=1.0, slm_weight=1.0, mix="add", select="none", top_k=128)
+
+
+def test_the_cpu_paper_preset_keeps_the_papers_proportions(data_dir):
+    """Issue 11's floor for cpu-paper: K = 4, T >= 3, D^a one fifth of each task's (subsampled) training
+    data with >= 150 questions per task, >= 500 test questions per task, dev smaller than test."""
+    from pathlib import Path
+
+    from fedcollm.build import load_splits
+
+    presets = Path(__file__).resolve().parents[1] / "configs" / "presets"
+    cfg = load_config(presets / "cpu-paper.yaml")
+    f = cfg.federation
+    assert (f.num_clients, f.aux_fraction, f.aux_size, f.client_size) == (4, 0.2, None, None)
+    assert f.rounds >= 3 and round(f.aux_fraction * f.train_size) >= 150
+    assert cfg.eval.limit >= 500 and cfg.eval.dev_limit < cfg.eval.limit
+    assert sorted(cfg.tasks) == ["arc_challenge", "arc_easy", "commonsense_qa", "openbookqa"]
+    cfg.data_dir, f.train_size = str(data_dir), 20  # the fixture's small splits, the preset's cut
+    splits = load_splits(cfg)
+    for task in cfg.tasks:
+        aux = sum(q.task == task for q in splits.aux)
+        dealt = sum(q.task == task for c in splits.clients for q in c)
+        assert (aux, dealt) == (4, 16)  # 1 : 4 per task

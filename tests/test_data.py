@@ -94,6 +94,39 @@ def test_client_size_and_aux_size_caps(data_dir):
     assert len(s.aux) == 10 and [len(c) for c in s.clients] == [5, 5, 5]
 
 
+def test_train_size_subsamples_each_task_and_keeps_one_to_four(data_dir):
+    """cpu-paper's data: each task's train split cut to ``train_size`` uniformly, then 20 % of *that* kept
+    as D^a, so D^a : ΣD^k is 1 : 4 per task; the questions are the split's own, disjoint, seed-stable."""
+    tasks = ("arc_easy", "openbookqa")
+    per_task = {t: load_split(t, "train", data_dir) for t in tasks}
+    assert all(len(qs) > 20 for qs in per_task.values())
+    s = split_train(per_task, 4, aux_fraction=0.2, seed=3, train_size=20)
+    dealt = [q for c in s.clients for q in c]
+    for t in tasks:
+        ids = {q.id for q in per_task[t]}
+        aux = [q for q in s.aux if q.task == t]
+        mine = [q for q in dealt if q.task == t]
+        assert (len(aux), len(mine)) == (4, 16)
+        assert {q.id for q in aux + mine} <= ids
+    every = [q.id for q in s.aux + dealt]
+    assert len(every) == len(set(every)) == 40
+    again = split_train(per_task, 4, aux_fraction=0.2, seed=3, train_size=20)
+    assert [q.id for q in again.aux] == [q.id for q in s.aux]
+    other = split_train(per_task, 4, aux_fraction=0.2, seed=4, train_size=20)
+    assert {q.id for q in other.aux} != {q.id for q in s.aux}  # a uniform draw, not the file's first 20
+    full = split_train(per_task, 4, aux_fraction=0.2, seed=3)  # None: every question, as before
+    assert len(full.aux) + sum(map(len, full.clients)) == sum(map(len, per_task.values()))
+
+
+def test_dev_limit_applies_on_dev_only(data_dir):
+    from fedcollm.build import eval_questions
+    from fedcollm.config import load_config
+
+    base = [f"data_dir={data_dir}", "tasks=arc_easy", "eval.limit=7", "eval.dev_limit=3"]
+    assert len(eval_questions(load_config(None, [*base, "eval.split=dev"]))["arc_easy"]) == 3
+    assert len(eval_questions(load_config(None, [*base, "eval.split=test"]))["arc_easy"]) == 7
+
+
 def test_too_many_clients_is_a_clear_error(data_dir):
     per_task = {"arc_easy": load_split("arc_easy", "train", data_dir)[:5]}
     with pytest.raises(DataError, match="cannot be dealt to 10 clients"):

@@ -108,3 +108,28 @@ def test_toy_experiment_report_has_every_method_and_task(tiny_models, data_dir, 
     assert "eval/slm/commonsense_qa/acc" in children["standalone"].data.metrics
     assert (out / "runs" / "fedcollm" / "tensorboard").is_dir()
     assert (out / "methods" / "zero_shot.tracking" / "tensorboard").is_dir()
+
+
+def test_a_dev_only_sweep_reads_no_test_question_and_a_rerun_scores_test_without_retraining(
+        tiny_models, data_dir, tmp_path, monkeypatch):
+    """``--dev-only`` (a sweep of variants): every phase runs sealed, no test file is written, the report's
+    tables and claims are labelled dev; the same folder rerun without it only scores the kept adapters."""
+    cfg = load_config(None, [
+        f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}", "precision=fp32",
+        "federation.num_clients=2", "federation.rounds=1", "federation.client_size=4", "federation.aux_size=2",
+        "tasks=arc_easy", "eval.limit=3", "kd.top_k=8", "tracking=[]"])
+    monkeypatch.setenv(SEAL_ENV, "1")  # the whole sweep under the seal: any read of a test question raises
+    out = experiment.run_experiment(cfg, tmp_path / "sweep", ("zero_shot", "fedcollm"), dev_only=True)
+    methods = sorted(p.name for p in (out / "methods").iterdir())
+    assert methods == ["fedcollm.dev.json", "zero_shot.dev.json"]
+    report = (out / "report.md").read_text()
+    assert "**Dev only**" in report and "claims hold here (on dev)" in report
+    assert any(line.startswith("| LLM: fedcollm > zero_shot | ARC-E | 3 |") for line in report.splitlines())
+    monkeypatch.delenv(SEAL_ENV)
+    stamp = (out / "methods" / "fedcollm.dev.json").stat().st_mtime_ns
+    monkeypatch.setitem(experiment.RUNNERS, "fedcollm", lambda c, o: pytest.fail("retrained on the rerun"))
+    experiment.run_experiment(cfg, out, ("zero_shot", "fedcollm"))
+    assert (out / "methods" / "fedcollm.dev.json").stat().st_mtime_ns == stamp
+    test = json.loads((out / "methods" / "fedcollm.json").read_text())
+    assert test["split"] == "test" and test["llm"]["arc_easy"]["n"] == 3
+    assert "claims hold here (on test)" in (out / "report.md").read_text()

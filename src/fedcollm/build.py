@@ -41,16 +41,18 @@ def derive_seed(*parts: object) -> int:
 
 @functools.lru_cache(maxsize=4)
 def _splits(tasks: tuple[str, ...], data_dir: str | None, num_clients: int, aux_fraction: float,
-            aux_size: int | None, client_size: int | None, partition: str, alpha: float, seed: int) -> Splits:
+            aux_size: int | None, client_size: int | None, partition: str, alpha: float, seed: int,
+            train_size: int | None) -> Splits:
     per_task = {t: load_split(t, "train", data_dir) for t in tasks}
-    return split_train(per_task, num_clients, aux_fraction, aux_size, client_size, partition, alpha, seed)
+    return split_train(per_task, num_clients, aux_fraction, aux_size, client_size, partition, alpha, seed,
+                       train_size)
 
 
 def load_splits(cfg: Config) -> Splits:
     """D^a and every D^k, deterministic in the config (each process recomputes it; nothing is sent)."""
     f = cfg.federation
     return _splits(tuple(cfg.tasks), cfg.data_dir, f.num_clients, f.aux_fraction, f.aux_size, f.client_size,
-                   f.partition, f.alpha, cfg.seed)
+                   f.partition, f.alpha, cfg.seed, f.train_size)
 
 
 def client_data(cfg: Config, partition_id: int) -> list[Question]:
@@ -110,7 +112,7 @@ def preflight(cfg: Config) -> None:
 
 
 def eval_questions(cfg: Config) -> dict[str, list[Question]]:
-    return {t: load_eval(t, cfg.data_dir, cfg.eval.limit, cfg.eval.split) for t in cfg.eval_tasks()}
+    return {t: load_eval(t, cfg.data_dir, cfg.eval.split_limit(), cfg.eval.split) for t in cfg.eval_tasks()}
 
 
 def load_peft(section: ModelSection, cfg: Config, seed_tag: str):

@@ -136,7 +136,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     folder = check_output_folder(args.out or Path(cfg.output_dir) / f"experiment-{args.preset or path.stem}",
                                  "experiment folder")
-    out = run_experiment(cfg, folder, methods)
+    out = run_experiment(cfg, folder, methods, dev_only=args.dev_only)
     print(f"report: {out / 'report.md'}")
     failed = failed_methods(out)
     if failed:
@@ -284,10 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     x = sub.add_parser("experiment", help="every method (baselines + FedCoLLM) on the same splits, then a report")
-    x.add_argument("--preset", default=None, help="cpu-small or paper (configs/presets/NAME.yaml)")
+    x.add_argument("--preset", default=None,
+                   help="cpu-small, cpu-paper, paper-faithful or paper (configs/presets/NAME.yaml)")
     x.add_argument("--config", default=None)
     x.add_argument("--methods", default=None, help="comma list (default: all)")
     x.add_argument("--out", default=None, help="experiment folder (default OUTPUT_DIR/experiment-NAME)")
+    x.add_argument("--dev-only", action="store_true",
+                   help="train and evaluate on dev only, test sealed (a sweep); rerun without it to score test")
     x.add_argument("overrides", nargs="*")
     x.set_defaults(func=cmd_experiment)
 

@@ -98,6 +98,9 @@ class FederationSection:
     alpha: float = 0.5  # Dirichlet concentration (non-IID when small)
     aux_fraction: float = 0.2  # share of each task's train split kept by the server as D^a
     aux_size: int | None = None  # or an absolute number of D^a questions per task
+    # Subsample each task's training split uniformly to this many questions before D^a and the D^k are cut
+    # (None = all): keeps aux_fraction's D^a : D^k proportion at a CPU-sized scale (the cpu-paper preset)
+    train_size: int | None = None
     client_size: int | None = None  # cap on each client's D^k
     engine: Engine = "simulation"
     min_clients: int | None = None  # rounds go on with at least this many updates (default: all)
@@ -144,6 +147,8 @@ class FederationSection:
         require(self.alpha > 0, f"{p}alpha (Dirichlet concentration) must be > 0")
         require(0 <= self.aux_fraction < 1, f"{p}aux_fraction must be in [0, 1)")
         require(self.aux_size is None or self.aux_size >= 0, f"{p}aux_size must be >= 0 or null")
+        require(self.train_size is None or self.train_size >= 1,
+                f"{p}train_size must be >= 1 or null (every training question)")
         require(self.client_size is None or self.client_size >= 1,
                 f"{p}client_size must be >= 1 (a client with no data has nothing to train on)")
         n = self.clients_per_round
@@ -263,13 +268,21 @@ class EvalSection:
     tasks: list[str] | None = None  # default: the training tasks
     split: EvalSplit = "test"  # dev: what choices are made on; test: lm-eval's split, for the report
     limit: int | None = None  # first N questions per task (None = all)
+    # On the dev split (every round, and what choices are read off) a smaller first-N per task; null: limit
+    dev_limit: int | None = None
     batch_size: int = 8
     every_round: bool = True
     zero_shot: bool = True  # score the base models before round 1 (the experiment does it once, not per method)
 
+    def split_limit(self) -> int | None:
+        """Questions per task on the split being evaluated: ``dev_limit`` on dev when set, else ``limit``."""
+        return self.dev_limit if self.split == "dev" and self.dev_limit is not None else self.limit
+
     def check(self, prefix: str = "eval.") -> None:
         """A limit of 0 would silently mean "all questions" further down; refuse it here."""
         require(self.limit is None or self.limit >= 1, f"{prefix}limit must be >= 1 or null (all questions)")
+        require(self.dev_limit is None or self.dev_limit >= 1,
+                f"{prefix}dev_limit must be >= 1 or null ({prefix}limit)")
         require(self.batch_size >= 1, f"{prefix}batch_size must be >= 1")
         if self.tasks is not None:
             _check_tasks(self.tasks, f"{prefix}tasks")

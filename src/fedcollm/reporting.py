@@ -100,7 +100,8 @@ def write_run_report(run: RunDir, cfg: Config) -> None:
     console.print(table)
     params = next((r["params"] for r in records if "params" in r), None)
     lines = header(f"FedCoLLM run `{run.path.name}`", cfg,
-                   f"tasks {', '.join(cfg.tasks)}, eval limit {cfg.eval.limit}.")
+                   f"tasks {', '.join(cfg.tasks)}, evaluated on {cfg.eval.split}, "
+                   f"{cfg.eval.split_limit() or 'all'} questions per task.")
     rec = Console(record=True, width=160, file=io.StringIO())
     rec.print(table)
     lines += ["```", rec.export_text().rstrip(), "```", ""]

@@ -113,9 +113,10 @@ def last_tensorboard_step(log_dir: Path) -> int:
     return max(int(e.step) for e in acc.Scalars(ROUND))
 
 
-def mlflow_uri(cfg: Config) -> str:
-    """``mlflow.uri``, or a SQLite file in ``output_dir`` (MLflow 3's recommended local store)."""
-    return cfg.mlflow.uri or f"sqlite:///{(Path(cfg.output_dir) / 'mlflow.db').resolve()}"
+def mlflow_uri(cfg: Config, folder: str | Path | None = None) -> str:
+    """``mlflow.uri``, or a SQLite file (MLflow 3's recommended local store) in ``folder``, by default
+    ``output_dir``: an experiment passes its own folder so that all its methods share one store."""
+    return cfg.mlflow.uri or f"sqlite:///{(Path(folder or cfg.output_dir) / 'mlflow.db').resolve()}"
 
 
 def mlflow_experiment(client, cfg: Config) -> str:

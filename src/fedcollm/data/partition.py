@@ -6,7 +6,9 @@ The paper leaves the split open; our choice (documented in README):
 - the rest is pooled and dealt to K clients, IID (a shuffled even split) or non-IID by Dirichlet(alpha)
   over a group key: the task when several tasks are pooled (clients specialise in different tasks),
   else the gold answer position (label skew, the usual Dirichlet benchmark);
-- ``client_size`` optionally caps each client's set (for small CPU budgets).
+- ``client_size`` optionally caps each client's set (for small CPU budgets);
+- ``train_size`` optionally subsamples each task's training split uniformly first, so that a CPU-sized
+  run keeps ``aux_fraction``'s D^a : D^k proportion per task (1 : 4 at the paper's 20 %).
 Everything is a pure function of the questions and the seed, so every process (server, simulated and
 deployed clients) computes the same split without exchanging data.
 """
@@ -49,6 +51,7 @@ def split_train(
     partition: str = "iid",
     alpha: float = 0.5,
     seed: int = 0,
+    train_size: int | None = None,
 ) -> Splits:
     """Cut D^a and K client sets out of each task's training questions; disjoint and seed-deterministic."""
     if num_clients < 1:
@@ -63,6 +66,9 @@ def split_train(
     for task in sorted(per_task):
         qs = per_task[task]
         order = rng.permutation(len(qs))
+        if train_size is not None:  # a uniform subsample: the first train_size of the shuffled order
+            qs = [qs[i] for i in order[:train_size]]
+            order = rng.permutation(len(qs))
         n_aux = min(aux_size, len(qs)) if aux_size is not None else int(round(aux_fraction * len(qs)))
         aux += [qs[i] for i in order[:n_aux]]
         pool += [qs[i] for i in order[n_aux:]]

@@ -12,6 +12,7 @@ the file, not a library traceback or a PEFT warning.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,7 +36,10 @@ def attach_lora(model, spec: LoraSpec, adapter_name: str = "default", seed: int 
         p.requires_grad_(False)
     cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(spec.targets),
                      task_type="CAUSAL_LM", bias="none")
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(), warnings.catch_warnings():
+        # PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` (transformers >= 5.24 warns on
+        # every wrap): library-to-library noise a user can do nothing about, so only that warning is muted.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         torch.manual_seed(seed)  # the A matrices are random: same seed, same initial adapter everywhere
         return get_peft_model(model, cfg, adapter_name=adapter_name)
 

@@ -22,7 +22,7 @@ from ..plots import TASK_NAMES
 from ..reporting import header, mean_bytes_per_client
 from ..runlog import RunDir
 from ..stats import Comparison
-from ..tracking import Trackers, scalars
+from ..tracking import Trackers, mlflow_uri, scalars
 from . import baselines
 from .compare import compare_results
 from .fedcollm import run_fedcollm
@@ -77,25 +77,25 @@ def method_config(cfg: Config, out: Path) -> Config:
     says otherwise), nested under the experiment's parent run."""
     c = copy.deepcopy(cfg)
     if "mlflow" in cfg.tracking:
-        c.mlflow.uri = mlflow_uri_of(cfg, out)
+        c.mlflow.uri = mlflow_uri(cfg, out)
         c.mlflow.parent_run = parent_run(cfg, out)
     return c
-
-
-def mlflow_uri_of(cfg: Config, out: Path) -> str:
-    return cfg.mlflow.uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
 
 
 def parent_trackers(cfg: Config, out: Path) -> Trackers:
     """The experiment's own MLflow run (created once, its id in ``OUT/tracking.json``), parent of every method's."""
     c = copy.deepcopy(cfg)
-    c.mlflow.uri = mlflow_uri_of(cfg, out)
+    c.mlflow.uri = mlflow_uri(cfg, out)
     c.tracking = ["mlflow"]
     return Trackers(out, c, name=f"experiment {out.name}")
 
 
 def parent_run(cfg: Config, out: Path) -> str:
-    return parent_trackers(cfg, out).items[0].run_id
+    """The parent run's id: read from ``OUT/tracking.json`` once the run exists, so that each method's
+    config does not reopen the MLflow store."""
+    ids = out / "tracking.json"
+    known = json.loads(ids.read_text()) if ids.is_file() else {}
+    return known.get("mlflow_run_id") or parent_trackers(cfg, out).items[0].run_id
 
 
 def track_result(cfg: Config, out: Path, method: str, result: dict) -> None:
@@ -132,11 +132,13 @@ def track_test(cfg: Config, out: Path, method: str, result: dict) -> None:
         parent_trackers(cfg, out).items[0].log(0, scalars({"test": {method: roles}}), mark=False)
 
 
-def run_experiment(cfg: Config, out_dir: str | Path, methods: Sequence[str] = METHODS) -> Path:
+def run_experiment(cfg: Config, out_dir: str | Path, methods: Sequence[str] = METHODS, dev_only: bool = False) -> Path:
     """Run every method not finished yet in ``out_dir``, then write the report from all of them.
 
     Each method is tuned and evaluated on dev with the test splits sealed, then its final adapters are
-    scored on test once (``final_test``): what the report's tables and claims show.
+    scored on test once (``final_test``): what the report's tables and claims show. ``dev_only`` stops
+    after the dev phase (a sweep of variants: the test split stays sealed and unread); running the same
+    folder again without it scores the already-trained methods on test, retraining nothing.
 
     A folder holds one config: finished methods are only reused when the config is the same (else
     the report would mix splits and budgets), and a config that cannot run is refused before
@@ -148,7 +150,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, methods: Sequence[str] = ME
         if changed:
             raise ConfigError(f"{out} holds an experiment with another config (differs in {', '.join(changed)}); "
                               "pass --out NEW_FOLDER, or the same config to continue it")
-    preflight(cfg)
+    preflight(on_split(cfg, "dev") if dev_only else cfg)  # a sweep does not open the test files at all
     (out / "methods").mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     for m in methods:
@@ -158,6 +160,9 @@ def run_experiment(cfg: Config, out_dir: str | Path, methods: Sequence[str] = ME
             continue
         try:
             dev = run_on_dev(cfg, out, m)
+            if dev_only:
+                failed.unlink(missing_ok=True)
+                continue
             log.info("%s: scoring its final adapters on the test split, once", m)
             result = {**score_on_test(cfg, out, m), "split": "test"}
             if "params" in dev:
@@ -203,9 +208,9 @@ CLAIMS = (
 )
 
 
-def claims_section(results: dict, tasks: list[str]) -> list[str]:
+def claims_section(results: dict, tasks: list[str], split: str = "test") -> list[str]:
     """One row per claim and task (and all tasks pooled): difference, 95% interval, McNemar p, verdict."""
-    lines = ["", "## Which of the paper's claims hold here", "",
+    lines = ["", f"## Which of the paper's claims hold here (on {split})", "",
              "Difference in accuracy points (a − b) on the same questions, paired bootstrap 95% interval "
              "(10,000 resamples of the questions), exact McNemar p (binary outcomes only; Standalone is a mean "
              "over clients). \"within noise\" = the interval contains 0. A \"≈\" claim holds only if the whole "
@@ -230,22 +235,29 @@ def _claim_row(claim: str, task: str, c: Comparison, expect: str) -> str:
 def write_report(out: Path, cfg: Config) -> None:
     """report.md (tables 1-3 and the claims), results.csv and the plots, from whatever results exist."""
     results, dev = _load(out), _load(out, "dev")
+    # A dev-only folder (a sweep, ``dev_only``) shows its dev figures in the tables, labelled as such.
+    shown, split = (results, "test") if results or not dev else (dev, "dev")
     tasks = cfg.eval_tasks()
-    n = {t: results.get("fedcollm", results.get("zero_shot", {})).get("slm", {}).get(t, {}).get("n", "?")
+    n = {t: shown.get("fedcollm", shown.get("zero_shot", {})).get("slm", {}).get(t, {}).get("n", "?")
          for t in tasks}
-    lines = header(f"FedCoLLM experiment `{out.name}`", cfg, "test questions per task: "
+    lines = header(f"FedCoLLM experiment `{out.name}`", cfg, f"{split} questions per task: "
                    + ", ".join(f"{TASK_NAMES[t]} {n[t]}" for t in tasks) + ". Accuracy in %.")
-    if dev:
+    if split == "dev":
+        lines += ["", "**Dev only**: every method here was trained and evaluated on the dev split with the test "
+                  "splits sealed, and nothing was scored on test. Tables 1-2 and the claims below are dev "
+                  "figures, for choosing between variants; the same command without `--dev-only` scores the "
+                  "kept adapters on test once.", ""]
+    elif dev:
         lines += ["", "Every method was trained and evaluated on the dev split with the test splits sealed; its "
                   "final adapters (`adapters/`) were then scored once on test. Tables 1-2 and the claims are "
                   "test; the per-round plot and the dev table are what choices are made on.", ""]
-    lines += accuracy_tables(results, tasks) + communication_table(dev.get("fedcollm") or results.get("fedcollm", {}))
-    lines += claims_section(results, tasks) + dev_table(dev, tasks)
+    lines += accuracy_tables(shown, tasks) + communication_table(dev.get("fedcollm") or results.get("fedcollm", {}))
+    lines += claims_section(shown, tasks, split) + (dev_table(dev, tasks) if split == "test" else [])
     failed = failed_methods(out)
     if failed:
         lines += ["", f"Failed methods (see methods/*.error): {', '.join(failed)}"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    write_results_csv(out / "results.csv", results)
+    write_results_csv(out / "results.csv", shown)
     _plots(out, results, dev, tasks, "dev" if dev else cfg.eval.split)
 
 
