@@ -133,3 +133,32 @@ def test_a_dev_only_sweep_reads_no_test_question_and_a_rerun_scores_test_without
     test = json.loads((out / "methods" / "fedcollm.json").read_text())
     assert test["split"] == "test" and test["llm"]["arc_easy"]["n"] == 3
     assert "claims hold here (on test)" in (out / "report.md").read_text()
+
+
+def test_the_paper_transfer_variant_runs_beside_the_configs_with_its_own_claims(tiny_models, data_dir, tmp_path):
+    """``fedcollm_paper``: FedCoLLM with paper-faithful's transfer on this config's splits and budget; the report
+    states the paper's claims for it too, and whether the config's transfer beats it."""
+    from pathlib import Path
+
+    from fedcollm.build import transfer_spec
+
+    cfg = load_config(None, [
+        f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}", "precision=fp32",
+        "federation.num_clients=2", "federation.rounds=1", "federation.client_size=4", "federation.aux_size=2",
+        "tasks=arc_easy", "eval.limit=3", "kd.top_k=8", "tracking=[]", "kd.select=greater", "kd.mix=convex",
+        "kd.weight=0.1", "kd.max_steps=1"])
+    presets = Path(__file__).resolve().parents[1] / "configs" / "presets"
+    paper = experiment.paper_transfer(cfg)
+    assert transfer_spec(paper) == transfer_spec(load_config(presets / "paper-faithful.yaml"))
+    assert paper.kd.max_steps == 1 and cfg.kd.select == "greater"  # budget kept, the caller's config untouched
+    out = experiment.run_experiment(cfg, tmp_path / "exp", ("zero_shot", "fedcollm", "fedcollm_paper"),
+                                    dev_only=True)
+    ran = {m: load_config(out / "runs" / m / "config.yaml") for m in ("fedcollm", "fedcollm_paper")}
+    assert ran["fedcollm_paper"].method == ran["fedcollm"].method == "fedcollm"
+    assert (ran["fedcollm"].kd.select, ran["fedcollm_paper"].kd.select) == ("greater", "none")
+    assert transfer_spec(ran["fedcollm_paper"]) == transfer_spec(paper)
+    assert {p.name for p in (out / "adapters" / "fedcollm_paper").iterdir()} == {"llm", "slm"}
+    report = (out / "report.md").read_text()
+    for claim in ("LLM: fedcollm_paper > zero_shot", "SLM: fedcollm_paper > zero_shot", "LLM: fedcollm > fedcollm_paper"):
+        assert f"| {claim} | ARC-E | 3 |" in report, claim
+    assert "| task | LLM, paper's KD | LLM, this config's |" in report

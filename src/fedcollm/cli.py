@@ -120,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .recipes.experiment import METHODS, failed_methods, run_experiment
+    from .recipes.experiment import METHODS, VARIANTS, failed_methods, run_experiment
 
     if bool(args.preset) == bool(args.config):
         raise ConfigError("give exactly one of --preset NAME or --config FILE")
@@ -131,9 +131,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown preset {args.preset!r}; choose from {', '.join(names)}")
     cfg = load_config(path, args.overrides)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
-    unknown = sorted(set(methods) - set(METHODS))
+    unknown = sorted(set(methods) - set(METHODS + VARIANTS))
     if unknown:
-        raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS + VARIANTS)}")
     folder = check_output_folder(args.out or Path(cfg.output_dir) / f"experiment-{args.preset or path.stem}",
                                  "experiment folder")
     out = run_experiment(cfg, folder, methods, dev_only=args.dev_only)
@@ -287,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--preset", default=None,
                    help="cpu-small, cpu-paper, paper-faithful or paper (configs/presets/NAME.yaml)")
     x.add_argument("--config", default=None)
-    x.add_argument("--methods", default=None, help="comma list (default: all)")
+    x.add_argument("--methods", default=None,
+                   help="comma list (default: the five methods; fedcollm_paper adds FedCoLLM with the paper's KD)")
     x.add_argument("--out", default=None, help="experiment folder (default OUTPUT_DIR/experiment-NAME)")
     x.add_argument("--dev-only", action="store_true",
                    help="train and evaluate on dev only, test sealed (a sweep); rerun without it to score test")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import plots
 from ..build import preflight
-from ..config import Config, ConfigError, config_differences, load_config, save_config
+from ..config import Config, ConfigError, KDSection, config_differences, load_config, save_config
 from ..plots import TASK_NAMES
 from ..reporting import header, mean_bytes_per_client
 from ..runlog import RunDir
@@ -30,6 +30,10 @@ from .final_test import adapters_dir, keep_run_adapters, on_split, score_on_test
 
 log = logging.getLogger(__name__)
 METHODS = ("zero_shot", "standalone", "fedavg", "centralized", "fedcollm")
+# Asked for by name (--methods): FedCoLLM with the paper's transfer (paper-faithful's kd) beside the config's
+# own, on the same splits and budget, so that one report states the claims for both (issue 11).
+VARIANTS = ("fedcollm_paper",)
+PAPER_KD = ("weight", "llm_weight", "slm_weight", "mix", "select", "temperature", "top_k")
 # The paper's numbers (accuracy %), settings S1 GPT-2, S2 OPT, S3 LLaMA-2: see ../shared/docs/fedcollm-spec.md.
 PAPER_LLM = {  # Zero-Shot / Centralized / FedCoLLM
     "commonsense_qa": ((36.3, 54.7, 53.5), (48.7, 68.6, 68.1), (39.5, 69.0, 67.1)),
@@ -45,10 +49,21 @@ PAPER_SLM = {  # Zero-Shot / Standalone / FedAvg / FedCoLLM
 }
 
 
-def _federated(method: str) -> Callable[[Config, Path], dict]:
+def paper_transfer(cfg: Config) -> Config:
+    """``cfg`` with the paper's transfer (the ``kd`` defaults: CE + λ·KL both ways, λ = 1, every sequence,
+    τ = 1, top-k 128); KD's budget and optimiser settings (epochs, steps, batch, lrs) stay the config's."""
+    c = copy.deepcopy(cfg)
+    for key in PAPER_KD:
+        setattr(c.kd, key, getattr(KDSection(), key))
+    return c
+
+
+def _federated(method: str, algorithm: str | None = None,
+               adjust: Callable[[Config], Config] = lambda c: c) -> Callable[[Config, Path], dict]:
+    """A federated method run as ``algorithm`` (default: the method itself) on ``adjust(cfg)``."""
     def run(cfg: Config, out: Path) -> dict:
-        c = method_config(cfg, out)
-        c.method, c.output_dir, c.run_name = method, str(out / "runs"), method
+        c = adjust(method_config(cfg, out))
+        c.method, c.output_dir, c.run_name = algorithm or method, str(out / "runs"), method
         c.eval.zero_shot = False  # the zero_shot method scores the base models once for everyone
         existing = out / "runs" / method
         run_dir = run_fedcollm(None, resume=str(existing)) if existing.exists() else run_fedcollm(c)
@@ -68,8 +83,9 @@ RUNNERS: dict[str, Callable[[Config, Path], dict]] = {
     "centralized": lambda cfg, out: baselines.centralized(cfg, save_to=adapters_dir(out, "centralized")),
     "fedavg": _federated("fedavg"),
     "fedcollm": _federated("fedcollm"),
+    "fedcollm_paper": _federated("fedcollm_paper", "fedcollm", paper_transfer),
 }
-FEDERATED = ("fedavg", "fedcollm")
+FEDERATED = ("fedavg", "fedcollm", "fedcollm_paper")
 
 
 def method_config(cfg: Config, out: Path) -> Config:
@@ -206,6 +222,9 @@ CLAIMS = (
     ("slm", "fedcollm", "standalone", "better"),
     ("slm", "fedcollm", "zero_shot", "better"),
 )
+# With the fedcollm_paper variant: the same claims for it, then whether the config's transfer beats the paper's.
+VARIANT_CLAIMS = tuple((role, "fedcollm_paper", b, e) for role, a, b, e in CLAIMS) + (
+    ("llm", "fedcollm", "fedcollm_paper", "better"), ("slm", "fedcollm", "fedcollm_paper", "better"))
 
 
 def claims_section(results: dict, tasks: list[str], split: str = "test") -> list[str]:
@@ -216,7 +235,7 @@ def claims_section(results: dict, tasks: list[str], split: str = "test") -> list
              "over clients). \"within noise\" = the interval contains 0. A \"≈\" claim holds only if the whole "
              "interval lies within ±3 points (the paper's FedCoLLM is 0-3 points below Centralized).", "",
              "| claim | task | n | a − b | 95% interval | McNemar p | verdict |", "|---|---|---|---|---|---|---|"]
-    for role, a, b, expect in CLAIMS:
+    for role, a, b, expect in CLAIMS + (VARIANT_CLAIMS if "fedcollm_paper" in results else ()):
         claim = f"{role.upper()}: {a} {'>' if expect == 'better' else '≈'} {b}"
         for r in compare_results(results.get(a, {}), [role], results.get(b, {}), [role], tasks):
             task = "**all**" if r.task == "all" else TASK_NAMES[r.task]
@@ -277,6 +296,14 @@ def accuracy_tables(results: dict, tasks: list[str]) -> list[str]:
         paper = " / ".join("(" + ", ".join(map(str, s)) + ")" for s in PAPER_SLM[t])
         cells = [_cell(results, m, "slm", t) for m in ("zero_shot", "standalone", "fedavg", "fedcollm")]
         lines.append(f"| {TASK_NAMES[t]} | " + " | ".join(cells) + f" | {paper} |")
+    if "fedcollm_paper" in results:
+        lines += ["", "FedCoLLM with the paper's transfer (`fedcollm_paper`: paper-faithful's `kd`, the rest of "
+                  "this config), beside FedCoLLM with this config's:", "",
+                  "| task | LLM, paper's KD | LLM, this config's | SLM, paper's KD | SLM, this config's |",
+                  "|---|---|---|---|---|"]
+        for t in tasks:
+            cells = [_cell(results, m, role, t) for role in ("llm", "slm") for m in ("fedcollm_paper", "fedcollm")]
+            lines.append(f"| {TASK_NAMES[t]} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -313,7 +340,7 @@ def dev_table(dev: dict, tasks: list[str]) -> list[str]:
              "| model | method | " + " | ".join(TASK_NAMES[t] for t in tasks) + " |",
              "|---|---|" + "---|" * len(tasks)]
     for role in ("llm", "slm"):
-        for m in METHODS:
+        for m in METHODS + VARIANTS:
             if role in dev.get(m, {}):
                 lines.append(f"| {role.upper()} | {m} | " + " | ".join(_cell(dev, m, role, t) for t in tasks) + " |")
     return lines
@@ -324,7 +351,7 @@ def _plots(out: Path, results: dict, dev: dict, tasks: list[str], split: str) ->
     on dev when the experiment has dev results, as older folders do not), final_accuracy.png (every method
     on test, with 95% intervals) and bytes_per_round.png."""
     per_round = dev or results
-    curves = {m: per_round[m].get("rounds", []) for m in ("fedcollm", "fedavg") if m in per_round}
+    curves = {m: per_round[m].get("rounds", []) for m in FEDERATED if m in per_round}
     references = {m: per_round[m] for m in ("zero_shot", "centralized", "standalone") if m in per_round}
     plots.accuracy_per_round(out / "accuracy_per_round.png", curves, references, tasks,
                              title=f"accuracy per round on {split} (horizontal lines: methods without rounds)")
