@@ -159,6 +159,7 @@ def test_the_paper_transfer_variant_runs_beside_the_configs_with_its_own_claims(
     assert transfer_spec(ran["fedcollm_paper"]) == transfer_spec(paper)
     assert {p.name for p in (out / "adapters" / "fedcollm_paper").iterdir()} == {"llm", "slm"}
     report = (out / "report.md").read_text()
-    for claim in ("LLM: fedcollm_paper > zero_shot", "SLM: fedcollm_paper > zero_shot", "LLM: fedcollm > fedcollm_paper"):
+    for claim in ("LLM: fedcollm_paper > zero_shot", "SLM: fedcollm_paper > zero_shot",
+                  "LLM: fedcollm > fedcollm_paper"):
         assert f"| {claim} | ARC-E | 3 |" in report, claim
     assert "| task | LLM, paper's KD | LLM, this config's |" in report
