@@ -118,15 +118,22 @@ def test_a_dev_only_sweep_reads_no_test_question_and_a_rerun_scores_test_without
         f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}", "precision=fp32",
         "federation.num_clients=2", "federation.rounds=1", "federation.client_size=4", "federation.aux_size=2",
         "tasks=arc_easy", "eval.limit=3", "kd.top_k=8", "tracking=[]"])
-    monkeypatch.setenv(SEAL_ENV, "1")  # the whole sweep under the seal: any read of a test question raises
+    real_preflight = experiment.preflight
+
+    def preflight(c):  # dev_only seals the whole command, from its first step
+        assert os.environ.get(SEAL_ENV) == "1" and c.eval.split == "dev"
+        return real_preflight(c)
+
+    monkeypatch.setattr(experiment, "preflight", preflight)
     out = experiment.run_experiment(cfg, tmp_path / "sweep", ("zero_shot", "fedcollm"), dev_only=True)
+    assert SEAL_ENV not in os.environ  # lifted afterwards
     methods = sorted(p.name for p in (out / "methods").iterdir())
     assert methods == ["fedcollm.dev.json", "zero_shot.dev.json"]
     report = (out / "report.md").read_text()
     assert "**Dev only**" in report and "claims hold here (on dev)" in report
     assert any(line.startswith("| LLM: fedcollm > zero_shot | ARC-E | 3 |") for line in report.splitlines())
-    monkeypatch.delenv(SEAL_ENV)
     stamp = (out / "methods" / "fedcollm.dev.json").stat().st_mtime_ns
+    monkeypatch.setattr(experiment, "preflight", real_preflight)
     monkeypatch.setitem(experiment.RUNNERS, "fedcollm", lambda c, o: pytest.fail("retrained on the rerun"))
     experiment.run_experiment(cfg, out, ("zero_shot", "fedcollm"))
     assert (out / "methods" / "fedcollm.dev.json").stat().st_mtime_ns == stamp

@@ -160,13 +160,19 @@ def run_experiment(cfg: Config, out_dir: str | Path, methods: Sequence[str] = ME
     the report would mix splits and budgets), and a config that cannot run is refused before
     anything is written.
     """
-    out = Path(out_dir)
+    if dev_only:  # the whole sweep under the seal, preflight and report included: no test file is opened
+        with sealed():
+            return _run_methods(cfg, Path(out_dir), methods, dev_only=True)
+    return _run_methods(cfg, Path(out_dir), methods, dev_only=False)
+
+
+def _run_methods(cfg: Config, out: Path, methods: Sequence[str], dev_only: bool) -> Path:
     if (out / "config.yaml").is_file():
         changed = config_differences(load_config(out / "config.yaml"), cfg)
         if changed:
             raise ConfigError(f"{out} holds an experiment with another config (differs in {', '.join(changed)}); "
                               "pass --out NEW_FOLDER, or the same config to continue it")
-    preflight(on_split(cfg, "dev") if dev_only else cfg)  # a sweep does not open the test files at all
+    preflight(on_split(cfg, "dev") if dev_only else cfg)
     (out / "methods").mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     for m in methods:
