@@ -173,6 +173,8 @@ def _run_methods(cfg: Config, out: Path, methods: Sequence[str], dev_only: bool)
             raise ConfigError(f"{out} holds an experiment with another config (differs in {', '.join(changed)}); "
                               "pass --out NEW_FOLDER, or the same config to continue it")
     preflight(on_split(cfg, "dev") if dev_only else cfg)
+    if "fedcollm_paper" in methods and paper_transfer(cfg).kd == cfg.kd:
+        log.warning("fedcollm_paper repeats fedcollm: this config's transfer already is the paper's")
     (out / "methods").mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     for m in methods:
