@@ -130,6 +130,12 @@ def mlflow_experiment(client, cfg: Config) -> str:
     return client.create_experiment(cfg.mlflow.experiment, artifact_location=where)
 
 
+def recorded_ids(run_dir: Path) -> dict:
+    """What ``RUN_DIR/tracking.json`` records (the MLflow run id and store), empty before the first run."""
+    ids = Path(run_dir) / "tracking.json"
+    return json.loads(ids.read_text()) if ids.is_file() else {}
+
+
 class MLflow:
     """One MLflow run per run folder (its id in ``RUN_DIR/tracking.json``), reopened on resume."""
 
@@ -139,7 +145,7 @@ class MLflow:
 
         self.client = MlflowClient(tracking_uri=mlflow_uri(cfg))
         ids = run_dir / "tracking.json"
-        known = json.loads(ids.read_text()) if ids.is_file() else {}
+        known = recorded_ids(run_dir)
         params = flat_config(cfg)
         if "mlflow_run_id" in known:
             self.run_id = known["mlflow_run_id"]

@@ -7,6 +7,7 @@ PNG plots are rebuilt from whatever results exist.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
@@ -22,7 +23,7 @@ from ..plots import TASK_NAMES
 from ..reporting import header, mean_bytes_per_client
 from ..runlog import RunDir
 from ..stats import Comparison
-from ..tracking import Trackers, mlflow_uri, scalars
+from ..tracking import Trackers, mlflow_uri, recorded_ids, scalars
 from . import baselines
 from .compare import compare_results
 from .fedcollm import run_fedcollm
@@ -52,9 +53,9 @@ PAPER_SLM = {  # Zero-Shot / Standalone / FedAvg / FedCoLLM
 def paper_transfer(cfg: Config) -> Config:
     """``cfg`` with the paper's transfer (the ``kd`` defaults: CE + λ·KL both ways, λ = 1, every sequence,
     τ = 1, top-k 128); KD's budget and optimiser settings (epochs, steps, batch, lrs) stay the config's."""
-    c = copy.deepcopy(cfg)
+    c, paper = copy.deepcopy(cfg), KDSection()
     for key in PAPER_KD:
-        setattr(c.kd, key, getattr(KDSection(), key))
+        setattr(c.kd, key, getattr(paper, key))
     return c
 
 
@@ -109,9 +110,7 @@ def parent_trackers(cfg: Config, out: Path) -> Trackers:
 def parent_run(cfg: Config, out: Path) -> str:
     """The parent run's id: read from ``OUT/tracking.json`` once the run exists, so that each method's
     config does not reopen the MLflow store."""
-    ids = out / "tracking.json"
-    known = json.loads(ids.read_text()) if ids.is_file() else {}
-    return known.get("mlflow_run_id") or parent_trackers(cfg, out).items[0].run_id
+    return recorded_ids(out).get("mlflow_run_id") or parent_trackers(cfg, out).items[0].run_id
 
 
 def track_result(cfg: Config, out: Path, method: str, result: dict) -> None:
@@ -160,10 +159,9 @@ def run_experiment(cfg: Config, out_dir: str | Path, methods: Sequence[str] = ME
     the report would mix splits and budgets), and a config that cannot run is refused before
     anything is written.
     """
-    if dev_only:  # the whole sweep under the seal, preflight and report included: no test file is opened
-        with sealed():
-            return _run_methods(cfg, Path(out_dir), methods, dev_only=True)
-    return _run_methods(cfg, Path(out_dir), methods, dev_only=False)
+    # dev_only: the whole sweep under the seal, preflight and report included: no test file is opened
+    with sealed() if dev_only else contextlib.nullcontext():
+        return _run_methods(cfg, Path(out_dir), methods, dev_only)
 
 
 def _run_methods(cfg: Config, out: Path, methods: Sequence[str], dev_only: bool) -> Path:
