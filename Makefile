@@ -5,16 +5,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU wheel of torch; a bare `torch` requirement may pull a multi-GB CUDA build on a CPU machine.
 TORCH_SPEC ?= torch==2.13.0
+# The versions CI passed with (constraints.txt says why); `make setup CONSTRAINTS=` floats within pyproject's ranges.
+CONSTRAINTS ?= constraints.txt
 # The datasets: ../shared/data when it exists (this project's machines), else the HF hub.
 export FEDCOLLM_DATA_DIR ?= $(shell [ -d ../shared/data ] && cd ../shared/data && pwd)
 
 .PHONY: setup test test-slow lint demo clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]"
 	touch $@
 
 setup: $(BIN)/.installed
