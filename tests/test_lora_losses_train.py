@@ -17,6 +17,7 @@ from fedcollm.models.lora import (
     count_parameters,
     get_adapter_arrays,
     load_adapter,
+    load_adapter_model,
     save_adapter,
     set_adapter_arrays,
 )
@@ -133,3 +134,15 @@ def test_sft_loop_lowers_the_loss_and_only_moves_the_adapter(tiny_models, data_d
     assert first["steps"] == 4 and last["steps"] == 16
     assert last["loss"] < first["loss"]
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
+
+
+def test_wrapping_a_fresh_or_a_saved_adapter_prints_no_library_deprecation_noise(tiny_models, tmp_path):
+    """PEFT 0.21 under transformers >= 5.24 warns `is_gradient_checkpointing is deprecated` on every wrap;
+    the CLI promises one line per error, so both ways in (attach_lora, load_adapter_model) mute exactly it."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        save_adapter(_peft(tiny_models["slm"]), tmp_path / "ad")
+        load_adapter_model(AutoModelForCausalLM.from_pretrained(tiny_models["slm"]), tmp_path / "ad")
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]

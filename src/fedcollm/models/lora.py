@@ -36,12 +36,18 @@ def attach_lora(model, spec: LoraSpec, adapter_name: str = "default", seed: int 
         p.requires_grad_(False)
     cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(spec.targets),
                      task_type="CAUSAL_LM", bias="none")
-    with torch.random.fork_rng(), warnings.catch_warnings():
-        # PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` (transformers >= 5.24 warns on
-        # every wrap): library-to-library noise a user can do nothing about, so only that warning is muted.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with torch.random.fork_rng():
         torch.manual_seed(seed)  # the A matrices are random: same seed, same initial adapter everywhere
-        return get_peft_model(model, cfg, adapter_name=adapter_name)
+        return _wrap(model, cfg, adapter_name)
+
+
+def _wrap(model, config: LoraConfig, adapter_name: str = "default") -> PeftModel:
+    """``get_peft_model``, quietly: PEFT 0.21 reads transformers' deprecated ``is_gradient_checkpointing``
+    (transformers >= 5.24 warns on every wrap), library-to-library noise a user can do nothing about, so
+    only that warning is muted; every fresh and every loaded adapter is wrapped here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config, adapter_name=adapter_name)
 
 
 def get_adapter_arrays(model: PeftModel, adapter_name: str = "default") -> NamedArrays:
@@ -148,7 +154,7 @@ def load_adapter_model(model, adapter_dir: str | Path) -> PeftModel:
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        peft_model = get_peft_model(model, config)
+        peft_model = _wrap(model, config)
     except ValueError as exc:  # PEFT: target modules not in this model, or of a type LoRA cannot wrap
         raise AdapterError(f"{Path(adapter_dir) / 'adapter_config.json'}: does not fit this model "
                            f"({_first_line(exc)})") from None
