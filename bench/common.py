@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from fedcollm.precision import cpu_info
+
 SLM = "qwen2.5-coder-0.5b-instruct"
 LLM = "qwen2.5-coder-1.5b-instruct"
 GIB = 2**30
@@ -320,18 +322,6 @@ def choose_threads(requested: str, cores: int | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------- machine
 
 
-def _cpu_info() -> dict:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"model": platform.processor()}
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
-    flags_line = next((ln.split(":", 1)[1] for ln in text.splitlines() if ln.startswith("flags")), "")
-    flags = set(flags_line.split())
-    relevant = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-    return {"model": model, "flags": {f: f in flags for f in relevant}}
-
-
 def machine() -> dict:
     """What the figures were measured on (CPU and its bf16 flags, threads, library versions, GPU, load)."""
     import flwr
@@ -352,7 +342,7 @@ def machine() -> dict:
         ram = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
-        "cpu": _cpu_info(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "ram_gib": ram,
+        "cpu": cpu_info(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "ram_gib": ram,
         "gpu": gpu, "platform": platform.platform(), "python": platform.python_version(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
                      "flwr": flwr.__version__, "lm_eval": lm_eval_version},

@@ -170,3 +170,24 @@ def test_the_paper_transfer_variant_runs_beside_the_configs_with_its_own_claims(
                   "LLM: fedcollm > fedcollm_paper"):
         assert f"| {claim} | ARC-E | 3 |" in report, claim
     assert "| task | LLM, paper's KD | LLM, this config's |" in report
+
+
+def test_a_folder_keeps_the_precision_it_was_created_in(tiny_models, data_dir, tmp_path, monkeypatch):
+    cfg = load_config(None, [f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}",
+                             "precision=fp32", "tasks=arc_easy", "eval.limit=3", "tracking=[]"])
+    out = experiment.run_experiment(cfg, tmp_path / "exp", methods=["zero_shot"], dev_only=True)
+    recorded = json.loads((out / "machine.json").read_text())
+    assert recorded["precision"] == "fp32" and "model" in recorded["cpu"]
+
+    def snapshot():
+        return sorted((str(p.relative_to(out)), p.stat().st_mtime_ns) for p in out.rglob("*"))
+
+    before = snapshot()
+    # the same config (precision: auto, say) on a machine that picks bf16: refused in one line, nothing written
+    monkeypatch.setattr(experiment, "resolve_precision", lambda precision: "bf16")
+    with pytest.raises(ConfigError, match=r"was run in fp32 and this machine would run it in bf16") as err:
+        experiment.run_experiment(cfg, out, methods=["zero_shot", "fedavg"], dev_only=True)
+    assert "\n" not in str(err.value)
+    assert snapshot() == before
+    monkeypatch.undo()
+    experiment.run_experiment(cfg, out, methods=["zero_shot"], dev_only=True)  # where fp32 is picked it goes on

@@ -285,3 +285,28 @@ def test_a_message_handed_to_a_restarting_worker_is_sent_again_and_a_dead_one_is
     assert sorted((r.metadata.src_node_id, r.has_error()) for r in replies) == [(5, False), (7, True)]
     assert grid._grid.tries == {5: 3, 7: 1}  # the restarting one sent again until it ran; the dead one once
     assert list(grid.dropped) == [7] and "Socket closed" in grid.dropped[7].reason
+
+
+def test_update_cache_gives_the_computed_updates_and_serves_a_run_that_differs_only_in_kd(
+        tiny_models, data_dir, tmp_path):
+    from fedcollm.runlog import RunDir
+
+    cache = tmp_path / "cache"
+    plain = run_fedcollm(_cfg(tiny_models, data_dir, tmp_path, "plain", 1), progress=False)
+    cold = run_fedcollm(_cfg(tiny_models, data_dir, tmp_path, "cold", 1, **{"federation.update_cache": cache}),
+                        progress=False)
+    theta = {name: load_file(str(RunDir(r.path).round_dir(1) / "theta" / "adapter_model.safetensors"))
+             for name, r in (("plain", plain), ("cold", cold))}
+    for key, value in theta["plain"].items():  # memoizing changes nothing: the same θ^1 bit for bit
+        np.testing.assert_array_equal(theta["cold"][key], value)
+    entries = sorted(cache.glob("*.json"))
+    assert len(entries) == 3  # one per client of round 1
+    for entry in entries:  # mark what the cache holds, so a hit is visible in the next run's record
+        saved = json.loads(entry.read_text())
+        saved["metrics"]["loss"] = 123.0
+        entry.write_text(json.dumps(saved))
+    warm = run_fedcollm(_cfg(tiny_models, data_dir, tmp_path, "warm", 1, **{"federation.update_cache": cache,
+                                                                           "kd.llm_weight": 0}), progress=False)
+    contributors = warm.metrics()[-1]["clients"]["contributors"]
+    assert [c["train-loss"] for c in contributors] == [123.0] * 3
+    assert sorted(cache.glob("*.json")) == entries

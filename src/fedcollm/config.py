@@ -129,6 +129,9 @@ class FederationSection:
     # Cross-device rounds: train only this many of the num_clients registered (an int), or this fraction of
     # them (a float in (0, 1]), drawn each round by Flower's sampler, seeded by (seed, round); null: all
     clients_per_round: int | float | None = None
+    # A folder where each client memoizes its local updates by their inputs (federation/update_cache.py): runs
+    # that differ only in the server step (a sweep of KD transfers) compute their identical round-1 updates once
+    update_cache: str | None = None
 
     def per_round(self) -> int:
         """How many clients a round trains: ``clients_per_round`` as a count, or a fraction of ``num_clients``."""
@@ -156,6 +159,8 @@ class FederationSection:
                 f"{p}clients_per_round must be a count in [1, {p}num_clients] or a fraction in (0, 1], got {n}")
         require(self.min_clients is None or 1 <= self.min_clients <= self.per_round(),
                 f"{p}min_clients must be between 1 and the clients trained per round ({self.per_round()})")
+        require(self.update_cache is None or bool(self.update_cache.strip()),
+                f"{p}update_cache must name a folder or be null (off)")
         require(self.connect_timeout > 0, f"{p}connect_timeout must be > 0 seconds")
         require(self.round_timeout > 0, f"{p}round_timeout must be > 0 seconds")
         require(self.max_update_norm is None or self.max_update_norm > 0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import platform
 from pathlib import Path
 
 import torch
@@ -22,6 +23,19 @@ def cpu_has_fast_bf16() -> bool:
     except OSError:
         return False
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and the instruction-set flags that decide its speed (what results are recorded with)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor(), "flags": {}}
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
+    flags_line = next((ln.split(":", 1)[1] for ln in text.splitlines() if ln.startswith("flags")), "")
+    flags = set(flags_line.split())
+    relevant = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+    return {"model": model, "flags": {f: f in flags for f in relevant}}
 
 
 def resolve_precision(precision: str) -> str:

@@ -29,6 +29,7 @@ from ..data.schema import read_jsonl
 from ..models.lora import check_adapter_arrays, get_adapter_arrays
 from ..updates import local_update
 from .secagg import legacy_fit_mod, secagg_mod
+from .update_cache import UpdateCache, update_key
 from .wire import codec_mod, from_record, layout_of, to_record
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,8 @@ def client_train(cfg: Config, partition_id: int, msg: Message, data: list[Questi
     faults.before_training(fault)
     settings = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "client", server_round, partition_id),
                               cfg.federation.local_epochs, cfg.federation.local_max_steps, progress=False)
-    theta_k, m = local_update(model, tok, theta, data, settings, desc=f"client {partition_id}",
-                              proximal_mu=cfg.federation.proximal_mu)
+    theta_k, m = cached_update(cfg, theta, data, settings.seed, lambda: local_update(
+        model, tok, theta, data, settings, desc=f"client {partition_id}", proximal_mu=cfg.federation.proximal_mu))
     reply = RecordDict({
         "arrays": to_record(faults.corrupt(fault, theta_k)),
         "metrics": MetricRecord({
@@ -93,6 +94,21 @@ def client_train(cfg: Config, partition_id: int, msg: Message, data: list[Questi
     })
     log.info("client %d round %d: %d examples, loss %.4f", partition_id, server_round, len(data), m.get("loss", 0))
     return Message(reply, reply_to=msg)
+
+
+def cached_update(cfg: Config, theta, data: list[Question], seed: int, compute):
+    """``compute()`` (the local update), read from ``federation.update_cache`` when these inputs ran before."""
+    if cfg.federation.update_cache is None:
+        return compute()
+    cache = UpdateCache(cfg.federation.update_cache)
+    key = update_key(cfg, theta, data, seed)
+    hit = cache.get(key)
+    if hit is not None:
+        log.info("local update read from %s (same inputs as an earlier run)", cache.folder)
+        return hit
+    theta_k, metrics = compute()
+    cache.put(key, theta_k, metrics)
+    return theta_k, metrics
 
 
 def dp_clip_mod(msg: Message, context: Context, call_next) -> Message:

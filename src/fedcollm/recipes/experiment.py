@@ -20,6 +20,7 @@ from .. import plots
 from ..build import preflight
 from ..config import Config, ConfigError, KDSection, config_differences, load_config, save_config
 from ..plots import TASK_NAMES
+from ..precision import cpu_info, resolve_precision
 from ..reporting import header, mean_bytes_per_client
 from ..runlog import RunDir
 from ..stats import Comparison
@@ -170,11 +171,15 @@ def _run_methods(cfg: Config, out: Path, methods: Sequence[str], dev_only: bool)
         if changed:
             raise ConfigError(f"{out} holds an experiment with another config (differs in {', '.join(changed)}); "
                               "pass --out NEW_FOLDER, or the same config to continue it")
+    check_machine(cfg, out)
     preflight(on_split(cfg, "dev") if dev_only else cfg)
     if "fedcollm_paper" in methods and paper_transfer(cfg).kd == cfg.kd:
         log.warning("fedcollm_paper repeats fedcollm: this config's transfer already is the paper's")
     (out / "methods").mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    if not (out / MACHINE).is_file():
+        (out / MACHINE).write_text(json.dumps({"precision": resolve_precision(cfg.precision), "cpu": cpu_info()},
+                                              indent=1) + "\n")
     for m in methods:
         done, failed = out / "methods" / f"{m}.json", out / "methods" / f"{m}.error"
         if done.exists():
@@ -200,6 +205,23 @@ def _run_methods(cfg: Config, out: Path, methods: Sequence[str], dev_only: bool)
     if "mlflow" in cfg.tracking:  # the parent run: the experiment's report, table and plots as artifacts
         parent_trackers(cfg, out).finish()
     return out
+
+
+MACHINE = "machine.json"  # the precision the folder's methods ran in, and the CPU: recorded when it is created
+
+
+def check_machine(cfg: Config, out: Path) -> None:
+    """One folder, one precision: bf16 and fp32 rows differ by more than noise, so a table must not mix them.
+    A folder created in one precision is refused, in one line naming both, where this machine would pick
+    the other (``precision: auto`` on another CPU, or an explicit ``precision=``)."""
+    recorded = out / MACHINE
+    if not recorded.is_file():
+        return
+    then, now = json.loads(recorded.read_text())["precision"], resolve_precision(cfg.precision)
+    if then != now:
+        raise ConfigError(f"{out} was run in {then} and this machine would run it in {now} (precision: "
+                          f"{cfg.precision}); one experiment keeps one precision: continue it where {then} "
+                          f"is picked, or pass --out NEW_FOLDER")
 
 
 def failed_methods(out: Path) -> list[str]:

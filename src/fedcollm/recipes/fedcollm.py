@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -41,6 +42,8 @@ def run_fedcollm(cfg: Config, resume: str | None = None, overrides: tuple[str, .
         preflight(cfg)
         run = RunDir.create(cfg)
     cfg.federation.engine = "simulation"  # how this process drives the run (decides SecAgg+'s default)
+    if cfg.federation.update_cache:  # Ray's workers need not share this process's working directory
+        cfg.federation.update_cache = str(Path(cfg.federation.update_cache).resolve())
     log.info("run folder: %s", run.path)
     failure: list[BaseException] = []
     server_app = ServerApp()

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The cpu-paper preset's transfer chosen on dev: one `fedcollm experiment --dev-only` folder per KD variant,
+# the test splits sealed for the whole sweep (FEDCOLLM_SEAL_TEST=1, and --dev-only seals every command too).
+# Budget (README here says why): cpu-paper with 500 training questions per task (train_size), so D^a = 100
+# per task (400) and 400 per task dealt to K = 4 clients (1,600): D^a : D^k stays 1 : 4; T = 3 rounds;
+# dev = the first 150 questions of each task (600), scored after the last round only (no choice reads
+# the other rounds). Zero-Shot is scored once, in the first folder. The variants differ only in the
+# server's KD, so their round-1 client updates are equal: federation.update_cache computes them once.
+# Run from the repository root: bash results/dev-sweep/cpu-paper/sweep.sh  (a finished variant is skipped; a
+# killed one continues after its last finished round).
+set -euo pipefail
+export FEDCOLLM_SEAL_TEST=1
+export FEDCOLLM_DATA_DIR=${FEDCOLLM_DATA_DIR:-../shared/data}
+OUT=results/dev-sweep/cpu-paper
+COMMON="federation.train_size=500 eval.every_round=false federation.update_cache=$OUT/update-cache"
+declare -A VARIANTS=(
+  [paper]=""
+  [llm-weight-0]="kd.llm_weight=0"
+  [select-greater]="kd.select=greater"
+  [select-gated]="kd.select=gated"
+)
+declare -A METHODS=([paper]="zero_shot,fedcollm")
+for name in ${NAMES:-paper llm-weight-0 select-greater select-gated}; do
+  [ -f "$OUT/$name/methods/fedcollm.dev.json" ] && continue
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  .venv/bin/fedcollm experiment --preset cpu-paper --methods "${METHODS[$name]:-fedcollm}" --dev-only \
+    --out "$OUT/$name" $COMMON ${VARIANTS[$name]} >> "$OUT/$name.log" 2>&1
+  echo "$name: $(( $(date +%s) - start )) s wall (this call; a resumed variant has several lines)" >> "$OUT/wall.txt"
+done
