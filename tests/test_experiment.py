@@ -62,7 +62,8 @@ def test_toy_experiment_report_has_every_method_and_task(tiny_models, data_dir, 
     assert (out / "bytes_per_round.png").stat().st_size > 1000
     claims = [line for line in report.splitlines() if line.startswith("| LLM: ") or line.startswith("| SLM: ")]
     for claim in ("LLM: fedcollm > zero_shot", "LLM: fedcollm ≈ centralized", "SLM: fedcollm > fedavg",
-                  "SLM: fedcollm > standalone"):
+                  "SLM: fedcollm > standalone", "LLM: fedcollm > no_kd", "SLM: fedcollm > no_kd",
+                  "LLM: fedcollm ≥ no_kd", "SLM: fedcollm ≥ no_kd"):
         rows = [line for line in claims if line.startswith(f"| {claim} |")]
         assert {r.split("|")[2].strip() for r in rows} == {"ARC-E", "CQA", "**all**"}, claim
         assert all(r.split("|")[3].strip() in ("3", "6") for r in rows)  # n questions, pooled = 6
@@ -76,7 +77,7 @@ def test_toy_experiment_report_has_every_method_and_task(tiny_models, data_dir, 
     assert dev["fedcollm"]["slm"]["arc_easy"]["ids_sha1"] != test["fedcollm"]["slm"]["arc_easy"]["ids_sha1"]
     saved = {p.relative_to(out / "adapters").as_posix() for p in (out / "adapters").glob("*/*")}
     assert saved == {"fedcollm/llm", "fedcollm/slm", "fedavg/slm", "centralized/llm", "standalone/slm-client-0",
-                     "standalone/slm-client-1"}
+                     "standalone/slm-client-1", "no_kd/llm", "no_kd/slm"}
     from fedcollm.build import eval_questions, evaluate_model, load_peft
     from fedcollm.models.lora import load_adapter
 
@@ -86,6 +87,9 @@ def test_toy_experiment_report_has_every_method_and_task(tiny_models, data_dir, 
     again = evaluate_model(model, tok, on_test, eval_questions(on_test), progress=False)
     assert {t: m["correct"] for t, m in again.items()} == {t: m["correct"] for t, m in test["fedcollm"]["slm"].items()}
     assert "Dev split (choices are made here" in report
+    owes = report.split("## What each model owes the other", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in owes.splitlines() if line.startswith("| ARC-E |"))
+    assert "-" not in row.split("|")[2:8]  # the LLM: Zero-Shot, no_kd, FedCoLLM; the SLM: FedAvg, no_kd, FedCoLLM
 
     # MLflow: one parent run for the experiment, one child run per method (the federated ones per round)
     from mlflow import MlflowClient

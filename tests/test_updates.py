@@ -142,7 +142,7 @@ def test_selective_distillation_picks_per_sequence_the_side_with_the_lower_ce():
 
 
 @pytest.mark.parametrize("mix", ["add", "convex"])
-@pytest.mark.parametrize("select", ["none", "greater"])
+@pytest.mark.parametrize("select", ["none", "greater", "gated"])
 def test_every_mix_and_selection_is_plain_sft_at_zero_kd_weight(mix, select):
     from fedcollm.losses import answer_ce
     from fedcollm.updates import kd_losses
@@ -162,3 +162,29 @@ def test_convex_mix_weighs_ce_and_kl_as_fedmkt():
     batch, f, g = _two_sequences()
     out = kd_losses(f, g, batch, Transfer(llm_weight=0.1, slm_weight=0.1, mix="convex", top_k=None))
     torch.testing.assert_close(out["llm_loss"], 0.9 * out["llm_ce"] + 0.1 * out["llm_kl"])
+
+
+def test_gated_transfer_lets_the_llm_distil_only_where_the_slm_is_closer_and_the_llm_unsure():
+    from fedcollm.losses import kd_kl_tokens
+    from fedcollm.train import Batch
+    from fedcollm.updates import gate, kd_losses
+
+    # four one-token answers, gold token 0 of 4: the gold probability of each model set by hand
+    def logits(p_gold):
+        p = torch.tensor([[q, (1 - q) / 3, (1 - q) / 3, (1 - q) / 3] for q in p_gold])
+        return p.log().requires_grad_()
+
+    llm = [0.30, 0.70, 0.30, 0.45]  # unsure, sure, unsure, unsure
+    slm = [0.60, 0.90, 0.20, 0.45]  # closer, closer, further, a tie
+    f, g = logits(llm), logits(slm)
+    rows = torch.arange(4)
+    batch = Batch(torch.zeros(4, 2, dtype=torch.long), torch.ones(4, 2, dtype=torch.long), rows,
+                  torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+    seq = [-torch.tensor(x).log() for x in (llm, slm)]  # each sequence's CE on its gold answer
+    assert gate(seq[0], seq[1], 0.5).tolist() == [True, False, False, False]  # only the first qualifies
+    assert gate(seq[0], seq[1], 0.8).tolist() == [True, True, False, False]  # a sure LLM at 0.7 < 0.8 is unsure
+    out = kd_losses(f, g, batch, Transfer(select="gated", confidence=0.5, top_k=None))
+    torch.testing.assert_close(out["llm_kl"], kd_kl_tokens(f, g)[0] / 4)  # sequence 0's KL, averaged over all 4
+    assert float(out["llm_kd_frac"]) == 0.25
+    torch.testing.assert_close(out["slm_kl"], kd_kl_tokens(g, f).mean())  # SLM ← LLM: every sequence, the paper's
+    assert float(out["slm_kd_frac"]) == 1.0

@@ -206,7 +206,8 @@ def transfer_spec(cfg: Config) -> Transfer:
     """Step 4's losses from the config's ``kd`` section."""
     llm_weight, slm_weight = cfg.kd.weights()
     return Transfer(llm_weight=llm_weight, slm_weight=slm_weight, mix=cfg.kd.mix, select=cfg.kd.select,
-                    temperature=cfg.kd.temperature, top_k=cfg.kd.top_k)
+                    temperature=cfg.kd.temperature, top_k=cfg.kd.top_k,
+                    confidence=cfg.kd.confidence)
 
 
 def peak_rss_mb() -> float:

@@ -40,7 +40,7 @@ Engine = Literal["simulation", "deployment"]
 TransferDtype = Literal["float32", "bfloat16"]
 KDMix = Literal["add", "convex"]
 EvalSplit = Literal["dev", "test"]
-KDSelect = Literal["none", "greater"]
+KDSelect = Literal["none", "greater", "gated"]
 Tracker = Literal["tensorboard", "mlflow"]
 Strategy = Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -191,7 +191,9 @@ class KDSection:
     llm_weight: float | None = None  # LLM ← SLM only (the KL toward the SLM in the LLM's loss); null: weight
     slm_weight: float | None = None  # SLM ← LLM only; null: weight
     mix: KDMix = "add"  # add: CE + w·KL (the paper); convex: (1 − w)·CE + w·KL (FedMKT, w = 0.1)
-    select: KDSelect = "none"  # none: distil every sequence (the paper); greater: FedMKT's selective KD
+    select: KDSelect = "none"  # none: distil every sequence (the paper); greater: FedMKT's selective KD;
+    # gated: the LLM distils toward the SLM only where the SLM is closer to the gold answer and the LLM is unsure
+    confidence: float = 0.5  # gated: the LLM's gold-answer probability (per token) at which it counts as sure
     temperature: float = 1.0  # τ
     top_k: int | None = 128  # teacher logits kept for the KL (None = full vocabulary)
     epochs: int = 1  # passes over D^a per round (R = epochs * |D^a| / batch)
@@ -220,6 +222,7 @@ class KDSection:
             value = getattr(self, name)
             require(value is None or value > 0, f"{prefix}{name} must be > 0 or null")
         require(self.temperature > 0, f"{prefix}temperature must be > 0")
+        require(0 < self.confidence <= 1, f"{prefix}confidence must be a probability in (0, 1]")
         require(self.top_k is None or self.top_k >= 1, f"{prefix}top_k must be >= 1 or null")
         require(self.epochs >= 1, f"{prefix}epochs must be >= 1")
         require(self.max_steps is None or self.max_steps >= 1, f"{prefix}max_steps must be >= 1 or null")

@@ -14,9 +14,10 @@ from .stats import wilson
 
 TASK_NAMES = {"commonsense_qa": "CQA", "openbookqa": "OBQA", "arc_challenge": "ARC-C", "arc_easy": "ARC-E"}
 LABELS = {"zero_shot": "Zero-Shot", "standalone": "Standalone", "fedavg": "FedAvg", "centralized": "Centralized",
-          "fedcollm": "FedCoLLM", "fedcollm_paper": "FedCoLLM (paper's KD)"}
+          "fedcollm": "FedCoLLM", "fedcollm_paper": "FedCoLLM (paper's KD)",
+          "no_kd": "no KD (λ = 0)"}
 COLOURS = {"zero_shot": "0.45", "standalone": "C2", "fedavg": "C1", "centralized": "C3", "fedcollm": "C0",
-           "fedcollm_paper": "C4"}
+           "fedcollm_paper": "C4", "no_kd": "C5"}
 REFERENCE_STYLE = {"zero_shot": ":", "centralized": "--", "standalone": "-."}
 
 

@@ -71,11 +71,14 @@ class Comparison:
     p: float | None
 
     def verdict(self, expect: str, margin: float = EQUIVALENCE_MARGIN) -> str:
-        """Plain words for a claim ``a > b`` (``expect="better"``) or ``a ≈ b`` (``expect="same"``).
+        """Plain words for a claim ``a > b`` (``expect="better"``), ``a ≈ b`` (``expect="same"``) or ``a ≥ b``
+        (``expect="no harm"``).
 
         "≈" is an equivalence claim: it holds only when the whole interval lies within ±``margin``
         points; an interval that contains 0 but is wider says too little either way.
         """
+        if expect == "no harm":  # a ≥ b: only an interval wholly below 0 says a is worse
+            return "does not hold: significantly worse" if self.hi < 0 else "holds: not significantly worse"
         if expect == "same":
             if self.lo > 0 or self.hi < 0:
                 return f"does not hold: significantly {'higher' if self.lo > 0 else 'lower'}"

@@ -145,7 +145,13 @@ class Transfer:
       distillation: per sequence a model distils toward the other only where the other's CE on the
       gold answer is lower than its own; elsewhere its target is its own distribution, whose KL is 0,
       so that sequence trains on CE alone. The KL is averaged over all answer tokens either way, so w
-      keeps its meaning (the fraction distilled is logged as ``*_kd_frac``).
+      keeps its meaning (the fraction distilled is logged as ``*_kd_frac``). ``gated`` (``gate``) filters
+      only the LLM ← SLM direction, the one that distils a strong model toward a weaker one: the LLM
+      distils a sequence only where the SLM's CE on the gold answer is lower than the LLM's *and* the
+      LLM's own gold-answer probability (per token, ``exp(−CE)``) is below ``confidence``, so it keeps
+      its own confident predictions (FedMKT's selection, plus the confidence term of weak-to-strong
+      generalization, Burns et al. 2023, and selective weak-to-strong's "only where the strong model
+      cannot answer"); the SLM ← LLM direction distils every sequence, as in the paper.
     - ``temperature`` τ and ``top_k``: as in ``losses.kd_kl``.
     """
 
@@ -155,6 +161,7 @@ class Transfer:
     select: str = "none"
     temperature: float = 1.0
     top_k: int | None = 128
+    confidence: float = 0.5
 
 
 def _mixed(ce: torch.Tensor, kl: torch.Tensor, weight: float, mix: str) -> torch.Tensor:
@@ -165,10 +172,21 @@ def _mixed(ce: torch.Tensor, kl: torch.Tensor, weight: float, mix: str) -> torch
     raise ValueError(f"unknown KD mix {mix!r} (add or convex)")
 
 
+def gate(seq_llm: torch.Tensor, seq_slm: torch.Tensor, confidence: float) -> torch.Tensor:
+    """``select="gated"``: per sequence, does the LLM distil toward the SLM? From each model's mean CE on the
+    gold answer's tokens (``losses.sequence_ce``): yes where the SLM's CE is lower (the SLM is closer to the
+    right answer) and the LLM's per-token gold probability ``exp(−CE)`` is below ``confidence`` (unsure)."""
+    return (seq_slm < seq_llm) & (torch.exp(-seq_llm) < confidence)
+
+
 def _distilled(student: torch.Tensor, teacher: torch.Tensor, batch: Batch, spec: Transfer,
-               select: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+               select: torch.Tensor | None, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The student's KL toward the (detached) teacher, averaged over answer tokens; with ``select`` (one bool
-    per sequence) only the selected sequences' tokens count, the others add 0. Also the fraction selected."""
+    per sequence) only the selected sequences' tokens count, the others add 0. Also the fraction selected.
+    A direction of weight 0 is plain SFT: its KL is not computed (0, and nothing distilled)."""
+    if weight == 0:
+        zero = torch.zeros((), device=student.device)
+        return zero, zero
     kl = kd_kl_tokens(student, teacher, spec.temperature, spec.top_k)
     if select is None:
         return kl.mean(), torch.ones((), device=kl.device)
@@ -180,16 +198,19 @@ def kd_losses(f: torch.Tensor, g: torch.Tensor, batch: Batch, spec: Transfer) ->
     """Both models' losses from their answer logits (f: the LLM's, g: the SLM's), each target detached."""
     ce_f, ce_g = answer_ce(f, batch.targets), answer_ce(g, batch.targets)
     f_wins = g_wins = None
-    if spec.select == "greater":  # per sequence: is the other model better on the gold answer?
+    if spec.select in ("greater", "gated"):  # per sequence: which model is closer to the gold answer?
         n = int(batch.input_ids.shape[0])
         with torch.no_grad():
             seq_f = sequence_ce(f, batch.targets, batch.rows, n)
             seq_g = sequence_ce(g, batch.targets, batch.rows, n)
-        g_wins, f_wins = seq_g < seq_f, seq_f < seq_g
+        if spec.select == "greater":
+            g_wins, f_wins = seq_g < seq_f, seq_f < seq_g
+        else:
+            g_wins = gate(seq_f, seq_g, spec.confidence)
     elif spec.select != "none":
-        raise ValueError(f"unknown KD selection {spec.select!r} (none or greater)")
-    kl_f, frac_f = _distilled(f, g, batch, spec, g_wins)  # LLM learns from the SLM (g detached)
-    kl_g, frac_g = _distilled(g, f, batch, spec, f_wins)  # SLM learns from the LLM (f detached)
+        raise ValueError(f"unknown KD selection {spec.select!r} (none, greater or gated)")
+    kl_f, frac_f = _distilled(f, g, batch, spec, g_wins, spec.llm_weight)  # LLM learns from the SLM (g detached)
+    kl_g, frac_g = _distilled(g, f, batch, spec, f_wins, spec.slm_weight)  # SLM learns from the LLM (f detached)
     loss_f = _mixed(ce_f, kl_f, spec.llm_weight, spec.mix)
     loss_g = _mixed(ce_g, kl_g, spec.slm_weight, spec.mix)
     return {"loss": loss_f + loss_g, "llm_loss": loss_f, "llm_ce": ce_f, "llm_kl": kl_f, "llm_kd_frac": frac_f,

@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from .. import __version__
 from ..config import Config
 from ..data import Question
 from ..models.lora import NamedArrays
@@ -35,7 +35,7 @@ def update_key(cfg: Config, theta: NamedArrays, data: list[Question], seed: int)
     f, s = cfg.federation, cfg.slm
     h = hashlib.sha256()
     h.update(json.dumps({
-        "fedcollm": __version__, "torch": torch.__version__, "slm": s.name, "lora": repr(s.lora), "lr": s.lr,
+        "fedcollm": version("fedcollm"), "torch": torch.__version__, "slm": s.name, "lora": repr(s.lora), "lr": s.lr,
         "batch": s.batch_size, "epochs": f.local_epochs, "max_steps": f.local_max_steps,
         "max_length": cfg.max_length, "grad_clip": cfg.grad_clip, "precision": resolve_precision(cfg.precision),
         "device": cfg.device, "proximal_mu": f.proximal_mu, "seed": seed,

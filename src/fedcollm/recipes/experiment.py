@@ -31,7 +31,9 @@ from .fedcollm import run_fedcollm
 from .final_test import adapters_dir, keep_run_adapters, on_split, score_on_test, sealed
 
 log = logging.getLogger(__name__)
-METHODS = ("zero_shot", "standalone", "fedavg", "centralized", "fedcollm")
+# The paper's five methods, and no_kd: Algorithm 1 with λ = 0 both ways (FedAvg, then SFT on D^a for each model),
+# the baseline that tells what the distillation itself gives each model
+METHODS = ("zero_shot", "standalone", "fedavg", "centralized", "no_kd", "fedcollm")
 # Asked for by name (--methods): FedCoLLM with the paper's transfer (paper-faithful's kd) beside the config's
 # own, on the same splits and budget, so that one report states the claims for both (issue 11).
 VARIANTS = ("fedcollm_paper",)
@@ -60,6 +62,14 @@ def paper_transfer(cfg: Config) -> Config:
     return c
 
 
+def no_transfer(cfg: Config) -> Config:
+    """``cfg`` with λ = 0 both ways: step 4 is SFT on D^a for each model (the LLM then never sees anything that
+    came from a client); KD's budget, batch and learning rates stay the config's."""
+    c = copy.deepcopy(cfg)
+    c.kd.weight, c.kd.llm_weight, c.kd.slm_weight, c.kd.select = 0.0, 0.0, 0.0, "none"
+    return c
+
+
 def _federated(method: str, algorithm: str | None = None,
                adjust: Callable[[Config], Config] = lambda c: c) -> Callable[[Config, Path], dict]:
     """A federated method run as ``algorithm`` (default: the method itself) on ``adjust(cfg)``."""
@@ -85,9 +95,10 @@ RUNNERS: dict[str, Callable[[Config, Path], dict]] = {
     "centralized": lambda cfg, out: baselines.centralized(cfg, save_to=adapters_dir(out, "centralized")),
     "fedavg": _federated("fedavg"),
     "fedcollm": _federated("fedcollm"),
+    "no_kd": _federated("no_kd", "fedcollm", no_transfer),
     "fedcollm_paper": _federated("fedcollm_paper", "fedcollm", paper_transfer),
 }
-FEDERATED = ("fedavg", "fedcollm", "fedcollm_paper")
+FEDERATED = ("fedavg", "no_kd", "fedcollm", "fedcollm_paper")
 
 
 def method_config(cfg: Config, out: Path) -> Config:
@@ -249,7 +260,12 @@ CLAIMS = (
     ("slm", "fedcollm", "fedavg", "better"),
     ("slm", "fedcollm", "standalone", "better"),
     ("slm", "fedcollm", "zero_shot", "better"),
+    # what each model owes the other: no_kd is the same run with λ = 0, so the difference is the distillation
+    ("slm", "fedcollm", "no_kd", "no harm"), ("llm", "fedcollm", "no_kd", "no harm"),
+    ("slm", "fedcollm", "no_kd", "better"),  # what the LLM teaches the SLM
+    ("llm", "fedcollm", "no_kd", "better"),  # the clients' data reaching the LLM through the SLM
 )
+SYMBOL = {"better": ">", "same": "≈", "no harm": "≥"}
 # With the fedcollm_paper variant: the same claims for it, then whether the config's transfer beats the paper's.
 VARIANT_CLAIMS = tuple((role, "fedcollm_paper", b, e) for role, a, b, e in CLAIMS) + (
     ("llm", "fedcollm", "fedcollm_paper", "better"), ("slm", "fedcollm", "fedcollm_paper", "better"))
@@ -261,10 +277,11 @@ def claims_section(results: dict, tasks: list[str], split: str = "test") -> list
              "Difference in accuracy points (a − b) on the same questions, paired bootstrap 95% interval "
              "(10,000 resamples of the questions), exact McNemar p (binary outcomes only; Standalone is a mean "
              "over clients). \"within noise\" = the interval contains 0. A \"≈\" claim holds only if the whole "
-             "interval lies within ±3 points (the paper's FedCoLLM is 0-3 points below Centralized).", "",
+             "interval lies within ±3 points (the paper's FedCoLLM is 0-3 points below Centralized). A \"≥\" claim (no "
+             "harm) holds unless the whole interval is below 0.", "",
              "| claim | task | n | a − b | 95% interval | McNemar p | verdict |", "|---|---|---|---|---|---|---|"]
     for role, a, b, expect in CLAIMS + (VARIANT_CLAIMS if "fedcollm_paper" in results else ()):
-        claim = f"{role.upper()}: {a} {'>' if expect == 'better' else '≈'} {b}"
+        claim = f"{role.upper()}: {a} {SYMBOL[expect]} {b}"
         for r in compare_results(results.get(a, {}), [role], results.get(b, {}), [role], tasks):
             task = "**all**" if r.task == "all" else TASK_NAMES[r.task]
             if r.stats is not None:
@@ -298,7 +315,8 @@ def write_report(out: Path, cfg: Config) -> None:
         lines += ["", "Every method was trained and evaluated on the dev split with the test splits sealed; its "
                   "final adapters (`adapters/`) were then scored once on test. Tables 1-2 and the claims are "
                   "test; the per-round plot and the dev table are what choices are made on.", ""]
-    lines += accuracy_tables(shown, tasks) + communication_table(dev.get("fedcollm") or results.get("fedcollm", {}))
+    lines += accuracy_tables(shown, tasks) + owes_table(shown, tasks)
+    lines += communication_table(dev.get("fedcollm") or results.get("fedcollm", {}))
     lines += claims_section(shown, tasks, split) + (dev_table(dev, tasks) if split == "test" else [])
     failed = failed_methods(out)
     if failed:
@@ -332,6 +350,22 @@ def accuracy_tables(results: dict, tasks: list[str]) -> list[str]:
         for t in tasks:
             cells = [_cell(results, m, role, t) for role in ("llm", "slm") for m in ("fedcollm_paper", "fedcollm")]
             lines.append(f"| {TASK_NAMES[t]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def owes_table(results: dict, tasks: list[str]) -> list[str]:
+    """Each model's gain, step by step: what SFT on D^a gives (no_kd) and what the distillation adds (FedCoLLM)."""
+    if "no_kd" not in results:
+        return []
+    lines = ["", "## What each model owes the other (no_kd: the same run with λ = 0 both ways)", "",
+             "LLM: Zero-Shot → no_kd (SFT on D^a only) → FedCoLLM (plus the KL toward the federated SLM). "
+             "SLM: FedAvg → no_kd (plus SFT on D^a) → FedCoLLM (plus the KL toward the LLM).", "",
+             "| task | LLM Zero-Shot | LLM no_kd | LLM FedCoLLM | SLM FedAvg | SLM no_kd | SLM FedCoLLM |",
+             "|---|---|---|---|---|---|---|"]
+    cells = (("llm", "zero_shot"), ("llm", "no_kd"), ("llm", "fedcollm"), ("slm", "fedavg"), ("slm", "no_kd"),
+             ("slm", "fedcollm"))
+    for t in tasks:
+        lines.append(f"| {TASK_NAMES[t]} | " + " | ".join(_cell(results, m, role, t) for role, m in cells) + " |")
     return lines
 
 
