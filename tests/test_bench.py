@@ -211,3 +211,17 @@ def test_sampling_bench_runs_each_arm_with_the_clients_it_names(setup):
     first = next(iter(rows.values()))
     assert first["baseline"] == pytest.approx(base["median_round_s"], abs=1e-3)
     assert first["ours"] == pytest.approx(many["median_round_s"], abs=1e-3)
+
+
+def test_packing_bench_times_both_layouts_on_the_same_examples(setup):
+    from bench import packing
+
+    out = packing.run(setup)
+    rows = _rows(out)
+    f = out["figures"]
+    for step in ("client", "kd"):
+        assert f[step]["padded_tokens"] > f[step]["real_tokens"] > 0  # mixed tasks: the padded layout pads
+        r = rows[f"{step} step examples/s (cpu-paper batches of 4)"]
+        assert r["ours"] > 0 and r["baseline"] > 0 and r["ratio"] == pytest.approx(r["ours"] / r["baseline"], rel=1e-3)
+    loss = f["first_batch_loss"]
+    assert loss["packed"] == pytest.approx(loss["padded"], rel=1e-4)  # one objective in both layouts

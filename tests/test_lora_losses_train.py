@@ -146,3 +146,30 @@ def test_wrapping_a_fresh_or_a_saved_adapter_prints_no_library_deprecation_noise
         save_adapter(_peft(tiny_models["slm"]), tmp_path / "ad")
         load_adapter_model(AutoModelForCausalLM.from_pretrained(tiny_models["slm"]), tmp_path / "ad")
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+
+def test_a_packed_batch_gives_the_padded_batchs_logits_and_training(tiny_models, data_dir):
+    from fedcollm.updates import TrainSettings, local_update
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["slm"])
+    qs = load_split("commonsense_qa", "train", data_dir)[:6] + load_split("openbookqa", "train", data_dir)[:6]
+    model = _peft(tiny_models["slm"])
+    _perturb(model)  # a non-zero LoRA B, so the adapter path is in the logits
+    padded = make_batches(tok, qs, 4, 128, seed=0)
+    packed = make_batches(tok, qs, 4, 128, seed=0, packed=True)
+    assert [b.input_ids.shape[0] for b in packed] == [1, 1, 1] and all(b.n_sequences == 4 for b in packed)
+    assert sum(b.input_ids.numel() for b in packed) < sum(b.input_ids.numel() for b in padded)  # no padding
+    for a, b in zip(padded, packed):
+        assert torch.equal(a.rows, b.rows) and torch.equal(a.targets, b.targets)
+        assert torch.equal(b.input_ids[0, b.positions + 1], b.targets)  # each position predicts its answer token
+        with torch.no_grad():  # a token never sees another sequence: the same logits as the padded rows
+            torch.testing.assert_close(answer_logits(model, b), answer_logits(model, a), atol=1e-5, rtol=1e-5)
+    start = get_adapter_arrays(model)
+    out = {}
+    for flag in (False, True):
+        settings = TrainSettings(lr=1e-2, batch_size=4, epochs=2, max_length=128, progress=False, packed=flag)
+        out[flag] = local_update(model, tok, start, qs, settings)
+    assert out[True][1]["steps"] == out[False][1]["steps"] == 6
+    assert out[True][1]["tokens"] == out[False][1]["tokens"]  # the same examples: real tokens only
+    for (key, a), (_, b) in zip(out[False][0], out[True][0]):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=key)

@@ -135,7 +135,7 @@ def train_settings(cfg: Config, section: ModelSection, seed: int, epochs: int, m
     return TrainSettings(lr=lr or section.lr, batch_size=batch_size or section.batch_size, epochs=epochs,
                          max_steps=max_steps,
                          max_length=cfg.max_length, grad_clip=cfg.grad_clip, autocast_dtype=autocast_dtype(cfg),
-                         seed=seed, progress=progress)
+                         seed=seed, progress=progress, packed=cfg.packing)
 
 
 def kd_batch_size(cfg: Config) -> int:

@@ -4,6 +4,12 @@ Every recipe (client SFT, server mutual KD, Standalone, Centralized) is ``run_lo
 ``step`` function. Batches are tokenized the way the scorer tokenizes (prompt, then answer), and the
 LM head is applied only at positions that predict answer tokens: with a 150k vocabulary that saves
 most of the head's compute and nearly all of the logits' memory.
+
+A batch is either right-padded rows, or ``packed``: its sequences laid end to end in one row, each with
+positions counting from 0, and no attention mask, which transformers reads as packed sequences (each
+token attends only within its own sequence). The same examples in the same batches, so the same loss and
+gradient up to rounding, without the padding: on cpu-paper's mixed-task batches a third of a padded
+batch's tokens are padding (CommonsenseQA's prompts list five choices, OpenBookQA's are a line).
 """
 
 from __future__ import annotations
@@ -26,13 +32,27 @@ IGNORE = -100
 
 @dataclass
 class Batch:
-    """Right-padded token ids plus the (row, position) that predicts each answer token."""
+    """Token ids plus, for each answer token, its sequence (``rows``), the position that predicts it and its id.
+
+    Padded: ``input_ids`` is ``[n_sequences, width]`` and row b is sequence b. Packed: ``input_ids`` is
+    ``[1, total]``, ``position_ids`` restarts at 0 at each sequence, and ``positions`` index that one row.
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     rows: torch.Tensor
     positions: torch.Tensor
     targets: torch.Tensor
+    position_ids: torch.Tensor | None = None
+    n_sequences: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.n_sequences:
+            self.n_sequences = int(self.input_ids.shape[0])
+
+    @property
+    def packed(self) -> bool:
+        return self.position_ids is not None
 
     @property
     def n_tokens(self) -> int:
@@ -51,7 +71,9 @@ def encode_example(tokenizer, q: Question, max_length: int) -> tuple[list[int], 
     return whole, n_answer
 
 
-def collate(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> Batch:
+def collate(encoded: Sequence[tuple[list[int], int]], pad_id: int, packed: bool = False) -> Batch:
+    if packed:
+        return _pack(encoded)
     width = max(len(ids) for ids, _ in encoded)
     ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(encoded), width), dtype=torch.long)
@@ -66,18 +88,40 @@ def collate(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> Batch:
     return Batch(ids, mask, torch.tensor(rows), torch.tensor(pos), torch.tensor(tgt))
 
 
+def _pack(encoded: Sequence[tuple[list[int], int]]) -> Batch:
+    """The sequences end to end in one row, positions restarting at 0 for each (see the module docstring)."""
+    ids, pos_ids, rows, pos, tgt = [], [], [], [], []
+    for b, (seq, n_answer) in enumerate(encoded):
+        start = len(ids)
+        ids += seq
+        pos_ids += range(len(seq))
+        for p in range(len(seq) - n_answer, len(seq)):
+            rows.append(b)
+            pos.append(start + p - 1)
+            tgt.append(seq[p])
+    row = torch.tensor([ids])
+    return Batch(row, torch.ones_like(row), torch.tensor(rows), torch.tensor(pos), torch.tensor(tgt),
+                 position_ids=torch.tensor([pos_ids]), n_sequences=len(encoded))
+
+
 def make_batches(tokenizer, questions: Sequence[Question], batch_size: int, max_length: int, seed: int,
-                 epoch: int = 0) -> list[Batch]:
-    """One epoch of batches in a seeded shuffle order (same seed and epoch, same batches: resumable)."""
+                 epoch: int = 0, packed: bool = False) -> list[Batch]:
+    """One epoch of batches in a seeded shuffle order (same seed and epoch, same batches: resumable).
+    ``packed`` lays each batch's sequences in one row instead of padding them (the same examples)."""
     order = np.random.default_rng([seed, epoch]).permutation(len(questions))
     encoded = [encode_example(tokenizer, questions[i], max_length) for i in order]
-    return [collate(encoded[i : i + batch_size], pad_id(tokenizer)) for i in range(0, len(encoded), batch_size)]
+    return [collate(encoded[i : i + batch_size], pad_id(tokenizer), packed)
+            for i in range(0, len(encoded), batch_size)]
 
 
 def answer_logits(model, batch: Batch) -> torch.Tensor:
     """Logits ``[n_answer_tokens, vocab]`` at the positions predicting answer tokens."""
     backbone, head = backbone_and_head(model)
     dev = head.weight.device  # batches are built on the CPU; the model may be on a GPU
+    if batch.packed:  # no mask: transformers builds each sequence's own causal mask from the positions
+        hidden = backbone(input_ids=batch.input_ids.to(dev), position_ids=batch.position_ids.to(dev),
+                          use_cache=False).last_hidden_state
+        return head(hidden[0, batch.positions.to(dev)])
     hidden = backbone(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
                       use_cache=False).last_hidden_state
     return head(hidden[batch.rows.to(dev), batch.positions.to(dev)])

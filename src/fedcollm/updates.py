@@ -40,6 +40,7 @@ class TrainSettings:
     autocast_dtype: torch.dtype | None = None
     seed: int = 0
     progress: bool = True
+    packed: bool = False  # each batch's sequences in one row instead of padded rows (``train`` says why)
 
 
 class DivergedError(RuntimeError):
@@ -124,7 +125,8 @@ def local_update(model, tokenizer, theta: NamedArrays | None, data: Sequence[Que
             return {"loss": out["loss"] + prox, "task_loss": out["loss"], "proximal": prox}
 
     metrics = run_loop(
-        lambda e: make_batches(tokenizer, data, settings.batch_size, settings.max_length, settings.seed, e),
+        lambda e: make_batches(tokenizer, data, settings.batch_size, settings.max_length, settings.seed, e,
+                               settings.packed),
         step,
         [opt], epochs=settings.epochs, max_steps=settings.max_steps, grad_clip=settings.grad_clip,
         autocast_dtype=settings.autocast_dtype, desc=desc, progress=settings.progress, start=start,
@@ -199,7 +201,7 @@ def kd_losses(f: torch.Tensor, g: torch.Tensor, batch: Batch, spec: Transfer) ->
     ce_f, ce_g = answer_ce(f, batch.targets), answer_ce(g, batch.targets)
     f_wins = g_wins = None
     if spec.select in ("greater", "gated"):  # per sequence: which model is closer to the gold answer?
-        n = int(batch.input_ids.shape[0])
+        n = batch.n_sequences
         with torch.no_grad():
             seq_f = sequence_ce(f, batch.targets, batch.rows, n)
             seq_g = sequence_ce(g, batch.targets, batch.rows, n)
@@ -235,7 +237,8 @@ def mutual_transfer(llm, slm, tokenizer, theta: NamedArrays, aux: Sequence[Quest
     slm.train()
     opts = [torch.optim.AdamW(trainable(llm), lr=llm_lr), torch.optim.AdamW(trainable(slm), lr=settings.lr)]
     metrics = run_loop(
-        lambda e: make_batches(tokenizer, aux, settings.batch_size, settings.max_length, settings.seed, e),
+        lambda e: make_batches(tokenizer, aux, settings.batch_size, settings.max_length, settings.seed, e,
+                               settings.packed),
         mutual_kd_step(llm, slm, spec),
         opts, epochs=settings.epochs, max_steps=settings.max_steps, grad_clip=settings.grad_clip,
         autocast_dtype=settings.autocast_dtype, desc="server KD", progress=settings.progress,

@@ -1,8 +1,8 @@
 """A client's local updates memoized by their inputs, so that runs which differ only after step 2 share it.
 
 A local update (Algorithm 1, step 2) is a deterministic function of θ^t, the client's D^k, the SLM and
-its adapter spec, the training settings (lr, batch, epochs, steps, length, clipping, precision, FedProx's
-μ) and the update's seed. A dev sweep of KD transfers trains K identical round-1 updates per variant
+its adapter spec, the training settings (lr, batch, epochs, steps, length, clipping, precision, packing,
+FedProx's μ) and the update's seed. A dev sweep of KD transfers trains K identical round-1 updates per variant
 (every variant broadcasts the same initial θ^1): with ``federation.update_cache`` a client computes each
 of those once, and the other variants read it back. The key is the sha256 of all of those inputs plus
 the versions of fedcollm and torch; anything else (a code change to the loop) is not in the key, so clear
@@ -39,6 +39,7 @@ def update_key(cfg: Config, theta: NamedArrays, data: list[Question], seed: int)
         "batch": s.batch_size, "epochs": f.local_epochs, "max_steps": f.local_max_steps,
         "max_length": cfg.max_length, "grad_clip": cfg.grad_clip, "precision": resolve_precision(cfg.precision),
         "device": cfg.device, "proximal_mu": f.proximal_mu, "seed": seed,
+        **({"packing": True} if cfg.packing else {}),  # packed batches round differently; off: the plain key
     }, sort_keys=True).encode())
     for q in data:
         h.update(repr((q.id, q.task, q.question, q.choices, q.answer)).encode())
