@@ -8,7 +8,7 @@ import socket
 import time
 
 from fedcollm.config import load_config
-from fedcollm.federation.deploy import LocalFederation, launch_local
+from fedcollm.federation.deploy import DeployError, LocalFederation, launch_local
 from fedcollm.federation.tls import node_key
 
 
@@ -33,6 +33,18 @@ def free_ports(n: int = 16) -> int:
     raise RuntimeError(f"no {n} consecutive free ports found")
 
 
+def on_free_ports(start, attempts: int = 5):
+    """``start(port, attempt)`` on ports found free; again on fresh ones if another process took one between
+    the check and the SuperLink's bind (the launcher says "taken" in its one-line error), so the test does
+    not depend on that window. Each attempt gets its own number for its own folders."""
+    for attempt in range(attempts):
+        try:
+            return start(free_ports(), attempt)
+        except DeployError as exc:
+            if "taken" not in str(exc) or attempt == attempts - 1:
+                raise
+
+
 def _cfg(tiny_models, data_dir, tmp_path, *extra):
     return load_config(None, [
         f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}", "precision=fp32",
@@ -41,16 +53,19 @@ def _cfg(tiny_models, data_dir, tmp_path, *extra):
 
 
 def test_tls_deployment_with_secagg_completes_a_round(tiny_models, data_dir, tmp_path):
-    port = free_ports()
-    run = launch_local(_cfg(tiny_models, data_dir, tmp_path, "federation.num_clients=2"), tmp_path / "work",
-                       port=port)
+    def start(port, attempt):
+        where = tmp_path / str(attempt)
+        return port, where, launch_local(_cfg(tiny_models, data_dir, where, "federation.num_clients=2"), where / "work",
+                                         port=port)
+
+    port, where, run = on_free_ports(start)
     (zero, first) = run.metrics()
     assert first["round"] == 1 and len(first["clients"]["contributors"]) == 2
     assert first["privacy"]["secure_aggregation"] is True  # the deployment default
     # each SuperNode ran its own ClientApp process
     assert len({c["worker-pid"] for c in first["clients"]["contributors"]}) == 2
     assert (run.round_dir(1) / "theta" / "adapter_model.safetensors").is_file()
-    assert f"https://127.0.0.1:{port}" in (tmp_path / "work" / "logs" / "superlink.log").read_text()
+    assert f"https://127.0.0.1:{port}" in (where / "work" / "logs" / "superlink.log").read_text()
 
 
 def test_a_round_survives_one_of_four_supernodes_killed(tiny_models, data_dir, tmp_path, monkeypatch):
@@ -58,7 +73,7 @@ def test_a_round_survives_one_of_four_supernodes_killed(tiny_models, data_dir, t
     monkeypatch.setenv("FEDCOLLM_FAULT", "kill-node:1:1")
     cfg = _cfg(tiny_models, data_dir, tmp_path, "federation.num_clients=4", "federation.min_clients=3",
                "secagg.timeout=300")
-    run = launch_local(cfg, tmp_path / "work", port=free_ports())
+    run = on_free_ports(lambda port, attempt: launch_local(cfg, tmp_path / f"work-{attempt}", port=port))
     first = run.metrics()[1]
     clients = first["clients"]
     assert {c["partition-id"] for c in clients["contributors"]} == {0, 2, 3}
@@ -68,16 +83,21 @@ def test_a_round_survives_one_of_four_supernodes_killed(tiny_models, data_dir, t
 
 
 def test_an_unregistered_supernode_is_refused(tmp_path):
-    with LocalFederation(tmp_path / "work", free_ports(), num_nodes=1) as fed:
-        intruder = fed.add_supernode(0, "partition-id=0 num-partitions=1", key=node_key(tmp_path / "intruder"),
-                                     register=False, name="intruder")
-        deadline = time.time() + 120
-        while intruder.poll() is None and time.time() < deadline:
-            time.sleep(0.5)
-        assert intruder.returncode not in (None, 0)
-        listed = fed.flwr("supernode", "list", "local-deploy")
-        assert listed.returncode == 0 and "online" not in listed.stdout
-    text = (tmp_path / "work" / "logs" / "intruder.log").read_text()
+    def attempt(port, attempt):
+        work = tmp_path / f"work-{attempt}"
+        with LocalFederation(work, port, num_nodes=1) as fed:
+            intruder = fed.add_supernode(0, "partition-id=0 num-partitions=1", key=node_key(work / "intruder"),
+                                         register=False, name="intruder")
+            deadline = time.time() + 120
+            while intruder.poll() is None and time.time() < deadline:
+                time.sleep(0.5)
+            assert intruder.returncode not in (None, 0)
+            listed = fed.flwr("supernode", "list", "local-deploy")
+            assert listed.returncode == 0 and "online" not in listed.stdout
+        return work
+
+    work = on_free_ports(attempt)
+    text = (work / "logs" / "intruder.log").read_text()
     assert "Exit Code: 305" in text and "Failed to activate SuperNode" in text
 
 

@@ -87,6 +87,8 @@ def test_toy_experiment_report_has_every_method_and_task(tiny_models, data_dir, 
     again = evaluate_model(model, tok, on_test, eval_questions(on_test), progress=False)
     assert {t: m["correct"] for t, m in again.items()} == {t: m["correct"] for t, m in test["fedcollm"]["slm"].items()}
     assert "Dev split (choices are made here" in report
+    # FedAvg, no_kd and FedCoLLM broadcast one θ^1: round 1's two client updates were computed for one and kept
+    assert len(list((out / "update-cache").glob("*.safetensors"))) == 2
     owes = report.split("## What each model owes the other", 1)[1].split("\n## ", 1)[0]
     row = next(line for line in owes.splitlines() if line.startswith("| ARC-E |"))
     assert "-" not in row.split("|")[2:8]  # the LLM: Zero-Shot, no_kd, FedCoLLM; the SLM: FedAvg, no_kd, FedCoLLM

@@ -308,5 +308,7 @@ def test_update_cache_gives_the_computed_updates_and_serves_a_run_that_differs_o
     warm = run_fedcollm(_cfg(tiny_models, data_dir, tmp_path, "warm", 1, **{"federation.update_cache": cache,
                                                                            "kd.llm_weight": 0}), progress=False)
     contributors = warm.metrics()[-1]["clients"]["contributors"]
+    seconds = warm.metrics()[-1]["seconds"]  # where the round's time went, phase by phase
+    assert set(seconds) == {"clients", "kd", "train", "eval"} and seconds["clients"] + seconds["kd"] <= seconds["train"]
     assert [c["train-loss"] for c in contributors] == [123.0] * 3
     assert sorted(cache.glob("*.json")) == entries

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from flwr.common import parameters_to_ndarrays
 from safetensors.numpy import load_file
 
 import fedcollm.federation.algorithm as algorithm
@@ -77,16 +78,17 @@ class Spy:
 
 
 def _spy_on_server(monkeypatch):
+    """What the server's Grid received (``seen``) and, per SecAgg+ round, the vectors that reached the
+    strategy's ``aggregate_fit`` (``strategies``: one list of arrays per result)."""
     seen, strategies = [], []
-    round_fn, secure_fn = algorithm.fedcollm_round, secagg.secure_train_round
+    round_fn, aggregate_fit = algorithm.fedcollm_round, secagg._RoundTargets.aggregate_fit
     monkeypatch.setattr(algorithm, "fedcollm_round", lambda t, grid, *a: round_fn(t, Spy(grid, seen), *a))
 
-    def secure(*a, **k):
-        res = secure_fn(*a, **k)
-        strategies.append(res.strategy)
-        return res
+    def spy_fit(self, server_round, results, failures):
+        strategies.append([parameters_to_ndarrays(res.parameters) for _, res in results])
+        return aggregate_fit(self, server_round, results, failures)
 
-    monkeypatch.setattr("fedcollm.federation.aggregation.secure_train_round", secure)
+    monkeypatch.setattr(secagg._RoundTargets, "aggregate_fit", spy_fit)
     return seen, strategies
 
 
@@ -116,8 +118,8 @@ def test_secagg_server_never_holds_a_client_update_and_the_mean_equals_fedavg(
     if secure:
         assert not any(_holds(seen, u) for u in moved), "a client's unmasked adapter reached the server"
         (targets,) = strategies  # what reached the strategy: only the unmasked mean, once per client
-        assert len(targets.seen) == 3
-        for arrays in targets.seen:
+        assert len(targets) == 3
+        for arrays in targets:
             np.testing.assert_allclose(np.concatenate([a.ravel() for a in arrays]),
                                        np.concatenate([want[k].ravel() for k in theta0]), atol=2e-5)
     else:  # the spy works: without SecAgg+ the server holds every client's adapter

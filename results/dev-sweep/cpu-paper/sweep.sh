@@ -6,13 +6,14 @@
 # dev = the first 150 questions of each task (600), scored after the last round only (no choice reads
 # the other rounds). Zero-Shot is scored once, in the first folder. The variants differ only in the
 # server's KD, so their round-1 client updates are equal: federation.update_cache computes them once.
+# Padded batches (packing=false) in every variant, as the first one ran, whatever the preset says.
 # Run from the repository root: bash results/dev-sweep/cpu-paper/sweep.sh  (a finished variant is skipped; a
 # killed one continues after its last finished round).
 set -euo pipefail
 export FEDCOLLM_SEAL_TEST=1
 export FEDCOLLM_DATA_DIR=${FEDCOLLM_DATA_DIR:-../shared/data}
 OUT=results/dev-sweep/cpu-paper
-COMMON="federation.train_size=500 eval.every_round=false federation.update_cache=$OUT/update-cache"
+COMMON="federation.train_size=500 eval.every_round=false packing=false federation.update_cache=$OUT/update-cache"
 declare -A VARIANTS=(
   [paper]=""
   [llm-weight-0]="kd.llm_weight=0"

@@ -34,6 +34,7 @@ def fedcollm_round(t: int, grid: Grid, nodes: list[int], server: CoTuningServer,
     """Algorithm 1, round t: broadcast θ^t, local tuning, (secure) FedAvg, mutual KD on D^a."""
     cfg, metered = server.cfg, MeteredGrid(grid)
     config = ConfigRecord({CONFIG_KEY: dump_config(cfg)})  # what clients need to train (no data)
+    t0 = time.perf_counter()
     # 1. broadcast θ^t; 2. each client: E epochs of ℓ_TA on D^k; 3. θ^{t,0} = Σ_k n_k θ_k / Σ_k n_k
     up = aggregation.run(t, metered, nodes, server.theta, config, cfg.federation.round_timeout,
                          derive_seed(cfg.seed, "aggregate", t))
@@ -41,8 +42,10 @@ def fedcollm_round(t: int, grid: Grid, nodes: list[int], server: CoTuningServer,
         raise RoundError(f"round {t}: {up.accepted} usable client updates, federation.min_clients is "
                          f"{min_clients(cfg)} ({up.problems()})")
     theta0 = up.theta if server_opt is None else server_opt.step(t, server.theta, up.theta)  # 3'. FedAdam & co.
+    t1 = time.perf_counter()
     kd = server.distil(theta0, t)  # 4. R steps of CE + λ·KL both ways -> θ^{t+1}, ω^{t+1}
     return {
+        "seconds": {"clients": t1 - t0, "kd": time.perf_counter() - t1},  # where a round's time goes
         "clients": up.record(),  # who is in θ^{t,0} with which weight, who dropped where, who was rejected
         "strategy": cfg.federation.strategy,
         "kd": kd,
@@ -109,7 +112,7 @@ def run_round(t: int, grid: Grid, nodes: list[int], cfg: Config, run: RunDir, se
     t1 = time.perf_counter()
     if cfg.eval.every_round or t == cfg.federation.rounds:
         record["eval"] = server.evaluate()
-    record["seconds"] = {"train": t1 - t0, "eval": time.perf_counter() - t1}
+    record["seconds"] = {**record["seconds"], "train": t1 - t0, "eval": time.perf_counter() - t1}
     record["server_peak_rss_mb"] = peak_rss_mb()
     run.log(record)  # then the checkpoint: its DONE marks the round finished, metrics included
     run.save_round(t, server.llm, server.slm, server_opt.state() if server_opt is not None else None)

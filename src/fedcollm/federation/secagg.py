@@ -97,15 +97,13 @@ class _RoundTargets(Strategy):
     """The legacy strategy the workflow needs: it targets our nodes and receives the aggregate.
 
     By the time ``aggregate_fit`` runs, Flower has put the unmasked aggregate into every result's
-    ``parameters`` (the clients' own vectors were masked and are gone); ``seen`` keeps what arrived
-    here so tests can check exactly that.
+    ``parameters`` (the clients' own vectors were masked and are gone).
     """
 
     def __init__(self, grid: Grid, node_ids: Iterable[int], config: dict) -> None:
         self.grid, self.node_ids, self.config = grid, list(node_ids), config
         self.results: list[tuple] = []
         self.failures: list = []
-        self.seen: list[list[np.ndarray]] = []
 
     def initialize_parameters(self, client_manager):
         return None
@@ -116,7 +114,6 @@ class _RoundTargets(Strategy):
 
     def aggregate_fit(self, server_round, results, failures):
         self.results, self.failures = results, failures
-        self.seen = [parameters_to_ndarrays(res.parameters) for _, res in results]
         return (results[0][1].parameters if results else None), {}
 
     def configure_evaluate(self, server_round, parameters, client_manager):
@@ -135,7 +132,6 @@ class SecureRound:
 
     aggregate: ArrayRecord | None
     metrics: list[tuple[int, dict]] = field(default_factory=list)  # (node id, metrics incl. num-examples)
-    strategy: _RoundTargets | None = None
 
 
 def workflow(sec: SecAggSection, max_weight: float) -> DropTolerantSecAggPlus:
@@ -159,9 +155,9 @@ def secure_train_round(grid: Grid, node_ids: Iterable[int], arrays: ArrayRecord,
     legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: server_round})
     wf(grid, legacy)  # on a halt Flower logs why and never calls aggregate_fit
     if not targets.results:
-        return SecureRound(None, strategy=targets)
+        return SecureRound(None)
     mean = parameters_to_ndarrays(targets.results[0][1].parameters)
     aggregate = ArrayRecord({k: Array(np.asarray(v, dtype=r.dtype).reshape(r.shape))
                              for k, v, r in zip(names, mean, ref, strict=True)})
     metrics = [(proxy.node_id, dict(res.metrics)) for proxy, res in targets.results]  # num-examples included
-    return SecureRound(aggregate, metrics, targets)
+    return SecureRound(aggregate, metrics)

@@ -77,6 +77,9 @@ def _federated(method: str, algorithm: str | None = None,
         c = adjust(method_config(cfg, out))
         c.method, c.output_dir, c.run_name = algorithm or method, str(out / "runs"), method
         c.eval.zero_shot = False  # the zero_shot method scores the base models once for everyone
+        # FedAvg, no_kd and the FedCoLLM variants broadcast the same θ^1: their round-1 client updates are one
+        # computation, memoized by its inputs (federation/update_cache.py), unless the config names a cache
+        c.federation.update_cache = c.federation.update_cache or str(out / "update-cache")
         existing = out / "runs" / method
         run_dir = run_fedcollm(None, resume=str(existing)) if existing.exists() else run_fedcollm(c)
         keep_run_adapters(run_dir, adapters_dir(out, method))
