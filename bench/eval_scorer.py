@@ -2,7 +2,7 @@
 
 Both arms load the weights in the same dtype from the same folder and neither autocasts, so every
 matmul runs in that dtype in both. lm-eval's time is ``simple_evaluate`` (task setup, tokenization,
-scoring; model loading excluded, see ``fedcollm.lm_eval_ref``); ours is ``score_questions``
+scoring; model loading excluded, see ``bench.lm_eval_ref``); ours is ``score_questions``
 (tokenization and scoring). Each arm runs once on a few questions first (warm-up), then the two
 alternate ``reps`` times. Targets: identical accuracy (acc and acc_norm) and ≥ 3× faster.
 
@@ -29,9 +29,9 @@ def compare(model: str, task: str = "arc_easy", limit: int = 100, batch_size: in
     The dict keeps the layout of ``results/scorer_vs_lm_eval_*.json`` (bench/scorer_vs_lm_eval.py). When the
     wall-time speed-up is below ``profile_below`` it also holds a profile of our scorer (``profile_ours``).
     """
+    from bench.lm_eval_ref import run_lm_eval
     from fedcollm.data import load_eval
     from fedcollm.evaluate import accuracy, score_questions
-    from fedcollm.lm_eval_ref import run_lm_eval
     from fedcollm.models.sources import load_model, resolve_model
 
     path = resolve_model(model)

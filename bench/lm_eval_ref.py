@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .data import Question
+from fedcollm.data import Question
 
 _YAML = {
     "arc_easy": "arc/arc_easy.yaml",

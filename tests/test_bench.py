@@ -17,11 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the bench package lives beside src/, not inside it
-
-from bench import client_step, comm, eval_scorer, kd_step, memory, sampling, scaling  # noqa: E402
-from bench.common import Setup, check, interleaved, train_step_flops  # noqa: E402
+from bench import client_step, comm, eval_scorer, kd_step, memory, sampling, scaling
+from bench.common import Setup, check, interleaved, train_step_flops
 
 ROW_KEYS = {"bench", "figure", "ours", "baseline", "ratio", "target", "met", "unit"}
 
@@ -205,7 +202,8 @@ def test_memory_benchmark_runs_a_simulated_round(setup):
 @pytest.mark.slow
 def test_quick_suite_on_the_real_models(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "comm,client", "--out",
-                           str(tmp_path / "b.json")], cwd=ROOT, capture_output=True, text=True)
+                           str(tmp_path / "b.json")], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     saved = json.loads((tmp_path / "b.json").read_text())
     assert set(saved["benchmarks"]) == {"comm", "client"}

@@ -34,9 +34,9 @@ def test_offline_pair_shares_one_tokenizer_and_knows_paris():
 def test_scorer_matches_lm_eval_on_the_real_slm(data_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from bench.lm_eval_ref import run_lm_eval
     from fedcollm.data import load_eval
     from fedcollm.evaluate import score_questions
-    from fedcollm.lm_eval_ref import run_lm_eval
     from fedcollm.models.sources import resolve_model
 
     path = resolve_model(SLM)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bench.lm_eval_ref import run_lm_eval
 from fedcollm.data import ALL_TASKS, load_eval
 from fedcollm.evaluate import accuracy, score_questions
-from fedcollm.lm_eval_ref import run_lm_eval
 
 
 @pytest.fixture(scope="module")
