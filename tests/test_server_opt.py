@@ -70,6 +70,50 @@ CASES = [
 ]
 
 
+def _flower_steps(name, knobs, theta, means):
+    """θ after each round by Flower's own strategy class of that name, driven as a ServerApp drives it with
+    one client: the current arrays set as ``configure_train`` sets them, the round's mean as its one reply."""
+    from flwr.app import Message, MessageType, MetricRecord, RecordDict
+    from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvgM, FedYogi
+
+    from fedcollm.federation.wire import from_record, layout_of, to_record
+
+    cls = {"fedavgm": FedAvgM, "fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}[name]
+    renamed = {"server_lr": "server_learning_rate" if name == "fedavgm" else "eta"}
+    strategy = cls(**{renamed.get(k, k): v for k, v in knobs.items()})
+    x, out = theta, []
+    for t, mean in enumerate(means, start=1):
+        current = to_record(x)
+        strategy.current_arrays = current if name == "fedavgm" else {k: a.numpy() for k, a in current.items()}
+        reply = Message(RecordDict({"arrays": to_record(mean), "metrics": MetricRecord({"num-examples": 1})}),
+                        dst_node_id=0, message_type=MessageType.TRAIN)
+        stepped, _ = strategy.aggregate_train(t, [reply])
+        x = from_record(stepped, layout_of(theta))
+        out.append(x)
+    return out
+
+
+FLOWER_CASES = [(name, knobs) for name, knobs, _ in CASES] + [
+    (name, {}) for name in ("fedavgm", "fedadam", "fedyogi", "fedadagrad")]
+
+
+@pytest.mark.parametrize(("name", "knobs"), FLOWER_CASES,
+                         ids=[f"{n}-{'set' if k else 'defaults'}" for n, k in FLOWER_CASES])
+def test_each_strategy_steps_as_flowers_class_of_that_name_round_by_round(name, knobs):
+    rng = np.random.default_rng(7)
+    theta = _arrays(rng)
+    means = [_arrays(rng) for _ in range(3)]  # the three rounds' means, the same for both arms
+    opt, x, ours = ServerOptimizer(FederationSection(strategy=name, **knobs)), theta, []
+    for t, mean in enumerate(means, start=1):
+        x = opt.step(t, x, mean)
+        ours.append(x)
+    flower = _flower_steps(name, knobs, theta, means)
+    for t, (a, b) in enumerate(zip(ours, flower), start=1):
+        np.testing.assert_allclose(_flat(a), _flat(b), rtol=0, atol=1e-6, err_msg=f"{name} round {t}")
+    if name != "fedavgm" or knobs:  # FedAvgM at Flower's defaults is plain FedAvg: θ^{t,0} is the mean
+        assert not np.allclose(_flat(ours[-1]), _flat(means[-1]))
+
+
 @pytest.mark.parametrize(("name", "knobs", "hp"), CASES, ids=[c[0] for c in CASES])
 def test_each_strategy_steps_by_its_formula_and_resumes_from_its_saved_state(name, knobs, hp, tmp_path):
     from safetensors.numpy import save_file

@@ -1,82 +1,131 @@
-"""Server optimizers on the aggregated SLM adapter: Flower's FedAvgM, FedAdam, FedYogi and FedAdagrad.
+"""Server optimizers on the aggregated SLM adapter: FedAvgM, FedAdam, FedYogi and FedAdagrad.
 
 FedAvg takes θ^{t,0} = the mean of the client adapters. A server optimizer instead treats
 Δ^t = mean − θ^t as a pseudo-gradient and steps θ^t with momentum (FedAvgM, Hsu et al. 2019) or an
-adaptive rule (FedAdam/FedYogi/FedAdagrad, Reddi et al. 2021, "Adaptive Federated Optimization").
+adaptive rule (FedAdam/FedYogi/FedAdagrad, Reddi et al. 2021, "Adaptive Federated Optimization",
+Algorithm 2). Each is a few lines of numpy here, written to step exactly as Flower's own strategy
+classes of the same names do (their defaults, their bias-corrected η for FedAdam, their operation order
+in float32), and checked against them round by round in ``tests/test_server_opt.py``; calling Flower's
+classes instead would mean driving them through their message-level aggregation and setting their
+internal state by hand.
 
-The arithmetic is Flower's own strategy classes, not ours. They are fed the *mean* (one reply of
-weight 1), never the client updates: the mean is all the server holds under SecAgg+, and what DP
-noised, so every optimizer composes with plain FedAvg, SecAgg+ and DP alike. The update gate has
-already run on each client update before the mean exists.
+The optimizer sees only the round's *mean*, never a client update: the mean is all the server holds
+under SecAgg+, and what DP noised, so every optimizer composes with plain FedAvg, SecAgg+ and DP alike.
+The update gate has already run on each client update before the mean exists.
 
-The optimizer's state (FedOpt's moments m_t and v_t, FedAvgM's momentum) is saved with each round
-(``state``/``load_state``), so a resumed run steps exactly as an uninterrupted one.
+The state (the moments m_t and v_t, or FedAvgM's momentum) is saved with each round (``state`` /
+``load_state``), so a resumed run steps exactly as an uninterrupted one. It is kept on the packed θ
+vector (``wire``) under the names the run folders use: ``m_t/<key>``, ``v_t/<key>``, ``momentum/0``.
 """
 
 from __future__ import annotations
 
-import logging
+import math
+from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Message, MessageType, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvgM, FedYogi
 
 from ..config import FederationSection
 from ..models.lora import NamedArrays
-from .wire import from_record, layout_of, to_record
+from .wire import digest, layout_of
 
-STRATEGIES = {"fedavgm": FedAvgM, "fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}
+# Flower's defaults per strategy (flwr.serverapp.strategy), kept where the config leaves a knob null
+DEFAULTS = {
+    "fedavgm": {"server_lr": 1.0, "server_momentum": 0.0},
+    "fedadam": {"server_lr": 0.1, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3},
+    "fedyogi": {"server_lr": 0.01, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3},
+    "fedadagrad": {"server_lr": 0.1, "beta_1": 0.0, "tau": 1e-3},
+}
+
+
+@dataclass(frozen=True)
+class Hyper:
+    lr: float
+    momentum: float = 0.0
+    beta_1: float = 0.0
+    beta_2: float = 0.0
+    tau: float = 0.0
+
+
+def hyperparameters(f: FederationSection) -> Hyper:
+    """The config's knobs, Flower's default where a knob is null."""
+    d = DEFAULTS[f.strategy]
+
+    def pick(name: str) -> float:
+        value = getattr(f, name, None)
+        return float(d.get(name, 0.0) if value is None else value)
+
+    return Hyper(lr=pick("server_lr"), momentum=pick("server_momentum"), beta_1=pick("beta_1"),
+                 beta_2=pick("beta_2"), tau=pick("tau"))
+
+
+def _flat(arrays: NamedArrays) -> np.ndarray:
+    return np.concatenate([np.asarray(v, dtype=np.float32).ravel() for _, v in arrays])
+
+
+def _unflat(flat: np.ndarray, like: NamedArrays) -> NamedArrays:
+    out, at = [], 0
+    for k, v in like:
+        n = int(np.size(v))
+        out.append((k, flat[at : at + n].reshape(np.shape(v)).astype(np.float32)))
+        at += n
+    return out
 
 
 class ServerOptimizer:
-    """θ^{t,0} = Flower's ``strategy`` step from θ^t toward the round's mean (``step``), with its state."""
+    """θ^{t,0} = θ^t stepped along the pseudo-gradient ``mean − θ^t`` (``step``), with its state."""
 
     def __init__(self, f: FederationSection) -> None:
         self.name = f.strategy
-        if self.name == "fedavgm":
-            kwargs = {"server_learning_rate": f.server_lr, "server_momentum": f.server_momentum}
-        elif self.name == "fedadagrad":
-            kwargs = {"eta": f.server_lr, "tau": f.tau}
-        else:
-            kwargs = {"eta": f.server_lr, "beta_1": f.beta_1, "beta_2": f.beta_2, "tau": f.tau}
-        # None keeps Flower's default for that strategy (its docstring lists them)
-        self.strategy = STRATEGIES[self.name](**{k: v for k, v in kwargs.items() if v is not None})
+        self.hp = hyperparameters(f)
+        self.m: np.ndarray | None = None  # FedOpt's first moment (FedAvgM: the momentum buffer)
+        self.v: np.ndarray | None = None  # FedOpt's second moment
+        self.key = ""
 
     def step(self, t: int, theta_t: NamedArrays, mean: NamedArrays) -> NamedArrays:
-        """θ^t moved by the strategy with pseudo-gradient ``mean − θ^t`` (``t`` drives FedAdam's bias correction)."""
-        current = to_record(theta_t)  # one packed float32 array (``wire``): the moments are kept packed too
-        if isinstance(self.strategy, FedAvgM):
-            self.strategy.current_arrays = current
-        else:
-            self.strategy.current_arrays = {k: a.numpy() for k, a in current.items()}
-        reply = Message(RecordDict({"arrays": to_record(mean), "metrics": MetricRecord({"num-examples": 1})}),
-                        dst_node_id=0, message_type=MessageType.TRAIN)
-        flwr_log = logging.getLogger("flwr")  # its "Received 1 results" line would read as a lost round
-        level = flwr_log.level
-        flwr_log.setLevel(logging.WARNING)
-        try:
-            stepped, _ = self.strategy.aggregate_train(t, [reply])
-        finally:
-            flwr_log.setLevel(level)
-        return from_record(stepped, layout_of(theta_t))
+        """θ^t moved toward ``mean`` by this optimizer (``t`` drives FedAdam's bias correction)."""
+        self.key = f"theta/{digest(layout_of(theta_t))}"
+        x, y, hp = _flat(theta_t), _flat(mean), self.hp
+        if self.name == "fedavgm":
+            if hp.momentum == 0.0 and hp.lr == 1.0:  # plain FedAvg: the mean itself
+                return _unflat(y, theta_t)
+            grad = x - y  # the pseudo-gradient, as SGD's: updates are the opposite of gradients
+            if hp.momentum > 0.0:
+                self.m = grad if self.m is None else np.float32(hp.momentum) * self.m + grad
+                grad = self.m
+            return _unflat(x - np.float32(hp.lr) * grad, theta_t)
+        delta = y - x
+        m = np.zeros_like(delta) if self.m is None else self.m
+        v = np.zeros_like(delta) if self.v is None else self.v
+        self.m = np.float32(hp.beta_1) * m + np.float32(1 - hp.beta_1) * delta
+        if self.name == "fedadam":
+            self.v = np.float32(hp.beta_2) * v + np.float32(1 - hp.beta_2) * delta**2
+            # Flower's bias-corrected η (Kingma & Ba's α_t), with its exponent t + 1
+            lr = hp.lr * math.sqrt(1 - hp.beta_2 ** (t + 1.0)) / (1 - hp.beta_1 ** (t + 1.0))
+        elif self.name == "fedyogi":
+            self.v = v - np.float32(1 - hp.beta_2) * delta**2 * np.sign(v - delta**2)
+            lr = hp.lr
+        else:  # fedadagrad
+            self.v = v + delta**2
+            lr = hp.lr
+        return _unflat(x + np.float32(lr) * self.m / (np.sqrt(self.v) + np.float32(hp.tau)), theta_t)
 
     def state(self) -> dict[str, np.ndarray]:
-        """The strategy's running state as flat named arrays (empty before the first step)."""
-        s = self.strategy
-        if isinstance(s, FedAvgM):
-            return {f"momentum/{i}": np.asarray(v) for i, v in enumerate(s.momentum_vector or [])}
-        return {f"{part}/{k}": np.asarray(v) for part in ("m_t", "v_t") for k, v in (getattr(s, part) or {}).items()}
+        """The running state as named arrays (empty before the first step)."""
+        if self.name == "fedavgm":
+            return {} if self.m is None else {"momentum/0": self.m}
+        return {f"{part}/{self.key}": a for part, a in (("m_t", self.m), ("v_t", self.v)) if a is not None}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Put back what ``state`` returned (a resumed run's optimizer goes on where it stopped)."""
-        s = self.strategy
-        if isinstance(s, FedAvgM):
-            vectors = sorted((int(k.split("/", 1)[1]), v) for k, v in state.items() if k.startswith("momentum/"))
-            s.momentum_vector = [v for _, v in vectors] or None
-            return
-        for part in ("m_t", "v_t"):
-            got = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(f"{part}/")}
-            setattr(s, part, got or None)
+        def part(prefix: str) -> np.ndarray | None:
+            got = [np.asarray(v, dtype=np.float32) for k, v in sorted(state.items()) if k.startswith(prefix)]
+            return got[0] if got else None
+
+        if self.name == "fedavgm":
+            self.m = part("momentum/")
+        else:
+            self.m, self.v = part("m_t/"), part("v_t/")
 
 
 def make_server_optimizer(f: FederationSection) -> ServerOptimizer | None:
