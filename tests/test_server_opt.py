@@ -240,8 +240,8 @@ def test_fedadam_through_secagg_equals_fedadam_on_the_plain_mean(tiny_models, da
 
     cfg = _sim_cfg(tiny_models, data_dir, tmp_path, "unused")
     theta0 = get_adapter_arrays(load_peft(cfg.slm, cfg, "slm")[0])
-    (m,) = [v for k, v in runs[False].server_state(1).items() if k.startswith("m_t/")]
-    (v,) = [v for k, v in runs[False].server_state(1).items() if k.startswith("v_t/")]
+    (m,) = [v for k, v in runs[False].server_state(1).items() if k.startswith("moment1/")]
+    (v,) = [v for k, v in runs[False].server_state(1).items() if k.startswith("moment2/")]
     delta = m / (1 - 0.9)
     np.testing.assert_allclose(v, (1 - 0.99) * delta**2, rtol=1e-4, atol=1e-12)
     eta = 0.01 * np.sqrt(1 - 0.99**2) / (1 - 0.9**2)

@@ -13,9 +13,9 @@ The optimizer sees only the round's *mean*, never a client update: the mean is a
 under SecAgg+, and what DP noised, so every optimizer composes with plain FedAvg, SecAgg+ and DP alike.
 The update gate has already run on each client update before the mean exists.
 
-The state (the moments m_t and v_t, or FedAvgM's momentum) is saved with each round (``state`` /
+The state (the first and second moments, or FedAvgM's momentum) is saved with each round (``state`` /
 ``load_state``), so a resumed run steps exactly as an uninterrupted one. It is kept on the packed θ
-vector (``wire``) under the names the run folders use: ``m_t/<key>``, ``v_t/<key>``, ``momentum/0``.
+vector (``wire``): ``moment1/<key>``, ``moment2/<key>`` or ``momentum/0`` in ``server_opt.safetensors``.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class ServerOptimizer:
         """The running state as named arrays (empty before the first step)."""
         if self.name == "fedavgm":
             return {} if self.m is None else {"momentum/0": self.m}
-        return {f"{part}/{self.key}": a for part, a in (("m_t", self.m), ("v_t", self.v)) if a is not None}
+        return {f"{part}/{self.key}": a for part, a in (("moment1", self.m), ("moment2", self.v)) if a is not None}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Put back what ``state`` returned (a resumed run's optimizer goes on where it stopped)."""
@@ -125,7 +125,10 @@ class ServerOptimizer:
         if self.name == "fedavgm":
             self.m = part("momentum/")
         else:
-            self.m, self.v = part("m_t/"), part("v_t/")
+            self.m, self.v = part("moment1/"), part("moment2/")
+        if state and self.m is None:  # another optimizer's or another layout's state: never restart it silently
+            raise ValueError(f"{self.name}: the saved server optimizer state holds {', '.join(sorted(state)[:3])}, "
+                             "not this optimizer's; resume with the strategy the run was started with")
 
 
 def make_server_optimizer(f: FederationSection) -> ServerOptimizer | None:
