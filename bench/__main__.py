@@ -1,4 +1,4 @@
-"""``python -m bench``: the benchmarks of issue 6 on the real offline models, a table and a JSON file.
+"""``python -m bench``: the project's benchmarks on the real offline models, a table and a JSON file.
 
     FEDCOLLM_DATA_DIR=/work/shared/data python -m bench --out results/bench/bench.json
     python -m bench --quick --only comm,kd          # tiny workload, two benchmarks (smoke)

@@ -1,7 +1,7 @@
 """Benchmark 8, packed batches: the client and KD steps on cpu-paper's own batches, padded vs packed.
 
 The workload is what a cpu-paper round trains: the first batches of client 0's D^k and of D^a, cut from
-the four tasks exactly as the preset cuts them (``configs/presets/cpu-paper.yaml``, its
+the four tasks exactly as the preset cuts them (``fedcollm/presets/cpu-paper.yaml``, its
 ``train_size``), so the batches mix CommonsenseQA's long prompts with OpenBookQA's short ones. Both arms
 run ``train.run_loop`` over the same examples in the same batches with fresh AdamW, clipping and the
 run's autocast, adapters reset before each repetition:
@@ -26,15 +26,15 @@ NAME = "packing"
 def workload(setup: Setup, n_batches: int, batch_size: int):
     """(client 0's first examples, D^a's first examples) as the cpu-paper preset cuts them (tiny data: a few)."""
     from fedcollm.build import load_splits
-    from fedcollm.config import load_config
+    from fedcollm.config import load_config, load_preset
 
     overrides = [f"slm.name={setup.slm}", f"llm.name={setup.llm}", f"precision={setup.precision}"]
     if setup.data_dir:
         overrides.append(f"data_dir={setup.data_dir}")
     if setup.quick:  # the tests' tiny data has 60 questions per task
         overrides.append("federation.train_size=40")
-    cfg = load_config("configs/presets/cpu-paper.yaml" if not setup.quick else None,
-                      [*overrides, "tasks=[arc_easy,arc_challenge,openbookqa,commonsense_qa]"])
+    everything = [*overrides, "tasks=[arc_easy,arc_challenge,openbookqa,commonsense_qa]"]
+    cfg = load_config(None, everything) if setup.quick else load_preset("cpu-paper", everything)
     splits = load_splits(cfg)
     n = n_batches * batch_size
     return cfg, splits.clients[0][:n], splits.aux[:n]

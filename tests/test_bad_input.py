@@ -1,4 +1,4 @@
-"""Bad input never gets past the door (issue 12, section 4).
+"""Bad input never gets past the door.
 
 Every bad input ends in one line on stderr (``fedcollm: error: ...``) naming what and where, exit code
 2, nothing overwritten and no run folder left behind. One test (or parametrized case) per way in which

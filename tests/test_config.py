@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedcollm.config import ConfigError, load_config, save_config
+from fedcollm.config import ConfigError, load_config, load_preset, save_config
 
 
 def test_defaults_file_and_overrides(tmp_path):
@@ -115,25 +115,21 @@ def test_kd_knobs_reach_the_transfer_and_the_server_loop():
 
 
 def test_the_paper_faithful_preset_is_the_papers_transfer():
-    from pathlib import Path
 
     from fedcollm.build import transfer_spec
     from fedcollm.updates import Transfer
 
-    presets = Path(__file__).resolve().parents[1] / "configs" / "presets"
-    cfg = load_config(presets / "paper-faithful.yaml")
+    cfg = load_preset("paper-faithful")
     assert transfer_spec(cfg) == Transfer(llm_weight=1.0, slm_weight=1.0, mix="add", select="none", top_k=128)
 
 
 def test_the_cpu_paper_preset_keeps_the_papers_proportions(data_dir):
     """Issue 11's floor for cpu-paper: K = 4, T >= 3, D^a one fifth of each task's (subsampled) training
     data with >= 150 questions per task, >= 500 test questions per task, dev smaller than test."""
-    from pathlib import Path
 
     from fedcollm.build import load_splits
 
-    presets = Path(__file__).resolve().parents[1] / "configs" / "presets"
-    cfg = load_config(presets / "cpu-paper.yaml")
+    cfg = load_preset("cpu-paper")
     f = cfg.federation
     assert (f.num_clients, f.aux_fraction, f.aux_size, f.client_size) == (4, 0.2, None, None)
     assert f.rounds >= 3 and round(f.aux_fraction * f.train_size) >= 150

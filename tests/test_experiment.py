@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from fedcollm.config import ConfigError, load_config
+from fedcollm.config import ConfigError, load_config, load_preset
 from fedcollm.data.schema import SEAL_ENV
 from fedcollm.recipes import experiment
 
@@ -151,7 +151,6 @@ def test_a_dev_only_sweep_reads_no_test_question_and_a_rerun_scores_test_without
 def test_the_paper_transfer_variant_runs_beside_the_configs_with_its_own_claims(tiny_models, data_dir, tmp_path):
     """``fedcollm_paper``: FedCoLLM with paper-faithful's transfer on this config's splits and budget; the report
     states the paper's claims for it too, and whether the config's transfer beats it."""
-    from pathlib import Path
 
     from fedcollm.build import transfer_spec
 
@@ -160,9 +159,8 @@ def test_the_paper_transfer_variant_runs_beside_the_configs_with_its_own_claims(
         "federation.num_clients=2", "federation.rounds=1", "federation.client_size=4", "federation.aux_size=2",
         "tasks=arc_easy", "eval.limit=3", "kd.top_k=8", "tracking=[]", "kd.select=greater", "kd.mix=convex",
         "kd.weight=0.1", "kd.max_steps=1"])
-    presets = Path(__file__).resolve().parents[1] / "configs" / "presets"
     paper = experiment.paper_transfer(cfg)
-    assert transfer_spec(paper) == transfer_spec(load_config(presets / "paper-faithful.yaml"))
+    assert transfer_spec(paper) == transfer_spec(load_preset("paper-faithful"))
     assert paper.kd.max_steps == 1 and cfg.kd.select == "greater"  # budget kept, the caller's config untouched
     out = experiment.run_experiment(cfg, tmp_path / "exp", ("zero_shot", "fedcollm", "fedcollm_paper"),
                                     dev_only=True)

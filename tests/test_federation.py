@@ -71,8 +71,11 @@ def test_a_round_trains_exactly_the_nodes_found_online_without_waiting_for_more(
         def get_node_ids(self):
             return []
 
-        def send_and_receive(self, messages, *, timeout=None):
+        def push_messages(self, messages):
             self.sent += list(messages)
+            return [str(i) for i, _ in enumerate(self.sent)]
+
+        def pull_messages(self, message_ids):
             return []
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
@@ -261,21 +264,28 @@ def test_a_message_handed_to_a_restarting_worker_is_sent_again_and_a_dead_one_is
 
     class RestartingGrid:  # node 5's worker is restarting for two tries; node 7's died running the message
         tries = {5: 0, 7: 0}
+        replies: dict[str, Message] = {}
 
-        def send_and_receive(self, messages, *, timeout=None):
-            out = []
+        def push_messages(self, messages):
+            ids = []
             for m in messages:
                 n = m.metadata.dst_node_id
                 self.tries[n] += 1
+                m.metadata.__dict__["_message_id"] = f"{n}-{self.tries[n]}"  # as Flower's Grids number them
                 if n == 7:
                     reason = "ActorUnavailableError: RpcError: Socket closed"
                 elif self.tries[n] <= 2:
                     reason = "ActorUnavailableError: IOError: The actor is restarting.. The task may or may not ..."
                 else:
-                    out.append(Message(RecordDict({"config": ConfigRecord({"ok": 1})}), reply_to=m))
-                    continue
-                out.append(Message(Error(code=0, reason=reason), reply_to=m))
-            return out
+                    reason = None
+                self.replies[m.metadata.message_id] = (
+                    Message(RecordDict({"config": ConfigRecord({"ok": 1})}), reply_to=m) if reason is None
+                    else Message(Error(code=0, reason=reason), reply_to=m))
+                ids.append(m.metadata.message_id)
+            return ids
+
+        def pull_messages(self, message_ids):
+            return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     grid = MeteredGrid(RestartingGrid())

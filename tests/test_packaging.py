@@ -62,3 +62,34 @@ def test_every_direct_dependency_is_pinned_inside_its_pyproject_range():
 def test_a_malformed_constraints_file_is_refused_with_its_line(text, error):
     with pytest.raises(AssertionError, match=error):
         read_pins(text)
+
+
+def test_the_wheel_ships_the_presets_and_the_flower_app_and_the_cli_finds_them_installed(tmp_path):
+    """Installed from a wheel (not editable), `fedcollm experiment --preset` and `flwr run` still find their files."""
+    import subprocess
+    import sys
+    import zipfile
+
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
+                    str(ROOT)], check=True, capture_output=True)
+    (wheel,) = wheels.glob("fedcollm-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    presets = {p.name for p in (ROOT / "src" / "fedcollm" / "presets").glob("*.yaml")}
+    assert presets >= {"cpu-paper.yaml", "cpu-small.yaml", "paper.yaml", "paper-faithful.yaml"}
+    assert {f"fedcollm/presets/{p}" for p in presets} | {"fedcollm/flower_app/pyproject.toml"} <= names
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    code = ("import fedcollm, fedcollm.config as c; from fedcollm.federation.deploy import flower_app_dir; "
+            f"assert fedcollm.__file__.startswith({str(site)!r}), fedcollm.__file__; "
+            "assert c.load_preset('cpu-paper').federation.train_size == 750; "
+            "assert (flower_app_dir() / 'pyproject.toml').is_file(); print(','.join(c.preset_names()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == ",".join(sorted(p[: -len(".yaml")] for p in presets))
+    cli = subprocess.run([sys.executable, "-c", "import sys; from fedcollm.cli import main; "
+                          "sys.exit(main(['experiment', '--preset', 'nope', '--dev-only']))"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert cli.returncode == 2 and "choose from cpu-paper, cpu-small, paper, paper-faithful" in cli.stderr

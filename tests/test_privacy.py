@@ -68,8 +68,8 @@ class Spy:
     def __getattr__(self, name):
         return getattr(self.grid, name)
 
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+    def pull_messages(self, message_ids):
+        replies = list(self.grid.pull_messages(message_ids))
         for r in replies:
             if not r.has_error():
                 for record in r.content.array_records.values():

@@ -1,4 +1,5 @@
-"""``fedcollm`` command line: models, eval, run, experiment, compare, data, deploy-local, certs.
+"""``fedcollm`` command line: models, eval, run, experiment, compare, data, deploy-local, certs, export,
+generate.
 
 User errors (config, data, model source, adapter) end with one line on stderr and exit code 2; no
 traceback, nothing written over earlier results. Library errors are turned into these types where they
@@ -15,13 +16,14 @@ import sys
 from pathlib import Path
 
 from . import precision
-from .config import ConfigError, check_output_file, check_output_folder
+from .config import ConfigError, check_output_file, check_output_folder, one_line
 from .data import ALL_TASKS, DataError, check_tasks
 from .models.lora import AdapterError
 from .models.offline import ModelSourceError
 from .runlog import RoundError
 
-USER_ERRORS = (ConfigError, DataError, ModelSourceError, AdapterError, FileNotFoundError)
+# OSError covers FileNotFoundError and a path the OS cannot name (ENAMETOOLONG): the user's input, one line
+USER_ERRORS = (ConfigError, DataError, ModelSourceError, AdapterError, OSError)
 
 
 def _tasks(text: str) -> list[str]:
@@ -119,23 +121,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import load_config, load_preset
     from .recipes.experiment import METHODS, VARIANTS, failed_methods, run_experiment
 
     if bool(args.preset) == bool(args.config):
         raise ConfigError("give exactly one of --preset NAME or --config FILE")
-    presets = Path(__file__).resolve().parents[2] / "configs" / "presets"
-    path = Path(args.config) if args.config else presets / f"{args.preset}.yaml"
-    if args.preset and not path.is_file():
-        names = sorted(p.stem for p in presets.glob("*.yaml"))
-        raise ConfigError(f"unknown preset {args.preset!r}; choose from {', '.join(names)}")
-    cfg = load_config(path, args.overrides)
+    cfg = load_preset(args.preset, args.overrides) if args.preset else load_config(args.config, args.overrides)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
     unknown = sorted(set(methods) - set(METHODS + VARIANTS))
     if unknown:
         raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(METHODS + VARIANTS)}")
-    folder = check_output_folder(args.out or Path(cfg.output_dir) / f"experiment-{args.preset or path.stem}",
-                                 "experiment folder")
+    name = args.preset or Path(args.config).stem
+    folder = check_output_folder(args.out or Path(cfg.output_dir) / f"experiment-{name}", "experiment folder")
     out = run_experiment(cfg, folder, methods, dev_only=args.dev_only)
     print(f"report: {out / 'report.md'}")
     failed = failed_methods(out)
@@ -186,11 +183,23 @@ def cmd_certs(args: argparse.Namespace) -> int:
     hosts = tuple(h.strip() for h in args.hosts.split(",") if h.strip())
     if not hosts:
         raise ConfigError("--hosts must name at least one host name or IP address")
+    bad = [h for h in hosts if not h.isascii()] or [h for h in hosts[:1] if len(h) > 64]
+    if bad:
+        raise ConfigError(f"--hosts: {bad[0][:80]!r} cannot go in a certificate: host names are ASCII (IDNA "
+                          "A-labels) and the first, the certificate's common name, at most 64 characters")
     _at_least_one(args.nodes, "--nodes")
     certs = make_certs(args.out, args.nodes, hosts, replace=False)  # never replace a CA nodes trust
     print(f"CA {certs.ca}\nSuperLink certificate {certs.server_cert} (key {certs.server_key}) for {args.hosts}")
     for key in certs.node_keys:
         print(f"SuperNode key {key} (register {key}.pub with `flwr supernode register`)")
+    return 0
+
+
+def cmd_flower_app(args: argparse.Namespace) -> int:
+    """The Flower App folder for ``flwr run`` (package data, so an installed fedcollm has it too)."""
+    from .federation.deploy import flower_app_dir
+
+    print(flower_app_dir())
     return 0
 
 
@@ -248,6 +257,77 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_source(args: argparse.Namespace):
+    """The adapter to export and its base: a run folder's θ (slm) or ω (llm) of a finished round, or --adapter."""
+    from .config import load_config
+    from .models.export import ExportSource
+    from .runlog import RunDir
+
+    if args.role not in ("llm", "slm"):
+        raise ConfigError(f"--role must be llm (the server's ω) or slm (the clients' θ), got {args.role!r}")
+    if bool(args.run) == bool(args.adapter):
+        raise ConfigError("give a run folder (RUN_DIR) or --adapter DIR --model M, not both")
+    if args.adapter:
+        if not args.model:
+            raise ConfigError("--adapter needs --model: the base the adapter was trained on")
+        if args.round is not None:
+            raise ConfigError("--round picks a round of a run folder; it does not go with --adapter")
+        return ExportSource(base=args.model, adapter=Path(args.adapter), role=args.role)
+    run = RunDir(args.run)
+    if not (run.path / "config.yaml").is_file():
+        raise ConfigError(f"{run.path} is not a run folder (no config.yaml)")
+    cfg = load_config(run.path / "config.yaml")
+    finished = sorted(int(p.parent.name) for p in (run.path / "rounds").glob("*/DONE") if p.parent.name.isdigit())
+    if not finished:
+        raise ConfigError(f"{run.path} has no finished round (no rounds/NNN/DONE); nothing to export")
+    t = run.last_round() if args.round is None else args.round
+    if t not in finished:
+        raise ConfigError(f"round {t} of {run.path} is not finished; finished rounds: "
+                          f"{', '.join(map(str, finished))}")
+    adapter = run.round_dir(t) / ("theta" if args.role == "slm" else "omega")
+    if not adapter.is_dir():
+        raise ConfigError(f"{run.path} round {t} has no {args.role} adapter ({adapter.name}/): a run without a "
+                          "server LLM (method=fedavg) has only θ")
+    base = args.model or (cfg.slm.name if args.role == "slm" else cfg.llm.name)
+    return ExportSource(base=base, adapter=adapter, role=args.role, run=str(run.path), round=t)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .models.export import check_request, export
+    from .models.sources import check_model_files
+
+    quant = check_request(args.format, args.quant, args.out)  # format, quantization, output path: first
+    src = _export_source(args)
+    check_model_files(src.base, args.cache)
+    out = export(src, args.format, args.out, quant, cache=args.cache)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else out.stat().st_size
+    print(f"{out}: {args.format} {quant}, {size / 2**20:.1f} MiB, from {src.adapter}"
+          + (f" (run {src.run}, round {src.round})" if src.run else ""))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import generate, load_for_generation
+
+    _at_least_one(args.max_new_tokens, "--max-new-tokens")
+    if args.temperature < 0:
+        raise ConfigError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.adapter:
+        from .models.lora import read_adapter_arrays, read_adapter_config
+
+        read_adapter_config(args.adapter)
+        read_adapter_arrays(args.adapter)
+    model, tok, what = load_for_generation(args.model, args.adapter, args.export,
+                                           precision.torch_dtype(args.precision), args.cache)
+    print(f"[{what}, {'greedy' if args.temperature == 0 else f'T={args.temperature} top-p={args.top_p}'}]",
+          file=sys.stderr)
+    generate(model, tok, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+             top_p=args.top_p, seed=args.seed, chat=not args.no_chat_template)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedcollm", description="Federated co-tuning of a server LLM and client SLMs")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -285,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("experiment", help="every method (baselines + FedCoLLM) on the same splits, then a report")
     x.add_argument("--preset", default=None,
-                   help="cpu-small, cpu-paper, paper-faithful or paper (configs/presets/NAME.yaml)")
+                   help="cpu-small, cpu-paper, paper-faithful or paper (package data: fedcollm/presets/NAME.yaml)")
     x.add_argument("--config", default=None)
     x.add_argument("--methods", default=None,
                    help="comma list (default: the five methods; fedcollm_paper adds FedCoLLM with the paper's KD)")
@@ -320,11 +400,43 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--hosts", default="127.0.0.1,localhost", help="SuperLink host names/IPs the certificate names")
     c.set_defaults(func=cmd_certs)
 
+    fa = sub.add_parser("flower-app", help="print the Flower App folder to give `flwr run` (deployment engine)")
+    fa.set_defaults(func=cmd_flower_app)
+
     k = sub.add_parser("compare", help="is A's accuracy different from B's? paired test on the same questions")
     k.add_argument("a", help="run folder, methods/<m>.json or `fedcollm eval --out` file; PATH:ROLE picks llm/slm")
     k.add_argument("b", help="the reference, same forms")
     k.add_argument("--out", help="also write the rows as JSON here")
     k.set_defaults(func=cmd_compare)
+
+    xp = sub.add_parser("export", help="the tuned LLM or SLM for serving: merged HF folder, GGUF, or LoRA GGUF")
+    xp.add_argument("run", nargs="?", default=None, help="run folder (rounds/NNN/theta|omega, config.yaml)")
+    xp.add_argument("--adapter", default=None, help="a PEFT adapter folder instead of a run (needs --model)")
+    xp.add_argument("--model", default=None, help="the adapter's base (default: the run config's llm/slm.name)")
+    xp.add_argument("--role", required=True, help="slm (the clients' θ) or llm (the server's ω)")
+    xp.add_argument("--format", required=True, help="hf (merged folder), gguf (merged, llama.cpp) or gguf-lora "
+                                                     "(the adapter alone, for llama.cpp --lora)")
+    xp.add_argument("--out", required=True, help="output folder (hf) or .gguf file; never overwritten")
+    xp.add_argument("--round", type=int, default=None, help="a finished round of the run (default: the last)")
+    xp.add_argument("--quant", default=None, help="hf: bf16|f16|f32; gguf: bf16|f16|f32|q8_0; gguf-lora: "
+                                                  "f32|f16|bf16 (default: the first)")
+    xp.add_argument("--cache", default=None)
+    xp.set_defaults(func=cmd_export)
+
+    g = sub.add_parser("generate", help="reply to one prompt (chat template, streamed): try a tuned model")
+    g.add_argument("prompt")
+    g.add_argument("--model", default=None, help="built-in name, local HF folder, .gguf file or hub id")
+    g.add_argument("--adapter", default=None, help="PEFT adapter folder to apply")
+    g.add_argument("--export", default=None, help="an export: HF folder or model .gguf (instead of --model), "
+                                                  "or a LoRA .gguf (applied to --model)")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sample")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling when --temperature > 0")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-chat-template", action="store_true", help="feed the prompt as it is")
+    g.add_argument("--precision", choices=precision.PRECISIONS, default="auto")
+    g.add_argument("--cache", default=None)
+    g.set_defaults(func=cmd_generate)
 
     o = sub.add_parser("report", help="rebuild report.md and the plots of a run or experiment folder from its results")
     o.add_argument("folder", help="a run folder (metrics.jsonl) or an experiment folder (methods/)")
@@ -343,11 +455,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as exc:
-        print(f"fedcollm: error: {exc}", file=sys.stderr)
+        print(f"fedcollm: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except RoundError as exc:  # too few clients: the finished rounds are on disk, the run can resume
-        print(f"fedcollm: error: {exc}", file=sys.stderr)
+        print(f"fedcollm: error: {one_line(str(exc))}", file=sys.stderr)
         return 3
+    finally:  # an in-process caller (a test, a notebook) calling main again gets one handler, not two
+        ours.removeHandler(handler)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import importlib.resources
 import math
 import re
 import types
@@ -24,9 +25,20 @@ from typing import Any, Literal
 
 import yaml
 
+#: What ``str.splitlines`` splits on, each written as its escape: a user error is one line on stderr even when
+#: the path or value it names holds a newline (or U+2028, ...).
+_LINE_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
+def one_line(text: str) -> str:
+    return text.translate(_LINE_BREAKS)
+
 
 class ConfigError(ValueError):
-    """A bad config file, key or value."""
+    """A bad config file, key or value; its message is always one line (``one_line``)."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class _NotFinite(ConfigError):
@@ -354,6 +366,7 @@ class Config:
             check_run_name(self.run_name)
         require(DEVICE.fullmatch(self.device) is not None,
                 f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        require(self.seed >= 0, "seed must be >= 0 (numpy's generators take no negative seed)")
         require(self.max_length >= 8, "max_length must be >= 8")
         require(self.grad_clip >= 0, "grad_clip must be >= 0 (0 = no clipping; a negative norm trains uphill)")
 
@@ -376,6 +389,12 @@ def check_run_name(name: str) -> str:
     return name
 
 
+def _show(value: Any) -> str:
+    """``repr(value)`` for an error message, cut short: a megabyte-long override must not become the message."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
 def _fields(cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
@@ -391,7 +410,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         allowed = typing.get_args(tp)
         if isinstance(value, str) and value in allowed:
             return value
-        raise ConfigError(f"{where}: {key} = {value!r} is not one of {', '.join(map(str, allowed))}")
+        raise ConfigError(f"{where}: {key} = {_show(value)} is not one of {', '.join(map(str, allowed))}")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -405,28 +424,35 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
                 raise
             except ConfigError:
                 pass
-        raise ConfigError(f"{where}: {key} = {value!r} is not a {_name(tp)}")
+        raise ConfigError(f"{where}: {key} = {_show(value)} is not a {_name(tp)}")
     if origin is list:
         (item,) = typing.get_args(tp)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: {key} = {value!r} is not a list")
+            raise ConfigError(f"{where}: {key} = {_show(value)} is not a list")
         return [_coerce(v, item, key, where) for v in value]
     if tp is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond any float (1 followed by 400 zeros)
+                number = math.inf
         elif isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
             with contextlib.suppress(ValueError):
                 number = float(value)
         if number is not None:
             if not math.isfinite(number):
-                raise _NotFinite(f"{where}: {key} = {value!r} is not a finite number")
+                raise _NotFinite(f"{where}: {key} = {_show(value)} is not a finite number")
             return number
+    if tp is str and type(value) is str and "\0" in value:  # no path, name or URI holds one (os calls refuse it)
+        raise ConfigError(f"{where}: {key} = {_show(value)} contains a NUL character")
+    if tp is int and type(value) is int and not -(2**63) <= value < 2**63:  # torch and numpy take int64 at most
+        raise ConfigError(f"{where}: {key} = {_show(value)} is out of range (a 64-bit integer)")
     if tp in (int, str, bool) and (type(value) is tp):
         return value
-    raise ConfigError(f"{where}: {key} = {value!r} is not a {_name(tp)}")
+    raise ConfigError(f"{where}: {key} = {_show(value)} is not a {_name(tp)}")
 
 
 def _name(tp: Any) -> str:
@@ -458,7 +484,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: an int of > 4300 digits; deep [[[...]]]
         value = raw
     return key.strip().split("."), value
 
@@ -472,6 +498,21 @@ def read_text(path: Path, what: str = "config file") -> str:
                           ) from None
     except OSError as exc:
         raise ConfigError(f"{what} {path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def preset_names() -> list[str]:
+    """The presets shipped in the package (``fedcollm/presets/NAME.yaml``, package data: found installed too)."""
+    return sorted(p.name[: -len(".yaml")] for p in importlib.resources.files("fedcollm").joinpath("presets").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A shipped preset (``preset_names``) with overrides; an unknown name is a ConfigError listing them."""
+    ref = importlib.resources.files("fedcollm").joinpath("presets", f"{name}.yaml")
+    if not ref.is_file():
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(preset_names())}")
+    with importlib.resources.as_file(ref) as path:
+        return load_config(path, overrides)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -516,16 +557,25 @@ def check_output_folder(path: str | Path, what: str) -> Path:
     """Refuse a folder path that is an existing file, or lies under one: mkdir would fail mid-way."""
     p = Path(path)
     for part in (p, *p.parents):
-        if part.exists():
-            require(part.is_dir(), f"{what} {p}: {part} is a file, not a folder")
+        exists, is_dir = _probe(part, p, what)
+        if exists:
+            require(is_dir, f"{what} {p}: {part} is a file, not a folder")
             break
     return p
+
+
+def _probe(part: Path, p: Path, what: str) -> tuple[bool, bool]:
+    """(exists, is a folder), or a ConfigError for a path the OS refuses to look at."""
+    try:
+        return part.exists(), part.is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system allows (ENAMETOOLONG)
+        raise ConfigError(f"{what} {p}: not a usable path ({exc.strerror or exc})") from None
 
 
 def check_output_file(path: str | Path, what: str) -> Path:
     """Refuse a file path that is an existing folder, or whose parent is (under) a file."""
     p = Path(path)
-    require(not p.is_dir(), f"{what} {p} is a folder; give a file name")
+    require(not _probe(p, p, what)[1], f"{what} {p} is a folder; give a file name")
     check_output_folder(p.parent, what)
     return p
 
@@ -564,6 +614,8 @@ def config_from_text(text: str, where: str = "config text", check: bool = True) 
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except (ValueError, RecursionError) as exc:  # an int of > 4300 digits; [[[...]]] nested past the stack
+        raise ConfigError(f"{where}: not valid YAML ({type(exc).__name__}: {str(exc)[:120]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: top level must be a mapping")
     cfg = _build(Config, data, where, "", Config())

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import one_line
+
 #: Our task names (lm-eval's) -> local sub-folder, split files and the HF hub source.
 TASKS: dict[str, dict[str, str]] = {
     "arc_easy": {"dir": "arc_easy", "eval_split": "test", "hub": "allenai/ai2_arc:ARC-Easy"},
@@ -29,7 +31,10 @@ _LOCAL_SPLIT = {"train": "train", "validation": "dev", "test": "test"}
 
 
 class DataError(ValueError):
-    """A user-facing data problem (missing directory/file, malformed line, unknown task)."""
+    """A user-facing data problem (missing directory/file, malformed line, unknown task), in one line."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,11 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     if value in (None, "", "hub"):
         return None
     path = Path(value).expanduser()
-    if not path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system allows (ENAMETOOLONG)
+        raise DataError(f"data directory {path}: not a usable path ({exc.strerror or exc})") from None
+    if not is_dir:
         raise DataError(
             f"data directory {path} does not exist; pass --data-dir DIR or set FEDCOLLM_DATA_DIR to the folder "
             "holding arc_easy/, arc_challenge/, obqa/, csqa/ (or 'hub' to download from the HF hub)"
@@ -113,9 +122,11 @@ def read_jsonl(path: Path, task: str | None) -> list[Question]:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:  # an int of > 4300 digits; [[[...]]] nested past the stack
+            raise DataError(f"{path}:{lineno}: malformed JSON ({type(exc).__name__}: {str(exc)[:120]})") from None
         where = f"{path}:{lineno}"
         rec_task = task if task is not None else (rec.get("task") if isinstance(rec, dict) else None)
-        if rec_task not in TASKS:
+        if not isinstance(rec_task, str) or rec_task not in TASKS:  # a list or dict is not even hashable
             raise DataError(f"{where}: record names no known task ({rec_task!r})")
         out.append(_record_to_question(rec, rec_task, where))
     return out

@@ -31,6 +31,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore.constant import NodeStatus
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, add_gaussian_noise_inplace, compute_stdv
+from tqdm.auto import tqdm
 
 from ..config import Config
 from ..models.lora import NamedArrays
@@ -51,11 +52,12 @@ class MeteredGrid:
     stage: ``setup``, ``share_keys``, ``collect_masked_vectors`` or ``unmask``) and why.
     """
 
-    def __init__(self, grid: Grid) -> None:
+    def __init__(self, grid: Grid, progress: bool = False, round_no: int | None = None) -> None:
         self._grid = grid
         self.sent: Counter[int] = Counter()
         self.received: Counter[int] = Counter()
         self.dropped: dict[int, Drop] = {}
+        self.progress, self.round_no = progress, round_no
 
     def __getattr__(self, name: str):
         return getattr(self._grid, name)
@@ -66,8 +68,7 @@ class MeteredGrid:
         for m in messages:
             self.sent[m.metadata.dst_node_id] += payload_bytes(m.content)
             stage[m.metadata.dst_node_id] = stage_of(m)
-        replies = self._resend_if_restarting(messages, list(self._grid.send_and_receive(messages, timeout=timeout)),
-                                             timeout)
+        replies = self._resend_if_restarting(messages, self._exchange(messages, timeout), timeout)
         for r in replies:
             node = r.metadata.src_node_id
             if r.has_error():
@@ -79,6 +80,34 @@ class MeteredGrid:
             self.dropped.setdefault(n, Drop(n, stage[n], f"no reply within {timeout} s"))
         return replies
 
+
+    def _exchange(self, messages: list[Message], timeout: float | None) -> list[Message]:
+        """Flower's push, then pull until every message has its reply or ``timeout`` passes (what the Grid's own
+        ``send_and_receive`` does), with a line that counts the replies as they come: a round of many minutes
+        shows its clients finishing (replied k of K, the examples they trained, an ETA) instead of silence."""
+        waiting = set(self._grid.push_messages(messages))
+        end = None if timeout is None else time.monotonic() + timeout
+        stage = stage_of(messages[0]) if messages else "train"
+        where = f"round {self.round_no} " if self.round_no is not None else ""
+        bar = tqdm(total=len(waiting), desc=f"{where}{stage}: clients replied", unit="client", leave=False,
+                   disable=not self.progress or not waiting)
+        replies: list[Message] = []
+        examples = 0
+        while waiting and (end is None or time.monotonic() < end):
+            got = list(self._grid.pull_messages(list(waiting)))
+            for r in got:
+                waiting.discard(r.metadata.reply_to_message_id)
+                if not r.has_error() and "metrics" in r.content.metric_records:
+                    examples += int(r.content["metrics"].get("num-examples", 0))
+            if got:
+                replies += got
+                bar.update(len(got))
+                if examples:
+                    bar.set_postfix(examples=examples)
+            if waiting:
+                time.sleep(PULL_INTERVAL_S)
+        bar.close()
+        return replies
 
     def _resend_if_restarting(self, messages: list[Message], replies: list[Message],
                               timeout: float | None) -> list[Message]:
@@ -97,12 +126,13 @@ class MeteredGrid:
                     for m in messages if m.metadata.dst_node_id in again]
             log.info("resending %d message(s) handed to a restarting client worker", len(sent))
             replies = [r for r in replies if r.metadata.src_node_id not in again]
-            replies += list(self._grid.send_and_receive(sent, timeout=timeout))
+            replies += self._exchange(sent, timeout)
         return replies
 
 
 RESTARTING = "The actor is restarting"  # Ray's words for a worker it is bringing back (simulation only)
 RESTART_WAIT_S = 120.0  # how long such messages are sent again before they count as dropped
+PULL_INTERVAL_S = 0.2  # how often the replies are polled (Flower's own Grids poll every 0.1-1 s)
 
 
 @dataclass(frozen=True)

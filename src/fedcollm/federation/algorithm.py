@@ -32,7 +32,7 @@ Aggregation = PlainAggregation | SecureAggregation
 def fedcollm_round(t: int, grid: Grid, nodes: list[int], server: CoTuningServer, aggregation: Aggregation,
                    server_opt: ServerOptimizer | None = None) -> dict:
     """Algorithm 1, round t: broadcast θ^t, local tuning, (secure) FedAvg, mutual KD on D^a."""
-    cfg, metered = server.cfg, MeteredGrid(grid)
+    cfg, metered = server.cfg, MeteredGrid(grid, progress=server.progress, round_no=t)
     config = ConfigRecord({CONFIG_KEY: dump_config(cfg)})  # what clients need to train (no data)
     t0 = time.perf_counter()
     # 1. broadcast θ^t; 2. each client: E epochs of ℓ_TA on D^k; 3. θ^{t,0} = Σ_k n_k θ_k / Σ_k n_k

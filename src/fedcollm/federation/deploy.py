@@ -11,6 +11,7 @@ run and shuts everything down; README documents the same steps across machines.
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import os
 import shutil
@@ -40,7 +41,12 @@ class DeployError(RuntimeError):
     """
 
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]  # the folder holding pyproject.toml ([tool.flwr.app])
+def flower_app_dir() -> Path:
+    """The Flower App that ``flwr run`` submits: ``fedcollm/flower_app/pyproject.toml``, package data naming the
+    installed package's ServerApp and ClientApp (so it is there in a wheel install as in a checkout)."""
+    return Path(str(importlib.resources.files("fedcollm").joinpath("flower_app")))
+
+
 server_app = ServerApp()
 
 
@@ -187,7 +193,7 @@ def launch_local(cfg: Config, workdir: str | Path, port: int = 39500, timeout: f
                  "TLS, authenticated SuperNodes" if tls else "insecure", k, fed.logs)
         run = RunDir(Path(cfg.output_dir) / cfg.run_name)
         try:
-            done = fed.flwr("run", str(PROJECT_ROOT), "local-deploy", "--stream", "--run-config",
+            done = fed.flwr("run", str(flower_app_dir()), "local-deploy", "--stream", "--run-config",
                             f"config='{cfg_path}'", timeout=timeout)
         except subprocess.TimeoutExpired:
             raise DeployError(f"the run did not finish in {timeout:.0f} s (--timeout); rounds 1-{run.last_round()} "

@@ -150,3 +150,7 @@ def check_lora_targets(spec: str, lora: LoraSpec, key: str = "lora.targets", cac
             attach_lora(model, lora)
     except ValueError as exc:  # e.g. a target that is a whole block, not a layer LoRA can wrap
         raise ConfigError(f"{key}: {str(exc).splitlines()[0][:200]}") from None
+    except (RuntimeError, TypeError, OverflowError) as exc:  # a rank or alpha too large for torch (r = 2**62)
+        prefix = key.rsplit(".", 1)[0]
+        raise ConfigError(f"{prefix}.r={lora.r}, {prefix}.alpha={lora.alpha}: no adapter of that size can be "
+                          f"built ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None

@@ -35,10 +35,10 @@ log = logging.getLogger(__name__)
 # the baseline that tells what the distillation itself gives each model
 METHODS = ("zero_shot", "standalone", "fedavg", "centralized", "no_kd", "fedcollm")
 # Asked for by name (--methods): FedCoLLM with the paper's transfer (paper-faithful's kd) beside the config's
-# own, on the same splits and budget, so that one report states the claims for both (issue 11).
+# own, on the same splits and budget, so that one report states the claims for both.
 VARIANTS = ("fedcollm_paper",)
 PAPER_KD = ("weight", "llm_weight", "slm_weight", "mix", "select", "temperature", "top_k")
-# The paper's numbers (accuracy %), settings S1 GPT-2, S2 OPT, S3 LLaMA-2: see ../shared/docs/fedcollm-spec.md.
+# The paper's numbers (accuracy %, its Tables 1 and 2), settings S1 GPT-2, S2 OPT, S3 LLaMA-2.
 PAPER_LLM = {  # Zero-Shot / Centralized / FedCoLLM
     "commonsense_qa": ((36.3, 54.7, 53.5), (48.7, 68.6, 68.1), (39.5, 69.0, 67.1)),
     "openbookqa": ((19.4, 28.2, 25.4), (27.6, 34.0, 34.4), (31.8, 39.8, 37.8)),
@@ -413,7 +413,7 @@ def dev_table(dev: dict, tasks: list[str]) -> list[str]:
 
 def _plots(out: Path, results: dict, dev: dict, tasks: list[str], split: str) -> None:
     """accuracy_per_round.png (FedCoLLM and FedAvg per round against Zero-Shot, Centralized and Standalone;
-    on dev when the experiment has dev results, as older folders do not), final_accuracy.png (every method
+    on dev when the experiment has dev results, else on its test results), final_accuracy.png (every method
     on test, with 95% intervals) and bytes_per_round.png."""
     per_round = dev or results
     curves = {m: per_round[m].get("rounds", []) for m in FEDERATED if m in per_round}
