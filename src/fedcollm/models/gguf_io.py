@@ -152,8 +152,10 @@ def add_tokenizer(writer: gguf.GGUFWriter, tok, config) -> None:
     types = [gguf.TokenType.UNUSED] * n
     for text, i in vocab.items():
         tokens[i] = text
-        types[i] = (gguf.TokenType.NORMAL if i not in added else
-                    gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+        if i in added:
+            types[i] = gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED
+        elif text != f"[PAD{i}]":  # a tokenizer read from a GGUF (the built-ins) has the padding as tokens
+            types[i] = gguf.TokenType.NORMAL
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
