@@ -136,7 +136,7 @@ class FederationSection:
     server_momentum: float | None = None  # fedavgm's momentum (Flower: 0.0)
     beta_1: float | None = None  # fedadam/fedyogi first-moment decay (Flower: 0.9)
     beta_2: float | None = None  # fedadam/fedyogi second-moment decay (Flower: 0.99)
-    tau: float | None = None  # fedadam/fedyogi/fedadagrad adaptivity, added to √v_t (Flower: 1e-3)
+    tau: float | None = None  # fedadam/fedyogi/fedadagrad adaptivity, added to √v (the second moment) (Flower: 1e-3)
     proximal_mu: float = 0.0  # FedProx (Li et al. 2020): μ/2·‖θ − θ^t‖² on each client's loss; 0 = off
     # Cross-device rounds: train only this many of the num_clients registered (an int), or this fraction of
     # them (a float in (0, 1]), drawn each round by Flower's sampler, seeded by (seed, round); null: all
