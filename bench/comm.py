@@ -94,6 +94,7 @@ def messages(setup: Setup, clients: int = 4):
     from fedcollm.federation import client_app
     from fedcollm.federation.aggregation import broadcast as plain_broadcast
     from fedcollm.federation.client_app import CONFIG_KEY, client_train
+    from fedcollm.federation.privacy import PrivacyPolicy
     from fedcollm.federation.wire import from_record, layout_of
     from fedcollm.models.lora import get_adapter_arrays
 
@@ -103,7 +104,8 @@ def messages(setup: Setup, clients: int = 4):
     nodes = [CLIENT_NODE + k for k in range(clients)]
 
     def broadcast(t: int, arrays):
-        return plain_broadcast(cfg, t, nodes, arrays, ConfigRecord({CONFIG_KEY: dump_config(cfg)}))
+        config = ConfigRecord({CONFIG_KEY: dump_config(cfg)})
+        return plain_broadcast(cfg, PrivacyPolicy.of(cfg), t, nodes, arrays, config)
 
     with flower_identity():
         first = broadcast(1, theta)

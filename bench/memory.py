@@ -128,7 +128,7 @@ def simulate(setup: Setup, clients: int, env: dict[str, str] | None = None) -> d
         if proc.returncode != 0:
             raise RuntimeError(f"simulation child failed ({proc.returncode}): {log.read_text()[-2000:]}")
         records = RunDir(Path(tmp) / "run").metrics()
-    workers = {int(c["worker-pid"]) for c in records[-1]["clients"]["contributors"]}
+    workers = {int(c["worker-pid"]) for c in records[-1].clients["contributors"]}
     for pid, v in peak["per_proc"].items():
         v["role"] = "server" if pid == proc.pid else "client worker" if pid in workers else "ray runtime"
     return {"cfg": cfg, "peak": peak, "timeline": timeline, "per_pid": per_pid, "records": records,
@@ -162,7 +162,7 @@ def describe(sim: dict) -> dict:
         "peak": {"dedup_rss": peak["dedup"], "pss_sum": peak["pss_sum"], "rss_sum": peak["rss_sum"], "at_s": peak["t"]},
         "metrics_jsonl": {"server_peak_rss": round1["server_peak_rss_mb"] * 2**20,
                           "worker_peak_rss": max(c["worker-peak-rss-mb"]
-                                                 for c in round1["clients"]["contributors"]) * 2**20},
+                                                 for c in round1.clients["contributors"]) * 2**20},
         "at_peak_by_role_gib": {role: {k: _gib(v) for k, v in d.items()} for role, d in by_role.items()},
         "at_peak_per_process_gib": {str(pid): {"name": v["name"], "role": v["role"],
                                                **{k: _gib(v[k]) for k in ("rss", "pss", "uss", "uss_anon")}}
@@ -189,7 +189,7 @@ def run(setup: Setup, clients: int = 4, what_if: bool | None = None) -> dict:
         sims["what-if " + " ".join(f"{k}={v}" for k, v in ALLOCATOR_WHAT_IF.items())] = simulate(
             setup, clients, ALLOCATOR_WHAT_IF)
     base = sims["as is"]
-    cfg, params = base["cfg"], base["records"][0]["params"]
+    cfg, params = base["cfg"], base["records"][0].params
     size = 2 if dtype(cfg) == torch.bfloat16 else 4
     weights = {k: params[k]["base"] * size for k in ("llm", "slm")}
     total_w = weights["llm"] + weights["slm"]

@@ -13,7 +13,6 @@ Arms: 10 of 100 (baseline), 10 of 1,000 (ten times the nodes: should cost about 
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -22,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import Setup, row
+from fedcollm.runlog import RunDir
 
 NAME = "sampling"
 
@@ -41,13 +41,13 @@ def arm(setup: Setup, registered: int, sampled: int, rounds: int, workdir: Path)
     done = subprocess.run([*exe, "run", *overrides], capture_output=True, text=True, env=os.environ.copy())
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
-    records = [json.loads(line) for line in (workdir / name / "metrics.jsonl").read_text().splitlines()]
-    rounds_ = [r for r in records if r["round"] >= 1]
+    records = RunDir(workdir / name).metrics()
+    rounds_ = [r for r in records if r.round >= 1]
     return {"registered": registered, "sampled": sampled,
-            "round_seconds": [r["seconds"]["train"] for r in rounds_],
-            "median_round_s": statistics.median(r["seconds"]["train"] for r in rounds_[1:] or rounds_),
+            "round_seconds": [r.seconds["train"] for r in rounds_],
+            "median_round_s": statistics.median(r.seconds["train"] for r in rounds_[1:] or rounds_),
             "server_peak_rss_mb": max(r["server_peak_rss_mb"] for r in rounds_),
-            "clients_per_round": [len(r["clients"]["contributors"]) for r in rounds_]}
+            "clients_per_round": [len(r.clients["contributors"]) for r in rounds_]}
 
 
 def run(setup: Setup) -> dict:

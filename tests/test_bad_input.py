@@ -19,6 +19,7 @@ import pytest
 
 from fedcollm.cli import main
 from fedcollm.config import ConfigError, load_config
+from fedcollm.rounds import RoundRecord
 from fedcollm.runlog import RunDir
 
 
@@ -62,7 +63,7 @@ def data_copy(data_dir, tmp_path) -> Path:
 def finished_run(tiny_models, data_dir, tmp_path) -> RunDir:
     """A run folder as a run leaves it after round 0 (config + zero-shot record)."""
     run = RunDir.create(load_config(None, run_overrides(tiny_models, data_dir, tmp_path / "runs")))
-    run.log({"round": 0, "eval": {}})
+    run.log(RoundRecord(0))
     return run
 
 
@@ -84,11 +85,11 @@ def test_a_truncated_last_metrics_line_is_dropped_with_a_warning(finished_run, c
     # a kill while appending round 1's record: that round had no checkpoint yet and runs again
     with (finished_run.path / "metrics.jsonl").open("a") as fh:
         fh.write('{"round": 1, "eval": {"slm": {"arc_ea')
-    assert [r["round"] for r in finished_run.metrics()] == [0]
+    assert [r.round for r in finished_run.metrics()] == [0]
     assert "truncated last record" in caplog.text
     RunDir.open(finished_run.path)  # --resume gets past the door
     finished_run.truncate_after(finished_run.last_round())  # what open_run does: the file is whole again
-    assert (finished_run.path / "metrics.jsonl").read_text() == '{"round": 0, "eval": {}}\n'
+    assert (finished_run.path / "metrics.jsonl").read_text() == '{"round": 0}\n'
 
 
 def test_a_corrupt_metrics_line_in_the_middle_is_one_line(finished_run, tmp_path, capsys):

@@ -52,7 +52,7 @@ def test_the_budget_gives_every_method_the_examples_the_readme_states(tiny_model
 def test_fedavg_is_the_federation_without_the_llm(tiny_models, data_dir, tmp_path):
     run = run_fedcollm(_cfg(tiny_models, data_dir, tmp_path, "method=fedavg", "run_name=fa"), progress=False)
     last = run.metrics()[-1]
-    assert set(last["eval"]) == {"slm"} and last["kd"] == {} and len(last["clients"]["contributors"]) == 2
+    assert set(last.eval) == {"slm"} and last.kd == {} and len(last.clients["contributors"]) == 2
     assert not (run.round_dir(1) / "omega").exists() and (run.round_dir(1) / "theta").is_dir()
 
 

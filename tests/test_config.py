@@ -57,13 +57,26 @@ def test_missing_and_bad_files(tmp_path):
     ("method=fedprox", "fedcollm, fedavg"),
     ("precision=fp16", "auto, bf16, fp32"),
     ("federation.partition=shards", "iid, dirichlet"),
-    ("federation.engine=cloud", "simulation, deployment"),
     ("federation.transfer_dtype=float16", "float32, bfloat16"),
 ])
 def test_enum_fields_are_literals_and_the_error_lists_their_values(override, allowed):
     key, value = override.split("=")
     with pytest.raises(ConfigError, match=f"command line: {key} = '{value}' is not one of {allowed}"):
         load_config(None, [override])
+
+
+def test_the_engine_is_the_commands_not_a_key_and_an_old_saved_config_still_loads(tmp_path, caplog):
+    with pytest.raises(ConfigError, match="^command line: federation.engine is not a config key any more: the command "
+                                          "decides it"):
+        load_config(None, ["federation.engine=deployment"])
+    old = tmp_path / "config.yaml"  # a run folder written by an earlier version
+    old.write_text("federation:\n  engine: simulation\n  rounds: 3\n")
+    assert load_config(old).federation.rounds == 3
+    assert "ignored federation.engine" in caplog.text
+    cfg = load_config(None, [])
+    assert (cfg.secure_aggregation("simulation"), cfg.secure_aggregation("deployment")) == (False, True)
+    cfg = load_config(None, ["secagg.enabled=true"])
+    assert cfg.secure_aggregation("simulation") is True
 
 
 def test_precision_choices_are_the_precision_modules():

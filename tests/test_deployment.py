@@ -60,10 +60,10 @@ def test_tls_deployment_with_secagg_completes_a_round(tiny_models, data_dir, tmp
 
     port, where, run = on_free_ports(start)
     (zero, first) = run.metrics()
-    assert first["round"] == 1 and len(first["clients"]["contributors"]) == 2
-    assert first["privacy"]["secure_aggregation"] is True  # the deployment default
+    assert first.round == 1 and len(first.clients["contributors"]) == 2
+    assert first.privacy["secure_aggregation"] is True  # the deployment default
     # each SuperNode ran its own ClientApp process
-    assert len({c["worker-pid"] for c in first["clients"]["contributors"]}) == 2
+    assert len({c["worker-pid"] for c in first.clients["contributors"]}) == 2
     assert (run.round_dir(1) / "theta" / "adapter_model.safetensors").is_file()
     assert f"https://127.0.0.1:{port}" in (where / "work" / "logs" / "superlink.log").read_text()
 
@@ -75,7 +75,7 @@ def test_a_round_survives_one_of_four_supernodes_killed(tiny_models, data_dir, t
                "secagg.timeout=300")
     run = on_free_ports(lambda port, attempt: launch_local(cfg, tmp_path / f"work-{attempt}", port=port))
     first = run.metrics()[1]
-    clients = first["clients"]
+    clients = first.clients
     assert {c["partition-id"] for c in clients["contributors"]} == {0, 2, 3}
     (drop,) = clients["dropped"]  # it died training, before its masked update existed
     assert drop["stage"] == "collect_masked_vectors"

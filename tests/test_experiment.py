@@ -73,7 +73,7 @@ def test_toy_experiment_report_has_every_method_and_task(tiny_models, data_dir, 
     test = {m: json.loads((out / "methods" / f"{m}.json").read_text()) for m in experiment.METHODS}
     assert {d["split"] for d in dev.values()} == {"dev"} and {t["split"] for t in test.values()} == {"test"}
     runs = experiment.RunDir(out / "runs" / "fedcollm").metrics()
-    assert dev["fedcollm"]["llm"] == runs[-1]["eval"]["llm"]  # the dev file is the run's last round, on dev
+    assert dev["fedcollm"]["llm"] == runs[-1].eval["llm"]  # the dev file is the run's last round, on dev
     assert dev["fedcollm"]["slm"]["arc_easy"]["ids_sha1"] != test["fedcollm"]["slm"]["arc_easy"]["ids_sha1"]
     saved = {p.relative_to(out / "adapters").as_posix() for p in (out / "adapters").glob("*/*")}
     assert saved == {"fedcollm/llm", "fedcollm/slm", "fedavg/slm", "centralized/llm", "standalone/slm-client-0",

@@ -47,7 +47,7 @@ def test_aggregate_is_the_sample_weighted_mean():
 def test_unit_weights_average_every_client_the_same_and_a_reply_needs_its_weight():
     rng = np.random.default_rng(4)
     updates = [(_adapter(rng), n) for n in (10, 30, 60)]
-    strategy = CheckedFedAvg(_adapter(rng), unit_weights=True, min_available_nodes=3, min_train_nodes=2)
+    strategy = CheckedFedAvg(_adapter(rng), weight=lambda n: 1, min_available_nodes=3, min_train_nodes=2)
     replies = [_reply(i + 1, a, n) for i, (a, n) in enumerate(updates)]
     ask = Message(content=RecordDict(), dst_node_id=4, message_type="train")
     replies.append(Message(RecordDict({"arrays": to_record(_adapter(rng))}), reply_to=ask))  # no metrics: no weight
@@ -63,7 +63,9 @@ def test_a_round_trains_exactly_the_nodes_found_online_without_waiting_for_more(
     from flwr.app import ConfigRecord
 
     from fedcollm.config import load_config
-    from fedcollm.federation.aggregation import MeteredGrid, PlainAggregation
+    from fedcollm.federation.aggregation import PlainAggregation
+    from fedcollm.federation.privacy import PrivacyPolicy
+    from fedcollm.federation.transport import MeteredGrid
 
     class GoneGrid:  # both nodes dropped right after the server saw them online
         sent = []
@@ -80,7 +82,8 @@ def test_a_round_trains_exactly_the_nodes_found_online_without_waiting_for_more(
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     grid = MeteredGrid(GoneGrid())
-    out = PlainAggregation(load_config(None, [])).run(3, grid, [5, 7], _adapter(np.random.default_rng(5)),
+    cfg = load_config(None, [])
+    out = PlainAggregation(cfg, PrivacyPolicy.of(cfg)).run(3, grid, [5, 7], _adapter(np.random.default_rng(5)),
                                                        ConfigRecord({}), timeout=1.0, seed=0)
     sent = grid._grid.sent
     assert [m.metadata.dst_node_id for m in sent] == [5, 7]  # Flower's sampler would wait here forever
@@ -142,14 +145,14 @@ def _adapters(run_dir, t):
 def test_simulated_run_trains_both_adapters_and_resume_equals_uninterrupted(tiny_models, data_dir, tmp_path):
     full = run_fedcollm(_cfg(tiny_models, data_dir, tmp_path, "full", 2), progress=False)
     records = full.metrics()
-    assert [r["round"] for r in records] == [0, 1, 2]
+    assert [r.round for r in records] == [0, 1, 2]
     first = records[1]
-    assert len(first["clients"]["contributors"]) == 3 and not first["clients"]["dropped"]
+    assert len(first.clients["contributors"]) == 3 and not first.clients["dropped"]
     # one worker process served all clients and loaded the SLM base once (adapters swapped, base shared)
-    second = records[2]["clients"]["contributors"]
-    assert {c["worker-pid"] for c in second} == {first["clients"]["contributors"][0]["worker-pid"]}
+    second = records[2].clients["contributors"]
+    assert {c["worker-pid"] for c in second} == {first.clients["contributors"][0]["worker-pid"]}
     assert {c["slm-loads-in-worker"] for c in second} == {1}
-    assert first["kd"]["llm_kl"] > 0 and first["kd"]["slm_kl"] > 0
+    assert first.kd["llm_kl"] > 0 and first.kd["slm_kl"] > 0
     r1, r2 = _adapters(full.path, 1), _adapters(full.path, 2)
     for who in ("theta", "omega"):  # both adapters move every round
         assert any(not np.array_equal(r1[who][k], r2[who][k]) for k in r1[who])
@@ -164,7 +167,7 @@ def test_simulated_run_trains_both_adapters_and_resume_equals_uninterrupted(tiny
         for k in r2[who]:
             np.testing.assert_array_equal(got[who][k], r2[who][k], err_msg=f"{who} {k}")
     def accs(recs):
-        return [{role: {t: (m["acc"], m["acc_norm"]) for t, m in ev.items()} for role, ev in r["eval"].items()}
+        return [{role: {t: (m["acc"], m["acc_norm"]) for t, m in ev.items()} for role, ev in r.eval.items()}
                 for r in recs]
 
     assert accs(resumed.metrics()) == accs(records)
@@ -196,24 +199,25 @@ def test_server_killed_mid_run_resumes_after_its_last_whole_round(tiny_models, d
     assert run.last_round() == 1, "the kill should land after round 1 and before the run ends"
     done = subprocess.run([exe, "run", "--resume", str(run.path)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert [r["round"] for r in run.metrics()] == [0, 1, 2, 3]
+    assert [r.round for r in run.metrics()] == [0, 1, 2, 3]
     assert run.last_round() == 3 and not list((run.path / "rounds").glob("*.tmp"))
 
 
 def test_resume_redoes_a_round_logged_without_its_checkpoint_and_keeps_the_zero_shot_record(
         tiny_models, data_dir, tmp_path):
+    from fedcollm.rounds import RoundRecord
     from fedcollm.runlog import RunDir
 
     run = RunDir.create(_cfg(tiny_models, data_dir, tmp_path, "early", 1))
-    run.log({"round": 0, "eval": {}, "marker": "zero-shot, kept"})
-    run.log({"round": 1, "eval": {}, "marker": "logged, then killed before rounds/001/DONE"})
+    run.log(RoundRecord(0, extra={"marker": "zero-shot, kept"}))  # a key of another version: kept as it was
+    run.log(RoundRecord(1, extra={"marker": "logged, then killed before rounds/001/DONE"}))
     (run.round_dir(1).with_name("001.tmp")).mkdir(parents=True)
     (run.round_dir(1).with_name("001.tmp") / "DONE").write_text("")  # a half-renamed checkpoint
     assert run.last_round() == 0
     run_fedcollm(None, resume=str(run.path), progress=False)
     records = run.metrics()
-    assert [r["round"] for r in records] == [0, 1] and records[0]["marker"] == "zero-shot, kept"
-    assert "marker" not in records[1] and len(records[1]["clients"]["contributors"]) == 3
+    assert [r.round for r in records] == [0, 1] and records[0].extra == {"marker": "zero-shot, kept"}
+    assert "marker" not in records[1].extra and len(records[1].clients["contributors"]) == 3
     assert run.last_round() == 1
 
 
@@ -240,9 +244,9 @@ def test_bf16_transfer_halves_the_bytes_and_keeps_the_aggregate(tiny_models, dat
         cfg = _cfg(tiny_models, data_dir, tmp_path, dtype, 1, method="fedavg", **{"federation.transfer_dtype": dtype,
                                                                                  "eval.every_round": "false"})
         runs[dtype] = run_fedcollm(cfg, progress=False)
-    comm = {d: r.metrics()[-1]["comm"] for d, r in runs.items()}
-    for way in ("bytes_sent_per_client", "bytes_received_per_client"):
-        ratio = sum(comm["bfloat16"][way]) / sum(comm["float32"][way])
+    comm = {d: r.metrics()[-1].comm for d, r in runs.items()}
+    for way in ("sent", "received"):
+        ratio = sum(comm["bfloat16"].per_client(way)) / sum(comm["float32"].per_client(way))
         assert 0.45 < ratio < 0.6, (way, ratio)  # the arrays halve; config and metrics do not
     from fedcollm.build import load_peft
     from fedcollm.models.lora import get_adapter_arrays
@@ -257,10 +261,10 @@ def test_bf16_transfer_halves_the_bytes_and_keeps_the_aggregate(tiny_models, dat
 def test_a_message_handed_to_a_restarting_worker_is_sent_again_and_a_dead_one_is_not(monkeypatch):
     from flwr.app import ConfigRecord, Error, RecordDict
 
-    from fedcollm.federation import aggregation
-    from fedcollm.federation.aggregation import MeteredGrid
+    from fedcollm.federation import transport
+    from fedcollm.federation.transport import MeteredGrid
 
-    monkeypatch.setattr(aggregation.time, "sleep", lambda s: None)
+    monkeypatch.setattr(transport.time, "sleep", lambda s: None)
 
     class RestartingGrid:  # node 5's worker is restarting for two tries; node 7's died running the message
         tries = {5: 0, 7: 0}
@@ -317,8 +321,8 @@ def test_update_cache_gives_the_computed_updates_and_serves_a_run_that_differs_o
         entry.write_text(json.dumps(saved))
     warm = run_fedcollm(_cfg(tiny_models, data_dir, tmp_path, "warm", 1, **{"federation.update_cache": cache,
                                                                            "kd.llm_weight": 0}), progress=False)
-    contributors = warm.metrics()[-1]["clients"]["contributors"]
-    seconds = warm.metrics()[-1]["seconds"]  # where the round's time went, phase by phase
+    contributors = warm.metrics()[-1].clients["contributors"]
+    seconds = warm.metrics()[-1].seconds  # where the round's time went, phase by phase
     assert set(seconds) == {"clients", "kd", "train", "eval"} and seconds["clients"] + seconds["kd"] <= seconds["train"]
     assert [c["train-loss"] for c in contributors] == [123.0] * 3
     assert sorted(cache.glob("*.json")) == entries

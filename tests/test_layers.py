@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "fedcollm"
 LAYERS = [
     {"precision", "memory", "stats"},
     {"config", "data", "models"},  # the config names tasks (data) and LoRA specs (models' input)
-    {"losses", "train", "evaluate", "updates", "runlog", "faults", "generate"},
+    {"losses", "train", "evaluate", "updates", "runlog", "rounds", "faults", "generate"},
     {"build", "reporting", "plots", "tracking"},
     {"federation"},
     {"recipes"},

@@ -47,7 +47,7 @@ def _assert_mean_of_contributors(cfg, run, t):
     """θ^t (FedAvg: θ^{t,0} itself) is Σ w_k θ_k / Σ w_k over exactly the round's reported contributors."""
     start = None if t == 1 else _theta(run, t - 1)
     theta0, updates = _client_updates(cfg, start, t)
-    contributors = run.metrics()[t]["clients"]["contributors"]
+    contributors = run.metrics()[t].clients["contributors"]
     assert contributors, f"round {t} has no contributors"
     total = sum(c["weight"] for c in contributors)
     for c in contributors:  # the weight is what the client reported (n_k), as the record says
@@ -124,7 +124,7 @@ def test_secagg_server_never_holds_a_client_update_and_the_mean_equals_fedavg(
                                        np.concatenate([want[k].ravel() for k in theta0]), atol=2e-5)
     else:  # the spy works: without SecAgg+ the server holds every client's adapter
         assert all(_holds(seen, u) for u in moved)
-    assert run.metrics()[-1]["privacy"]["secure_aggregation"] is secure
+    assert run.metrics()[-1].privacy["secure_aggregation"] is secure
 
 
 @pytest.mark.parametrize("secure", [False, True])
@@ -138,7 +138,7 @@ def test_dp_clips_each_update_and_reports_epsilon(secure, tiny_models, data_dir,
     got = _theta(run, 1)
     step = np.sqrt(sum(np.sum((got[k] - theta0[k]) ** 2) for k in theta0))
     assert 0.5 * clip < step <= clip * 1.01  # the mean of clipped updates: never longer than the clip
-    dp = run.metrics()[-1]["privacy"]["dp"]
+    dp = run.metrics()[-1].privacy["dp"]
     assert dp["clipping_norm"] == clip and dp["noise_std"] == 0.0 and dp["epsilon"] == float("inf")
 
 
@@ -158,7 +158,7 @@ def test_dp_averages_every_client_the_same(secure, tiny_models, data_dir, tmp_pa
     got = _theta(run, 1)
     for k in theta0:
         np.testing.assert_allclose(got[k], unweighted[k], atol=2e-5, err_msg=k)
-    contributors = run.metrics()[-1]["clients"]["contributors"]
+    contributors = run.metrics()[-1].clients["contributors"]
     assert sorted(c["num-examples"] for c in contributors) == sorted(n for _, n in updates)
     assert {c["weight"] for c in contributors} == {1}  # the record says every client weighed the same
 
@@ -170,19 +170,19 @@ def test_dp_noise_is_for_the_clients_averaged(tiny_models, data_dir, tmp_path, m
     run = run_fedcollm(cfg, progress=False)
     theta0 = dict(_client_updates(cfg)[0])
     noise = np.concatenate([(_theta(run, 1)[k] - theta0[k]).ravel() for k in theta0])
-    dp = run.metrics()[-1]["privacy"]["dp"]
+    dp = run.metrics()[-1].privacy["dp"]
     assert dp["clients_averaged"] == 2 and dp["noise_std"] == pytest.approx(2.0 * 0.3 / 2)
     assert np.std(noise) == pytest.approx(dp["noise_std"], rel=0.1)
 
 
-def test_dp_noise_has_the_std_flower_promises(tiny_models, data_dir, tmp_path):
+def test_dp_noise_has_the_std_z_c_over_m(tiny_models, data_dir, tmp_path):
     cfg = _cfg(tiny_models, data_dir, tmp_path, "dp-noise", "method=fedavg", "dp.enabled=true",
                "dp.clipping_norm=0.3", "dp.noise_multiplier=2.0")
     run = run_fedcollm(cfg, progress=False)
     theta0, updates = _client_updates(cfg)
     got = _theta(run, 1)
     noise = np.concatenate([(got[k] - theta0[k]).ravel() for k in theta0])
-    dp = run.metrics()[-1]["privacy"]["dp"]
+    dp = run.metrics()[-1].privacy["dp"]
     assert dp["noise_std"] == pytest.approx(2.0 * 0.3 / 3)
     assert np.std(noise) == pytest.approx(dp["noise_std"], rel=0.1)  # the clipped mean is tiny next to it
     assert 0 < dp["epsilon"] < float("inf")
@@ -201,7 +201,7 @@ def test_a_killed_client_is_reported_and_theta_is_the_mean_of_the_reported_contr
     assert run.last_round() == 2
     nodes = set()
     for t in (1, 2):
-        clients = run.metrics()[t]["clients"]
+        clients = run.metrics()[t].clients
         inside = {c["node"] for c in _assert_mean_of_contributors(cfg, run, t)}
         for d in clients["dropped"]:  # a node dropped before its update was masked/sent is not inside, and after it is
             assert (d["node"] in inside) is (d["stage"] == "unmask"), d
@@ -213,7 +213,7 @@ def test_a_killed_client_is_reported_and_theta_is_the_mean_of_the_reported_contr
             assert died, clients
     assert len(nodes) == 4  # every node is accounted for, in both rounds
     for t in (1, 2):
-        clients = run.metrics()[t]["clients"]
+        clients = run.metrics()[t].clients
         assert {c["node"] for c in clients["contributors"]} | {d["node"] for d in clients["dropped"]} == nodes
 
 
@@ -230,17 +230,17 @@ def test_a_drop_in_each_secagg_stage_is_reported_with_its_stage(tiny_models, dat
     run = run_fedcollm(cfg, progress=False)
     node_of = {}
     for t in range(1, 5):
-        node_of.update({c["partition-id"]: c["node"] for c in run.metrics()[t]["clients"]["contributors"]})
+        node_of.update({c["partition-id"]: c["node"] for c in run.metrics()[t].clients["contributors"]})
     assert sorted(node_of) == [0, 1, 2, 3]
     for t, stage in enumerate(STAGES, start=1):
-        clients = run.metrics()[t]["clients"]
+        clients = run.metrics()[t].clients
         (drop,) = clients["dropped"]
         assert (drop["node"], drop["stage"]) == (node_of[t - 1], stage)
         assert "injected drop in SecAgg+ stage" in drop["reason"]
         inside = {c["partition-id"] for c in _assert_mean_of_contributors(cfg, run, t)}
         assert inside == ({0, 1, 2, 3} if stage == "unmask" else {0, 1, 2, 3} - {t - 1}), stage
         assert clients["rejected"] == []
-        assert run.metrics()[t]["privacy"]["secure_aggregation"] is True
+        assert run.metrics()[t].privacy["secure_aggregation"] is True
 
 
 def test_a_nan_update_is_rejected_by_name_and_a_failed_client_is_reported(tiny_models, data_dir, tmp_path,
@@ -250,7 +250,7 @@ def test_a_nan_update_is_rejected_by_name_and_a_failed_client_is_reported(tiny_m
     cfg = _cfg(tiny_models, data_dir, tmp_path, "nan", "method=fedavg", "federation.num_clients=4",
                "federation.min_clients=2")
     run = run_fedcollm(cfg, progress=False)
-    clients = run.metrics()[1]["clients"]
+    clients = run.metrics()[1].clients
     assert {c["partition-id"] for c in _assert_mean_of_contributors(cfg, run, 1)} == {0, 3}
     (drop,) = clients["dropped"]
     (rejected,) = clients["rejected"]
@@ -273,3 +273,27 @@ def test_too_few_clients_stop_the_run_with_one_line_and_keep_finished_rounds(tin
     assert f"--resume {tmp_path / 'short'}" in err
     assert (tmp_path / "short" / "rounds" / "001" / "DONE").is_file()
     assert not (tmp_path / "short" / "rounds" / "002").exists()
+
+
+def test_the_policy_decides_weights_clip_and_noise_and_speaks_flowers_clipping_key():
+    from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM  # what fixedclipping_mod reads
+
+    from fedcollm.config import load_config
+    from fedcollm.federation.privacy import CLIPPING_NORM_KEY, PrivacyPolicy, client_weight
+
+    assert CLIPPING_NORM_KEY == KEY_CLIPPING_NORM
+    plain = PrivacyPolicy.of(load_config(None, []))
+    dp = PrivacyPolicy.of(load_config(None, ["dp.enabled=true", "dp.clipping_norm=0.5", "dp.noise_multiplier=2"]))
+    assert (plain.weight(37), dp.weight(37)) == (37, 1)
+    assert plain.weigher() is None and dp.weigher()(37) == 1
+    assert plain.client_config() == {} and dp.client_config() == {CLIPPING_NORM_KEY: 0.5}
+    # each client reads its SecAgg+ weight off the config the server sent, by the same rule
+    assert client_weight(dp.client_config(), 37) == 1 and client_weight(plain.client_config(), 37) == 37
+    assert dp.max_weight(lambda: 500) == 1.0 and plain.max_weight(lambda: 500) == 500.0
+    mean = [("a", np.zeros((200, 100), np.float32))]
+    assert plain.noise(mean, 4, seed=1) is mean
+    noisy = dp.noise(mean, 4, seed=1)[0][1]
+    assert noisy.dtype == np.float32 and np.std(noisy) == pytest.approx(2 * 0.5 / 4, rel=0.02)
+    np.testing.assert_array_equal(dp.noise(mean, 4, seed=1)[0][1], noisy)  # a resumed round adds the same noise
+    assert not np.array_equal(dp.noise(mean, 4, seed=2)[0][1], noisy)
+    assert dp.record(3, 4)["dp"]["noise_std"] == pytest.approx(0.25) and "dp" not in plain.record(3, 4)

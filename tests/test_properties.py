@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from fedcollm import cli
 from fedcollm.config import Config, ConfigError, load_config, parse_override, preset_names
 from fedcollm.data.schema import DataError, load_split, read_jsonl
+from fedcollm.rounds import RoundRecord
 
 #: CI's budget is fixed; FEDCOLLM_PROPERTY_SCALE=10 multiplies it for a longer hunt (still derandomized)
 SCALE = int(os.environ.get("FEDCOLLM_PROPERTY_SCALE", "1"))
@@ -300,7 +301,7 @@ def make_world(root: Path, tiny_models, data_dir) -> None:
     (root / "certs" / "ca.crt").write_text("not a certificate\n")
     cfg = load_config(None, [*tiny_overrides(tiny_models, data_dir, root), "run_name=run"])
     run = RunDir.create(cfg)
-    run.log({"round": 0, "eval": {}})
+    run.log(RoundRecord(0))
 
 
 #: names (inside the world folder) that arguments are drawn from; missing ones included

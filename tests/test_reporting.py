@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fedcollm.reporting import duration, mean_bytes_per_client, progress_line
+from fedcollm.reporting import duration, progress_line
+from fedcollm.rounds import Comm, RoundRecord, mean_bytes_per_client
 
 
 def test_the_progress_line_names_the_run_the_round_and_an_eta_from_the_rounds_so_far():
@@ -14,6 +15,8 @@ def test_the_progress_line_names_the_run_the_round_and_an_eta_from_the_rounds_so
 
 
 def test_mean_bytes_per_client_counts_only_rounds_that_moved_something():
-    records = [{"round": 0}, {"round": 1, "comm": {"up": [10, 30]}}, {"round": 2, "comm": {"up": [20]}}]
-    assert mean_bytes_per_client(records, "up") == 20
-    assert mean_bytes_per_client(records[:1], "up") is None
+    records = [RoundRecord(0), RoundRecord(1, comm=Comm([5], [10, 30])), RoundRecord(2, comm=Comm([5], [20])),
+               RoundRecord(3, comm=Comm([5], []))]
+    assert mean_bytes_per_client(records, "received") == 20
+    assert mean_bytes_per_client(records, "sent") == 5
+    assert mean_bytes_per_client(records[:1], "received") is None

@@ -1,4 +1,4 @@
-"""Many clients, few per round: Flower's sampler, seeded per round, and DP accounting for the sampling."""
+"""Many clients, few per round: a sampler seeded per round, and DP accounting for the sampling."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from conftest import write_data_dir
 
 from fedcollm.config import ConfigError, FederationSection, load_config
-from fedcollm.federation.aggregation import sample_clients
-from fedcollm.federation.dp import ALL_CLIENTS, SAMPLED, epsilon, epsilon_sampled
+from fedcollm.federation.privacy import ALL_CLIENTS, SAMPLED, epsilon, epsilon_sampled
+from fedcollm.federation.transport import sample_clients
 
 
 def test_per_round_reads_a_count_or_a_fraction():
@@ -24,8 +24,8 @@ def test_per_round_reads_a_count_or_a_fraction():
         load_config(None, ["federation.num_clients=10", "federation.clients_per_round=2", "federation.min_clients=3"])
 
 
-def test_the_sample_is_a_function_of_seed_round_and_node_ids_and_uses_flowers_sampler(monkeypatch):
-    import fedcollm.federation.aggregation as aggregation
+def test_the_sample_is_a_function_of_seed_round_and_node_ids_and_leaves_the_global_rng_alone():
+    import random
 
     nodes = [7 * k + 1000 for k in range(100)]
     a = sample_clients(nodes, 10, seed=5)
@@ -33,10 +33,10 @@ def test_the_sample_is_a_function_of_seed_round_and_node_ids_and_uses_flowers_sa
     assert sample_clients(list(reversed(nodes)), 10, seed=5) == a  # the listing order does not matter
     assert sample_clients(nodes, 10, seed=6) != a
     assert sample_clients(nodes, 200, seed=5) == sorted(nodes)  # no more than asked: everyone
-    calls = []
-    real = aggregation.sample_nodes
-    monkeypatch.setattr(aggregation, "sample_nodes", lambda grid, m, n: calls.append(n) or real(grid, m, n))
-    assert sample_clients(nodes, 10, seed=5) == a and calls == [10]
+    random.seed(123)
+    before = random.random()
+    random.seed(123)
+    assert sample_clients(nodes, 10, seed=5) == a and random.random() == before  # nobody else's draws move
     # across many rounds every node is drawn about equally often (uniform sampling)
     counts = dict.fromkeys(nodes, 0)
     for t in range(300):
@@ -70,11 +70,11 @@ def test_a_hundred_clients_ten_per_round_in_flowers_simulation(tiny_models, tmp_
     chosen = []
     for t in (1, 2):
         record = run.metrics()[t]
-        assert record["sampled"] == {"clients": 10, "of": 100}
-        contributors = record["clients"]["contributors"]
-        assert len(contributors) == 10 and len(record["comm"]["bytes_sent_per_client"]) == 10
+        assert record.sampled == {"clients": 10, "of": 100}
+        contributors = record.clients["contributors"]
+        assert len(contributors) == 10 and len(record.comm.bytes_sent_per_client) == 10
         chosen.append({c["partition-id"] for c in contributors})
-        dp = record["privacy"]["dp"]
+        dp = record.privacy["dp"]
         assert dp["clients_averaged"] == 10 and dp["accountant"] == SAMPLED
         assert dp["epsilon"] == pytest.approx(epsilon_sampled(0.5, t, 1e-5, 100, 10))
     assert chosen[0] != chosen[1]  # a fresh sample each round
@@ -92,7 +92,7 @@ def test_secagg_runs_over_the_sampled_clients(tiny_models, tmp_path):
         "secagg.enabled=true", "secagg.timeout=600", "dp.enabled=true", "dp.noise_multiplier=0.5", "slm.lr=0.01"])
     run = run_fedcollm(cfg, progress=False)
     record = run.metrics()[1]
-    assert record["sampled"] == {"clients": 5, "of": 20}
-    assert len(record["clients"]["contributors"]) == 5 and record["privacy"]["secure_aggregation"] is True
-    assert record["privacy"]["dp"]["clients_averaged"] == 5
-    assert len(record["comm"]["bytes_sent_per_client"]) == 5  # SecAgg+'s stages went to the 5 sampled only
+    assert record.sampled == {"clients": 5, "of": 20}
+    assert len(record.clients["contributors"]) == 5 and record.privacy["secure_aggregation"] is True
+    assert record.privacy["dp"]["clients_averaged"] == 5
+    assert len(record.comm.bytes_sent_per_client) == 5  # SecAgg+'s stages went to the 5 sampled only

@@ -33,7 +33,7 @@ def test_tuning_on_dev_never_reads_a_test_question(tiny_models, data_dir, tmp_pa
     monkeypatch.setenv(SEAL_ENV, "1")  # inherited by Flower's simulated clients too
     cfg = _cfg(tiny_models, data_dir, tmp_path, "eval.split=dev", "run_name=dev")
     run = run_fedcollm(cfg, progress=False)
-    assert set(run.metrics()[-1]["eval"]["llm"]) == {"arc_easy", "commonsense_qa"}
+    assert set(run.metrics()[-1].eval["llm"]) == {"arc_easy", "commonsense_qa"}
     assert baselines.zero_shot(cfg) and baselines.standalone(cfg) and baselines.centralized(cfg)
     with pytest.raises(DataError, match="sealed while tuning"):  # the same run on test is refused at the door
         run_fedcollm(_cfg(tiny_models, data_dir, tmp_path, "eval.split=test", "run_name=test"), progress=False)

@@ -250,7 +250,7 @@ def test_fedadam_through_secagg_equals_fedadam_on_the_plain_mean(tiny_models, da
     assert np.abs(delta).max() > 1e-4  # the clients moved θ, so the step above is not trivially zero
     for run in runs.values():
         record = run.metrics()[1]
-        assert record["strategy"] == "fedadam" and len(record["clients"]["contributors"]) == 3
+        assert record.strategy == "fedadam" and len(record.clients["contributors"]) == 3
 
 
 def test_fedadam_run_resumed_equals_uninterrupted(tiny_models, data_dir, tmp_path):
@@ -273,7 +273,7 @@ def test_dp_secagg_and_the_gate_work_under_fedyogi(tiny_models, data_dir, tmp_pa
                                 "dp.enabled=true", "dp.clipping_norm=0.5", "dp.noise_multiplier=0.1",
                                 "federation.strategy=fedyogi", "federation.server_lr=0.01"), progress=False)
     record = run.metrics()[1]
-    assert record["strategy"] == "fedyogi" and record["privacy"]["dp"]["clients_averaged"] == 3
+    assert record.strategy == "fedyogi" and record.privacy["dp"]["clients_averaged"] == 3
     theta = _round(run, 1)
     assert all(np.all(np.isfinite(v)) for v in theta.values())
     assert any(np.abs(v).max() > 0 for k, v in theta.items() if "lora_B" in k)  # B left its zero init
@@ -285,7 +285,7 @@ def test_the_update_gate_still_rejects_by_name_under_fedavgm(tiny_models, data_d
     monkeypatch.setenv("FEDCOLLM_FAULT", "nan:2:1")  # client 2 replies NaN in round 1
     run = run_fedcollm(_sim_cfg(tiny_models, data_dir, tmp_path, "gate", "method=fedavg", "federation.min_clients=2",
                                 "federation.strategy=fedavgm", "federation.server_momentum=0.9"), progress=False)
-    clients = run.metrics()[1]["clients"]
+    clients = run.metrics()[1].clients
     (rejected,) = clients["rejected"]
     assert "contains NaN or Inf" in rejected["reason"] and len(clients["contributors"]) == 2
     assert all(np.all(np.isfinite(v)) for v in _round(run, 1).values())  # the momentum never saw the NaN

@@ -40,8 +40,8 @@ def _expected(run):
     """Every figure of every logged round, as the trackers should hold it: {tag: [(step, value)]}."""
     want: dict[str, list] = {}
     for record in run.metrics():
-        for k, v in {**scalars(record), ROUND: record["round"]}.items():
-            want.setdefault(k, []).append((record["round"], v))
+        for k, v in {**scalars(record), ROUND: record.round}.items():
+            want.setdefault(k, []).append((record.round, v))
     return want
 
 

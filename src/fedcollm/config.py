@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import difflib
 import importlib.resources
+import logging
 import math
 import re
 import types
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 #: What ``str.splitlines`` splits on, each written as its escape: a user error is one line on stderr even when
 #: the path or value it names holds a newline (or U+2028, ...).
@@ -114,7 +117,6 @@ class FederationSection:
     # (None = all): keeps aux_fraction's D^a : D^k proportion at a CPU-sized scale (the cpu-paper preset)
     train_size: int | None = None
     client_size: int | None = None  # cap on each client's D^k
-    engine: Engine = "simulation"
     min_clients: int | None = None  # rounds go on with at least this many updates (default: all)
     connect_timeout: float = 600.0  # seconds to wait for all clients before a round starts with min_clients
     round_timeout: float = 24 * 3600.0  # seconds to wait for client replies; a silent client counts as dropped
@@ -352,10 +354,11 @@ class Config:
     def eval_tasks(self) -> list[str]:
         return list(self.eval.tasks or self.tasks)
 
-    def secure_aggregation(self) -> bool:
-        """SecAgg+ as configured, or by engine: on in deployment (real network), off in simulation."""
+    def secure_aggregation(self, engine: Engine) -> bool:
+        """SecAgg+ as configured, or by the engine that drives the run (the command decides it, not the config):
+        on in deployment (a real network), off in simulation."""
         if self.secagg.enabled is None:
-            return self.federation.engine == "deployment"
+            return engine == "deployment"
         return self.secagg.enabled
 
     def check(self) -> None:
@@ -459,11 +462,23 @@ def _name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
+# Keys an earlier version had, and why they are gone: a YAML file that has one (a run folder written by that
+# version) still loads, with a warning that the key is ignored; on the command line it is refused, saying why.
+RETIRED = {"federation.engine": "the command decides it: `fedcollm run` / `experiment` = simulation, "
+                                "`deploy-local` / `flwr run` = deployment"}
+
+
 def _build(cls, data: dict, where: str, prefix: str, obj):
     """Set ``data``'s keys on the dataclass instance ``obj`` (recursing into sections), checking each."""
     hints = typing.get_type_hints(cls)
     known = _fields(cls)
     for key, value in data.items():
+        if f"{prefix}{key}" in RETIRED:
+            why = f"{prefix}{key} is not a config key any more: {RETIRED[prefix + key]}"
+            if where == "command line":
+                raise ConfigError(f"{where}: {why}")
+            log.warning("%s: ignored %s", where, why)
+            continue
         if key not in known:
             close = difflib.get_close_matches(str(key), list(known), n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (valid: {', '.join(known)})"

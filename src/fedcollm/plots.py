@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .rounds import RoundRecord
 from .stats import wilson
 
 TASK_NAMES = {"commonsense_qa": "CQA", "openbookqa": "OBQA", "arc_challenge": "ARC-C", "arc_easy": "ARC-E"}
@@ -34,7 +35,7 @@ def _name(task: str) -> str:
     return TASK_NAMES.get(task, task)
 
 
-def accuracy_per_round(path: Path, curves: dict[str, list[dict]], references: dict[str, dict], tasks: list[str],
+def accuracy_per_round(path: Path, curves: dict[str, list[RoundRecord]], references: dict[str, dict], tasks: list[str],
                        title: str = "") -> Path | None:
     """A grid of panels (rows: LLM, SLM; columns: tasks): each method's accuracy per round as a line,
     each reference method's final accuracy as a horizontal line.
@@ -50,21 +51,21 @@ def accuracy_per_round(path: Path, curves: dict[str, list[dict]], references: di
     return path
 
 
-def accuracy_figure(curves: dict[str, list[dict]], references: dict[str, dict], tasks: list[str], title: str = ""):
+def accuracy_figure(curves: dict[str, list[RoundRecord]], references: dict[str, dict], tasks: list[str],
+                    title: str = ""):
     """The figure of ``accuracy_per_round`` (None when there is nothing to draw)."""
-    roles = [r for r in ("llm", "slm") if any(r in rec.get("eval", {}) for rs in curves.values() for rec in rs)
+    roles = [r for r in ("llm", "slm") if any(r in rec.eval for rs in curves.values() for rec in rs)
              or any(r in ref for ref in references.values())]
     if not roles or not tasks:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(len(roles), len(tasks), figsize=(3.2 * len(tasks), 2.9 * len(roles)), squeeze=False)
-    last = max([rec["round"] for rs in curves.values() for rec in rs] + [1])
+    last = max([rec.round for rs in curves.values() for rec in rs] + [1])
     for row, role in enumerate(roles):
         for col, task in enumerate(tasks):
             ax = axes[row][col]
             for method, records in curves.items():
-                pts = [(r["round"], 100 * r["eval"][role][task]["acc"])
-                       for r in records if task in r.get("eval", {}).get(role, {})]
+                pts = [(r.round, 100 * r.acc(role, task)) for r in records if r.acc(role, task) is not None]
                 if pts:
                     ax.plot(*zip(*pts), "-" if method == "fedcollm" else "--", marker="o", ms=3,
                             color=COLOURS.get(method), label=LABELS.get(method, method))
@@ -134,15 +135,16 @@ def final_accuracy_bars(path: Path, results: dict[str, dict], tasks: list[str]) 
     return path
 
 
-def bytes_per_round(path: Path, curves: dict[str, list[dict]], params: dict | None) -> Path | None:
+def bytes_per_round(path: Path, curves: dict[str, list[RoundRecord]], params: dict | None) -> Path | None:
     """Mean MB per client per round each way, against sending the whole SLM (full-model FedAvg, fp32)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = False
     for method, marker in (("fedcollm", "o"), ("fedavg", "s")):
-        rounds = [r for r in curves.get(method, []) if r.get("comm")]
-        for key, label in (("bytes_sent_per_client", "down"), ("bytes_received_per_client", "up")):
-            pts = [(r["round"], sum(r["comm"][key]) / len(r["comm"][key]) / 1e6) for r in rounds if r["comm"][key]]
+        rounds = [r for r in curves.get(method, []) if r.comm]
+        for way, label in (("sent", "down"), ("received", "up")):
+            pts = [(r.round, sum(r.comm.per_client(way)) / len(r.comm.per_client(way)) / 1e6)
+                   for r in rounds if r.comm.per_client(way)]
             if pts:
                 ax.plot(*zip(*pts), marker=marker, label=f"{LABELS[method]} {label} (LoRA θ)")
                 drawn = True
@@ -152,7 +154,7 @@ def bytes_per_round(path: Path, curves: dict[str, list[dict]], params: dict | No
     if params:
         ax.axhline(4 * params["slm"]["base"] / 1e6, color="grey", ls="--", label="full-model FedAvg (fp32)")
         ax.set_yscale("log")
-    last = max(r["round"] for rs in curves.values() for r in rs)
+    last = max(r.round for rs in curves.values() for r in rs)
     ax.set_xticks(range(1, last + 1))
     ax.set(title="bytes per client per round", xlabel="round", ylabel="MB")
     ax.legend(fontsize=7)

@@ -9,13 +9,14 @@ from rich.table import Table
 
 from . import plots
 from .config import Config
+from .rounds import RoundRecord, mean_bytes_per_client
 from .runlog import RunDir
 
 console = Console()
 
 
-def _acc(record: dict, role: str) -> str:
-    ev = record.get("eval", {}).get(role, {})
+def _acc(record: RoundRecord, role: str) -> str:
+    ev = record.eval.get(role, {})
     return " ".join(f"{t}={m['acc']:.3f}" for t, m in ev.items()) or "-"
 
 
@@ -35,12 +36,10 @@ def progress_line(method: str, t: int, rounds: int, round_seconds: list[float]) 
     return f"{method} round {t}/{rounds} · {duration(per)} a round · ETA {duration(per * (rounds - t))}"
 
 
-def print_round(record: dict, where: str = "") -> None:
+def print_round(record: RoundRecord, where: str = "") -> None:
     """One line per round: accuracies, bytes, KD losses, and (``where``) the progress and ETA."""
-    t = record["round"]
-    comm = record.get("comm")
-    sent = f" | sent/client {comm['bytes_sent_per_client'][0] / 1e6:.2f} MB" if comm else ""
-    kd = record.get("kd")
+    t, comm, kd = record.round, record.comm, record.kd
+    sent = f" | sent/client {comm.bytes_sent_per_client[0] / 1e6:.2f} MB" if comm and comm.bytes_sent_per_client else ""
     losses = f" | KD llm {kd['llm_loss']:.3f} slm {kd['slm_loss']:.3f}" if kd else ""
     label = where or ("zero-shot" if t == 0 else f"round {t}")
     console.print(f"[bold]{label}[/bold] LLM {_acc(record, 'llm')} | SLM {_acc(record, 'slm')}{sent}{losses}")
@@ -52,20 +51,14 @@ def header(title: str, cfg: Config, what: str) -> list[str]:
                               f"{cfg.federation.rounds} rounds, {what}", ""]
 
 
-def mean_bytes_per_client(records: list[dict], key: str) -> float | None:
-    """Mean bytes per client per round, over the rounds that moved something (``key``: which way)."""
-    per_round = [r["comm"][key] for r in records if r.get("comm") and r["comm"][key]]
-    return sum(map(sum, per_round)) / sum(map(len, per_round)) if per_round else None
-
-
 def adapter_share(params: dict) -> str:
     """θ's size against the SLM it adapts: what a client sends per round instead of the whole model."""
     slm = params["slm"]
     return f"{slm['trainable']:,} parameters = {100 * slm['trainable'] / slm['base']:.3f}% of the SLM's {slm['base']:,}"
 
 
-def summary_table(records: list[dict]) -> Table:
-    tasks = sorted({t for r in records for ev in r.get("eval", {}).values() for t in ev})
+def summary_table(records: list[RoundRecord]) -> Table:
+    tasks = sorted({t for r in records for ev in r.eval.values() for t in ev})
     table = Table(title="FedCoLLM: accuracy per round (acc)")
     table.add_column("round")
     for t in tasks:
@@ -74,12 +67,12 @@ def summary_table(records: list[dict]) -> Table:
     table.add_column("sent/client MB")
     table.add_column("received/client MB")
     for r in records:
-        ev = r.get("eval", {})
+        ev = r.eval
         cells = []
         for t in tasks:
             cells += [f"{ev[role][t]['acc']:.4f}" if t in ev.get(role, {}) else "-" for role in ("llm", "slm")]
-        mb = [mean_bytes_per_client([r], key) for key in ("bytes_sent_per_client", "bytes_received_per_client")]
-        table.add_row("0 (zero-shot)" if r["round"] == 0 else str(r["round"]), *cells,
+        mb = [mean_bytes_per_client([r], way) for way in ("sent", "received")]
+        table.add_row("0 (zero-shot)" if r.round == 0 else str(r.round), *cells,
                       *("-" if v is None else f"{v / 1e6:.3f}" for v in mb))
     return table
 
@@ -87,8 +80,8 @@ def summary_table(records: list[dict]) -> Table:
 def run_plots(run: RunDir, cfg: Config) -> bool:
     """accuracy_per_round.png of a run: each model and task per round, the base model's accuracy dashed."""
     records = run.metrics()
-    zero = next((r["eval"] for r in records if r["round"] == 0 and r.get("eval")), None)
-    curve = [r for r in records if r["round"] > 0 and r.get("eval")]
+    zero = next((r.eval for r in records if r.round == 0 and r.eval), None)
+    curve = [r for r in records if r.round > 0 and r.eval]
     return plots.accuracy_per_round(run.path / "accuracy_per_round.png", {cfg.method: curve},
                                     {"zero_shot": zero} if zero else {}, cfg.eval_tasks(),
                                     title=f"run {run.path.name}") is not None
@@ -98,7 +91,7 @@ def write_run_report(run: RunDir, cfg: Config) -> None:
     records = run.metrics()
     table = summary_table(records)
     console.print(table)
-    params = next((r["params"] for r in records if "params" in r), None)
+    params = next((r.params for r in records if r.params), None)
     lines = header(f"FedCoLLM run `{run.path.name}`", cfg,
                    f"tasks {', '.join(cfg.tasks)}, evaluated on {cfg.eval.split}, "
                    f"{cfg.eval.split_limit() or 'all'} questions per task.")

@@ -34,6 +34,7 @@ from safetensors.numpy import load_file, save_file
 
 from .config import Config, ConfigError, check_output_folder, load_config, save_config
 from .models.lora import load_adapter, save_adapter
+from .rounds import RoundRecord
 
 log = logging.getLogger(__name__)
 SERVER_STATE = "server_opt.safetensors"
@@ -124,11 +125,11 @@ class RunDir:
         except SafetensorError as exc:
             raise ConfigError(f"{path}: unreadable server optimizer state ({exc})") from None
 
-    def log(self, record: dict) -> None:
+    def log(self, record: RoundRecord) -> None:
         with (self.path / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(record.to_json()) + "\n")
 
-    def metrics(self) -> list[dict]:
+    def metrics(self) -> list[RoundRecord]:
         """The logged rounds. A truncated last line (a kill mid-append) is dropped with a warning; a broken
         line before it, or a record that is not a JSON object, is a ConfigError naming file and line."""
         path = self.path / "metrics.jsonl"
@@ -149,12 +150,12 @@ class RunDir:
                 raise ConfigError(f"{path}:{lineno}: corrupt record ({str(exc).splitlines()[0][:120]}); "
                                   "only a truncated last line can be dropped, so this run folder cannot be "
                                   "read as it is") from None
-            records.append(record)
+            records.append(RoundRecord.from_json(record, f"{path}:{lineno}"))
         return records
 
     def truncate_after(self, t: int) -> None:
         """Drop metrics of rounds past the last checkpoint (killed after logging a round, before its DONE)."""
-        keep = [r for r in self.metrics() if r.get("round", 0) <= t]
+        keep = [r for r in self.metrics() if r.round <= t]
         tmp = self.path / "metrics.jsonl.tmp"  # atomic: a kill here must not lose the rounds kept
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        tmp.write_text("".join(json.dumps(r.to_json()) + "\n" for r in keep))
         tmp.replace(self.path / "metrics.jsonl")

@@ -24,14 +24,14 @@ import time
 from pathlib import Path
 
 from .config import Config, to_dict
+from .rounds import RoundRecord
 
 log = logging.getLogger(__name__)
 ROUND = "round"  # logged last at every step: the step a tracker has completely
 
 
-def scalars(record: dict) -> dict[str, float]:
-    """A round's figures, flat: every number in the record (``eval/llm/arc_easy/acc``, ``kd/slm_kl``,
-    ``seconds/train``, ``privacy/dp/epsilon``...) plus summaries of its per-client lists."""
+def flat(values: dict) -> dict[str, float]:
+    """Every number in nested ``values``, keyed by its path (``eval/llm/arc_easy/acc``)."""
     out: dict[str, float] = {}
 
     def walk(prefix: str, value) -> None:
@@ -41,8 +41,15 @@ def scalars(record: dict) -> dict[str, float]:
             for k, v in value.items():
                 walk(f"{prefix}/{k}" if prefix else str(k), v)
 
-    walk("", {k: v for k, v in record.items() if k not in ("clients", "comm", ROUND)})
-    clients = record.get("clients") or {}
+    walk("", values)
+    return out
+
+
+def scalars(record: RoundRecord) -> dict[str, float]:
+    """A round's figures, flat: every number in the record (``eval/llm/arc_easy/acc``, ``kd/slm_kl``,
+    ``seconds/train``, ``privacy/dp/epsilon``...) plus summaries of its per-client lists."""
+    out = flat({k: v for k, v in record.to_json().items() if k not in ("clients", "comm", ROUND)})
+    clients = record.clients or {}
     contributors = clients.get("contributors", [])
     if clients:
         out["clients/contributors"] = float(len(contributors))
@@ -55,11 +62,11 @@ def scalars(record: dict) -> dict[str, float]:
     rss = [c["worker-peak-rss-mb"] for c in contributors if "worker-peak-rss-mb" in c]
     if rss:
         out["clients/worker_peak_rss_mb"] = float(max(rss))
-    comm = record.get("comm") or {}
-    for key, name in (("bytes_sent_per_client", "down"), ("bytes_received_per_client", "up")):
-        if comm.get(key):
-            out[f"comm/bytes_{name}_total"] = float(sum(comm[key]))
-            out[f"comm/bytes_{name}_per_client"] = float(sum(comm[key]) / len(comm[key]))
+    for way, name in (("sent", "down"), ("received", "up")):
+        sizes = record.comm.per_client(way) if record.comm else []
+        if sizes:
+            out[f"comm/bytes_{name}_total"] = float(sum(sizes))
+            out[f"comm/bytes_{name}_per_client"] = float(sum(sizes) / len(sizes))
     return out
 
 
@@ -199,11 +206,11 @@ class Trackers:
         for kind in dict.fromkeys(cfg.tracking):  # each once, in the order given
             self.items.append(makers[kind](self.run_dir, cfg, name))
 
-    def sync(self, records: list[dict]) -> None:
+    def sync(self, records: list[RoundRecord]) -> None:
         """Log every record a tracker does not have yet (round number = step)."""
         for tracker in self.items:
             for record in records:
-                step = int(record.get(ROUND, 0))
+                step = record.round
                 if step > tracker.last:
                     tracker.log(step, scalars(record))
                     tracker.last = step

@@ -15,22 +15,25 @@ from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 
 from ..build import derive_seed, load_splits, peak_rss_mb
-from ..config import Config, dump_config
+from ..config import Config, Engine, dump_config
 from ..reporting import print_round, progress_line, write_run_report
+from ..rounds import Comm, RoundRecord
 from ..runlog import RoundError, RunDir
 from ..tracking import Trackers
 from ..updates import DivergedError
-from .aggregation import MeteredGrid, PlainAggregation, SecureAggregation, connected_nodes, sample_clients
+from .aggregation import PlainAggregation, SecureAggregation
 from .client_app import CONFIG_KEY
+from .privacy import PrivacyPolicy
 from .server import CoTuningServer
 from .server_opt import ServerOptimizer, make_server_optimizer
+from .transport import MeteredGrid, connected_nodes, sample_clients
 
 log = logging.getLogger(__name__)
 Aggregation = PlainAggregation | SecureAggregation
 
 
 def fedcollm_round(t: int, grid: Grid, nodes: list[int], server: CoTuningServer, aggregation: Aggregation,
-                   server_opt: ServerOptimizer | None = None) -> dict:
+                   server_opt: ServerOptimizer | None = None) -> RoundRecord:
     """Algorithm 1, round t: broadcast θ^t, local tuning, (secure) FedAvg, mutual KD on D^a."""
     cfg, metered = server.cfg, MeteredGrid(grid, progress=server.progress, round_no=t)
     config = ConfigRecord({CONFIG_KEY: dump_config(cfg)})  # what clients need to train (no data)
@@ -44,17 +47,15 @@ def fedcollm_round(t: int, grid: Grid, nodes: list[int], server: CoTuningServer,
     theta0 = up.theta if server_opt is None else server_opt.step(t, server.theta, up.theta)  # 3'. FedAdam & co.
     t1 = time.perf_counter()
     kd = server.distil(theta0, t)  # 4. R steps of CE + λ·KL both ways -> θ^{t+1}, ω^{t+1}
-    return {
-        "seconds": {"clients": t1 - t0, "kd": time.perf_counter() - t1},  # where a round's time goes
-        "clients": up.record(),  # who is in θ^{t,0} with which weight, who dropped where, who was rejected
-        "strategy": cfg.federation.strategy,
-        "kd": kd,
-        "privacy": up.privacy,
-        "comm": {
-            "bytes_sent_per_client": [metered.sent[n] for n in nodes],
-            "bytes_received_per_client": [metered.received[n] for n in nodes if metered.received[n]],
-        },
-    }
+    return RoundRecord(
+        round=t,
+        seconds={"clients": t1 - t0, "kd": time.perf_counter() - t1},  # where a round's time goes
+        clients=up.record(),  # who is in θ^{t,0} with which weight, who dropped where, who was rejected
+        strategy=cfg.federation.strategy,
+        kd=kd,
+        privacy=up.privacy,
+        comm=Comm([metered.sent[n] for n in nodes], [metered.received[n] for n in nodes if metered.received[n]]),
+    )
 
 
 def min_clients(cfg: Config) -> int:
@@ -62,13 +63,14 @@ def min_clients(cfg: Config) -> int:
     return cfg.federation.min_clients or cfg.federation.per_round()
 
 
-def make_aggregation(cfg: Config, server: CoTuningServer) -> Aggregation:
-    if not cfg.secure_aggregation():
-        return PlainAggregation(cfg)
-    # SecAgg+ weights client k by n_k / max_weight: the largest D^k keeps every weight <= 1 (no clipping).
-    # Under DP every client sends weight 1 (aggregation.py says why), so 1 is the largest.
-    max_weight = 1 if cfg.dp.enabled else cfg.secagg.max_weight or max(len(c) for c in load_splits(cfg).clients)
-    return SecureAggregation(cfg, max_weight)
+def make_aggregation(cfg: Config, engine: Engine) -> Aggregation:
+    """Plain or secure aggregation, as the config asks or (secagg.enabled unset) the engine implies."""
+    policy = PrivacyPolicy.of(cfg, engine)
+    if not policy.secure:
+        return PlainAggregation(cfg, policy)
+    # SecAgg+ weights client k by w_k / max_weight: the largest weight keeps every one <= 1 (no clipping)
+    max_weight = policy.max_weight(lambda: cfg.secagg.max_weight or max(len(c) for c in load_splits(cfg).clients))
+    return SecureAggregation(cfg, policy, max_weight)
 
 
 def open_run(cfg: Config, run: RunDir, progress: bool) -> tuple[CoTuningServer, ServerOptimizer | None, int]:
@@ -90,42 +92,44 @@ def log_zero_shot(cfg: Config, run: RunDir, server: CoTuningServer) -> None:
     if run.metrics():
         return
     t0 = time.perf_counter()
-    record = {"round": 0, "eval": server.evaluate(adapters=False) if cfg.eval.zero_shot else {},
-              "params": server.parameter_counts(), "seconds": {"eval": time.perf_counter() - t0}}
+    record = RoundRecord(round=0, eval=server.evaluate(adapters=False) if cfg.eval.zero_shot else {},
+                         params=server.parameter_counts(), seconds={"eval": time.perf_counter() - t0})
     run.log(record)
     print_round(record)
 
 
 def run_round(t: int, grid: Grid, nodes: list[int], cfg: Config, run: RunDir, server: CoTuningServer,
-              aggregation: Aggregation, server_opt: ServerOptimizer | None = None, online: int | None = None) -> dict:
+              aggregation: Aggregation, server_opt: ServerOptimizer | None = None,
+              online: int | None = None) -> RoundRecord:
     """Round t: Algorithm 1, then evaluation, then the log line, then the checkpoint (its DONE ends the round).
 
     ``nodes`` are the clients this round trains, sampled from ``online`` nodes when rounds sample."""
     t0 = time.perf_counter()
     try:
-        record = {"round": t, "sampled": {"clients": len(nodes), "of": online or len(nodes)},
-                  **fedcollm_round(t, grid, nodes, server, aggregation, server_opt)}
+        record = fedcollm_round(t, grid, nodes, server, aggregation, server_opt)
     except (RoundError, DivergedError) as exc:  # nothing of round t is saved: the run can go on from t - 1
         what = f"round {t}: {exc}" if isinstance(exc, DivergedError) else str(exc)
         raise RoundError(f"{what}; rounds 1-{t - 1} are saved in {run.path}: continue with "
                          f"`fedcollm run --resume {run.path}` (overrides such as llm.lr=... allowed)") from None
     t1 = time.perf_counter()
+    record.sampled = {"clients": len(nodes), "of": online or len(nodes)}
     if cfg.eval.every_round or t == cfg.federation.rounds:
-        record["eval"] = server.evaluate()
-    record["seconds"] = {**record["seconds"], "train": t1 - t0, "eval": time.perf_counter() - t1}
-    record["server_peak_rss_mb"] = peak_rss_mb()
+        record.eval = server.evaluate()
+    record.seconds = {**record.seconds, "train": t1 - t0, "eval": time.perf_counter() - t1}
+    record.server_peak_rss_mb = peak_rss_mb()
     run.log(record)  # then the checkpoint: its DONE marks the round finished, metrics included
     run.save_round(t, server.llm, server.slm, server_opt.state() if server_opt is not None else None)
     return record
 
 
-def serve(grid: Grid, cfg: Config, run: RunDir, progress: bool = True) -> None:
-    """The ServerApp's body: set up (or resume), run the remaining rounds, write the report."""
+def serve(grid: Grid, cfg: Config, run: RunDir, engine: Engine, progress: bool = True) -> None:
+    """The ServerApp's body: set up (or resume), run the remaining rounds, write the report. ``engine``: which of
+    Flower's engines drives the run (it decides SecAgg+'s default)."""
     server, server_opt, done = open_run(cfg, run, progress)
     log_zero_shot(cfg, run, server)
     trackers = Trackers(run.path, cfg)  # TensorBoard / MLflow: catch up on every logged round they lack
     trackers.sync(run.metrics())
-    aggregation = make_aggregation(cfg, server)
+    aggregation = make_aggregation(cfg, engine)
     took: list[float] = []
     for t in range(done + 1, cfg.federation.rounds + 1):
         # wait for all K clients before this process's first round; later rounds go on with those alive;

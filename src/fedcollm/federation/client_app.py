@@ -19,7 +19,6 @@ from pathlib import Path
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from .. import faults
 from ..build import client_data, derive_seed, load_peft, peak_rss_mb, train_settings
@@ -28,6 +27,7 @@ from ..data import Question
 from ..data.schema import read_jsonl
 from ..models.lora import check_adapter_arrays, get_adapter_arrays
 from ..updates import local_update
+from .privacy import CLIPPING_NORM_KEY
 from .secagg import legacy_fit_mod, secagg_mod
 from .update_cache import UpdateCache, update_key
 from .wire import codec_mod, from_record, layout_of, to_record
@@ -114,7 +114,7 @@ def cached_update(cfg: Config, theta, data: list[Question], seed: int, compute):
 def dp_clip_mod(msg: Message, context: Context, call_next) -> Message:
     """Flower's ``fixedclipping_mod`` (clip Δθ_k to the norm the server sends) when the run uses DP."""
     config = msg.content.config_records.get("config")
-    if config is not None and KEY_CLIPPING_NORM in config:
+    if config is not None and CLIPPING_NORM_KEY in config:
         return fixedclipping_mod(msg, context, call_next)
     return call_next(msg, context)
 

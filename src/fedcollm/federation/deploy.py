@@ -65,8 +65,7 @@ def main(grid: Grid, context: Context) -> None:
         run = RunDir.create(cfg)
     else:
         raise ConfigError("flwr run needs --run-config \"config='/abs/path.yaml'\" (or resume='RUN_DIR')")
-    cfg.federation.engine = "deployment"  # real network: SecAgg+ on unless the config says otherwise
-    serve(grid, cfg, run, progress=False)
+    serve(grid, cfg, run, "deployment", progress=False)  # a real network: SecAgg+ on unless the config says not
 
 
 def _bin(name: str) -> str:

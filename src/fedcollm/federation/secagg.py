@@ -14,6 +14,20 @@ bridge, so the protocol itself stays Flower's:
 ``DropTolerantSecAggPlus`` fixes one gap of the stock workflow: a client lost during setup or key
 sharing (stages 0-1) made the unmask stage fail for want of its shares, although such a client never
 entered anyone's masks. Dropouts in training (stage 2) are recovered by the protocol itself.
+
+It is the one module of the project that uses names outside Flower's public API, each because the
+legacy workflow offers no public way to do the same thing:
+
+- ``flwr.compat.common.recorddict_compat`` (``fitres_to_recorddict``, ``parameters_to_arrayrecord``):
+  the legacy ``FitRes``/``Parameters`` <-> record encoding that ``secaggplus_mod`` and the workflow read;
+- ``flwr.server.compat.grid_client_proxy.GridClientProxy`` and ``flwr.server.compat.legacy_context.
+  LegacyContext``: how a legacy strategy names its targets and how the workflow receives its state;
+- ``flwr.server.workflow.constant`` (``MAIN_PARAMS_RECORD``, ``MAIN_CONFIGS_RECORD``, ``Key.CURRENT_ROUND``):
+  where the workflow reads the round's parameters and number from that state;
+- ``flwr.common.secure_aggregation.secaggplus_constants`` (``RECORD_KEY_CONFIGS``, ``Key.STAGE``): which
+  messages are SecAgg+ ones, and in which stage;
+- ``SecAggPlusWorkflow.share_keys_stage`` (overridden), its state's ``active_node_ids``,
+  ``sampled_node_ids`` and ``nid_to_neighbours``, and ``_check_threshold``: the drop-tolerance fix above.
 """
 
 from __future__ import annotations
@@ -39,10 +53,10 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from .. import faults
 from ..config import SecAggSection
+from .privacy import client_weight
 
 log = logging.getLogger(__name__)
 NAMES_KEY = "fedcollm-array-names"  # legacy Parameters carry no names: they travel in the config
@@ -73,8 +87,7 @@ def legacy_fit_mod(msg: Message, ctxt: Context, call_next) -> Message:
     if out.has_error():
         return out
     metrics = dict(out.content["metrics"])
-    # SecAgg+ weights the masked sum by num_examples; under DP every client weighs the same (see aggregation.py)
-    weight = 1 if KEY_CLIPPING_NORM in config else int(metrics["num-examples"])
+    weight = client_weight(config, int(metrics["num-examples"]))  # SecAgg+ weighs the masked sum by it
     fitres = FitRes(status=Status(code=Code.OK, message="ok"),
                     parameters=ndarrays_to_parameters([a.numpy() for a in out.content["arrays"].values()]),
                     num_examples=weight, metrics=metrics)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
@@ -14,7 +14,7 @@ from .wire import from_record, layout_of, to_record
 
 log = logging.getLogger(__name__)
 
-UNIT_WEIGHT = "unit-weight"  # the weight key the gate writes when every client counts the same
+WEIGHT_KEY = "fedcollm-weight"  # the metric the gate writes when a weight function replaces num-examples
 
 
 def delta_norm(reference: NamedArrays, update: NamedArrays) -> float:
@@ -31,20 +31,20 @@ class CheckedFedAvg(FedAvg):
     ``max_update_norm`` (absolute, on ||θ_k − θ^t||) or more than ``outlier_factor`` × the median of
     the round's update norms (with 3 or more updates, so one wild client cannot set the median).
 
-    ``unit_weights`` averages the accepted updates with equal weights instead of by ``num-examples``:
-    what central DP needs, since a client weighted n_k / Σn could move the mean by more than C/m, the
-    sensitivity its noise and ε are computed for.
+    ``weight`` maps a client's ``num-examples`` to its weight in the mean (the privacy policy's: 1 for
+    every client under DP); without it Flower weighs by ``num-examples`` itself.
     """
 
     def __init__(self, reference: NamedArrays, max_update_norm: float | None = None,
-                 outlier_factor: float | None = 10.0, unit_weights: bool = False, **kwargs) -> None:
+                 outlier_factor: float | None = 10.0, weight: Callable[[int], float] | None = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.reference = reference
         self.max_update_norm = max_update_norm
         self.outlier_factor = outlier_factor
-        self.unit_weights = unit_weights
-        if unit_weights:
-            self.weighted_by_key = UNIT_WEIGHT
+        self.weight = weight
+        if weight is not None:
+            self.weighted_by_key = WEIGHT_KEY
         self.rejected: list[tuple[int, str]] = []
         self.norms: dict[int, float] = {}
         self.accepted: list[int] = []  # the nodes whose update is in the last aggregate
@@ -91,8 +91,9 @@ class CheckedFedAvg(FedAvg):
                 self._reject(server_round, node, f"update norm {norm:.4g} is more than {self.outlier_factor:g}× "
                                                  f"the round's median {median:.4g}")
             else:
-                if self.unit_weights:
-                    next(iter(msg.content.metric_records.values()))[UNIT_WEIGHT] = 1.0
+                if self.weight is not None:
+                    metrics = next(iter(msg.content.metric_records.values()))
+                    metrics[WEIGHT_KEY] = float(self.weight(int(metrics["num-examples"])))
                 accepted.append(msg)
         self.accepted = [m.metadata.src_node_id for m in accepted]
         return super().aggregate_train(server_round, [*accepted, *errors])

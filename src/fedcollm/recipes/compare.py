@@ -52,10 +52,10 @@ def load_result(spec: str) -> tuple[dict, list[str]]:
         log = p / "metrics.jsonl"
         if not log.is_file():
             raise DataError(f"{p} is a folder without metrics.jsonl (not a fedcollm run folder)")
-        tuned = [r for r in RunDir(p).metrics() if r.get("round", 0) >= 1 and r.get("eval")]
+        tuned = [r for r in RunDir(p).metrics() if r.round >= 1 and r.eval]
         if not tuned:
             raise DataError(f"{log}: no tuned round was evaluated yet (round 0 is the zero-shot models)")
-        result = {**tuned[-1]["eval"], "round": tuned[-1]["round"]}
+        result = {**tuned[-1].eval, "round": tuned[-1].round}
     elif p.is_file():
         try:
             data = json.loads(p.read_bytes().decode("utf-8"))

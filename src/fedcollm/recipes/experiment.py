@@ -21,10 +21,11 @@ from ..build import preflight
 from ..config import Config, ConfigError, KDSection, config_differences, load_config, save_config
 from ..plots import TASK_NAMES
 from ..precision import cpu_info, resolve_precision
-from ..reporting import header, mean_bytes_per_client
+from ..reporting import header
+from ..rounds import RoundRecord, mean_bytes_per_client, records_of
 from ..runlog import RunDir
 from ..stats import Comparison
-from ..tracking import Trackers, mlflow_uri, recorded_ids, scalars
+from ..tracking import Trackers, flat, mlflow_uri, recorded_ids
 from . import baselines
 from .compare import compare_results
 from .fedcollm import run_fedcollm
@@ -84,8 +85,7 @@ def _federated(method: str, algorithm: str | None = None,
         run_dir = run_fedcollm(None, resume=str(existing)) if existing.exists() else run_fedcollm(c)
         keep_run_adapters(run_dir, adapters_dir(out, method))
         records = RunDir(run_dir.path).metrics()
-        last = records[-1]
-        return {**last["eval"], "rounds": records, "params": records[0].get("params")}
+        return {**records[-1].eval, "rounds": [r.to_json() for r in records], "params": records[0].params}
 
     return run
 
@@ -136,7 +136,7 @@ def track_result(cfg: Config, out: Path, method: str, result: dict) -> None:
     folder = out / "methods" / f"{method}.tracking"
     folder.mkdir(parents=True, exist_ok=True)
     trackers = Trackers(folder, method_config(cfg, out), name=method)
-    trackers.sync([{"round": 0, "eval": {r: result[r] for r in ("llm", "slm") if r in result}}])
+    trackers.sync([RoundRecord(round=0, eval={r: result[r] for r in ("llm", "slm") if r in result})])
     trackers.finish()
 
 
@@ -159,7 +159,7 @@ def track_test(cfg: Config, out: Path, method: str, result: dict) -> None:
     """The method's test figures on the experiment's parent MLflow run (``test/METHOD/ROLE/TASK/acc``)."""
     if "mlflow" in cfg.tracking:
         roles = {r: result[r] for r in ("llm", "slm") if r in result}
-        parent_trackers(cfg, out).items[0].log(0, scalars({"test": {method: roles}}), mark=False)
+        parent_trackers(cfg, out).items[0].log(0, flat({"test": {method: roles}}), mark=False)
 
 
 def run_experiment(cfg: Config, out_dir: str | Path, methods: Sequence[str] = METHODS, dev_only: bool = False) -> Path:
@@ -377,7 +377,8 @@ def communication_table(fed: dict) -> list[str]:
     if not fed.get("params"):
         return []
     slm = fed["params"]["slm"]
-    sent, recv = (mean_bytes_per_client(fed["rounds"], f"bytes_{way}_per_client") or 0 for way in ("sent", "received"))
+    rounds = records_of(fed, "fedcollm result")
+    sent, recv = (mean_bytes_per_client(rounds, way) or 0 for way in ("sent", "received"))
     return ["", "## Table 3: transmitted per client per round", "",
             "| | parameters | % of SLM | bytes down | bytes up |", "|---|---|---|---|---|",
             f"| full-model FedAvg | {slm['base']:,} | 100 | {4 * slm['base']:,} | {4 * slm['base']:,} |",
@@ -416,7 +417,7 @@ def _plots(out: Path, results: dict, dev: dict, tasks: list[str], split: str) ->
     on dev when the experiment has dev results, else on its test results), final_accuracy.png (every method
     on test, with 95% intervals) and bytes_per_round.png."""
     per_round = dev or results
-    curves = {m: per_round[m].get("rounds", []) for m in FEDERATED if m in per_round}
+    curves = {m: records_of(per_round[m], f"{m} result") for m in FEDERATED if m in per_round}
     references = {m: per_round[m] for m in ("zero_shot", "centralized", "standalone") if m in per_round}
     plots.accuracy_per_round(out / "accuracy_per_round.png", curves, references, tasks,
                              title=f"accuracy per round on {split} (horizontal lines: methods without rounds)")

@@ -41,7 +41,6 @@ def run_fedcollm(cfg: Config, resume: str | None = None, overrides: tuple[str, .
         RunDir.new_path(cfg)  # a taken run folder is refused first: nothing else is checked or written
         preflight(cfg)
         run = RunDir.create(cfg)
-    cfg.federation.engine = "simulation"  # how this process drives the run (decides SecAgg+'s default)
     if cfg.federation.update_cache:  # Ray's workers need not share this process's working directory
         cfg.federation.update_cache = str(Path(cfg.federation.update_cache).resolve())
     log.info("run folder: %s", run.path)
@@ -51,7 +50,7 @@ def run_fedcollm(cfg: Config, resume: str | None = None, overrides: tuple[str, .
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            serve(grid, cfg, run, progress)
+            serve(grid, cfg, run, "simulation", progress)
         except BaseException as exc:  # Flower logs and swallows ServerApp errors; keep it to re-raise
             failure.append(exc)
             raise
