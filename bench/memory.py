@@ -160,7 +160,7 @@ def describe(sim: dict) -> dict:
     return {
         "env": sim["env"], "wall_s": round(sim["wall_s"], 1),
         "peak": {"dedup_rss": peak["dedup"], "pss_sum": peak["pss_sum"], "rss_sum": peak["rss_sum"], "at_s": peak["t"]},
-        "metrics_jsonl": {"server_peak_rss": round1["server_peak_rss_mb"] * 2**20,
+        "metrics_jsonl": {"server_peak_rss": round1.server_peak_rss_mb * 2**20,
                           "worker_peak_rss": max(c["worker-peak-rss-mb"]
                                                  for c in round1.clients["contributors"]) * 2**20},
         "at_peak_by_role_gib": {role: {k: _gib(v) for k, v in d.items()} for role, d in by_role.items()},

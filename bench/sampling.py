@@ -46,7 +46,7 @@ def arm(setup: Setup, registered: int, sampled: int, rounds: int, workdir: Path)
     return {"registered": registered, "sampled": sampled,
             "round_seconds": [r.seconds["train"] for r in rounds_],
             "median_round_s": statistics.median(r.seconds["train"] for r in rounds_[1:] or rounds_),
-            "server_peak_rss_mb": max(r["server_peak_rss_mb"] for r in rounds_),
+            "server_peak_rss_mb": max(r.server_peak_rss_mb for r in rounds_),
             "clients_per_round": [len(r.clients["contributors"]) for r in rounds_]}
 
 

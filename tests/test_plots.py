@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedcollm import plots
+from fedcollm.rounds import RoundRecord
 from fedcollm.stats import wilson
 
 
@@ -13,8 +14,8 @@ def _acc(v, n=100):
 
 
 def test_accuracy_per_round_has_a_panel_per_model_and_task_integer_rounds_and_reference_lines(tmp_path):
-    rounds = [{"round": t, "eval": {"llm": {"arc_easy": _acc(0.5 + t / 100), "openbookqa": _acc(0.3)},
-                                    "slm": {"arc_easy": _acc(0.4), "openbookqa": _acc(0.2)}}} for t in (1, 2, 3)]
+    rounds = [RoundRecord(t, eval={"llm": {"arc_easy": _acc(0.5 + t / 100), "openbookqa": _acc(0.3)},
+                                      "slm": {"arc_easy": _acc(0.4), "openbookqa": _acc(0.2)}}) for t in (1, 2, 3)]
     refs = {"zero_shot": {"llm": {"arc_easy": _acc(0.6), "openbookqa": _acc(0.3)},
                           "slm": {"arc_easy": _acc(0.35), "openbookqa": _acc(0.2)}},
             "centralized": {"llm": {"arc_easy": _acc(0.7), "openbookqa": _acc(0.35)}},
