@@ -20,3 +20,17 @@ def test_mean_bytes_per_client_counts_only_rounds_that_moved_something():
     assert mean_bytes_per_client(records, "received") == 20
     assert mean_bytes_per_client(records, "sent") == 5
     assert mean_bytes_per_client(records[:1], "received") is None
+
+
+def test_a_runs_report_is_written_and_its_path_is_the_last_line_printed(tmp_path, capsys):
+    from fedcollm.config import load_config
+    from fedcollm.reporting import write_run_report
+    from fedcollm.runlog import RunDir
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "run_name=r", "tasks=[arc_easy]"])
+    run = RunDir.create(cfg)
+    run.log(RoundRecord(0, eval={"slm": {"arc_easy": {"acc": 0.25, "n": 4}}}))
+    run.log(RoundRecord(1, eval={"slm": {"arc_easy": {"acc": 0.5, "n": 4}}}, comm=Comm([10], [10])))
+    write_run_report(run, cfg)
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == f"report: {run.path / 'report.md'}" and (run.path / "report.md").is_file()

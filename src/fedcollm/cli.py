@@ -215,14 +215,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         from .recipes.experiment import write_report
 
         write_report(folder, cfg)
+        print(f"report: {folder / 'report.md'}")
     elif (folder / "metrics.jsonl").is_file():
         from .reporting import write_run_report
         from .runlog import RunDir
 
-        write_run_report(RunDir(folder), cfg)
+        write_run_report(RunDir(folder), cfg)  # its last line names the report
     else:
         raise ConfigError(f"{folder} has a config.yaml but no metrics.jsonl (run) or methods/ (experiment)")
-    print(f"report: {folder / 'report.md'}")
     return 0
 
 

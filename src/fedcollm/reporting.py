@@ -103,3 +103,4 @@ def write_run_report(run: RunDir, cfg: Config) -> None:
     if run_plots(run, cfg):
         lines += ["", "![accuracy per round](accuracy_per_round.png)"]
     (run.path / "report.md").write_text("\n".join(lines) + "\n")
+    console.print(f"report: {run.path / 'report.md'}", soft_wrap=True)  # the last line: where to read it, whole

@@ -55,6 +55,10 @@ def run_fedcollm(cfg: Config, resume: str | None = None, overrides: tuple[str, .
             failure.append(exc)
             raise
 
+    # Ray's coming default, taken now: a worker given no GPU keeps CUDA_VISIBLE_DEVICES as it is. Workers get
+    # none only when this run's device is the CPU, and then they never use one; set, Ray stops printing a
+    # FutureWarning about that default on every run
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     workers = cfg.federation.sim_workers
     cpus = max(1, (os.cpu_count() or 1) // workers)  # Ray's CPUs are logical: each worker gets its share
     gpus = 1.0 / workers if device(cfg).type == "cuda" else 0.0  # Ray hides the GPU from workers given none
