@@ -105,7 +105,7 @@ def messages(setup: Setup, clients: int = 4):
 
     def broadcast(t: int, arrays):
         config = ConfigRecord({CONFIG_KEY: dump_config(cfg)})
-        return plain_broadcast(cfg, PrivacyPolicy.of(cfg), t, nodes, arrays, config)
+        return plain_broadcast(cfg, PrivacyPolicy.of(cfg, "simulation"), t, nodes, arrays, config)
 
     with flower_identity():
         first = broadcast(1, theta)

@@ -83,8 +83,8 @@ def test_a_round_trains_exactly_the_nodes_found_online_without_waiting_for_more(
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     grid = MeteredGrid(GoneGrid())
     cfg = load_config(None, [])
-    out = PlainAggregation(cfg, PrivacyPolicy.of(cfg)).run(3, grid, [5, 7], _adapter(np.random.default_rng(5)),
-                                                       ConfigRecord({}), timeout=1.0, seed=0)
+    plain = PlainAggregation(cfg, PrivacyPolicy.of(cfg, "simulation"))
+    out = plain.run(3, grid, [5, 7], _adapter(np.random.default_rng(5)), ConfigRecord({}), timeout=1.0, seed=0)
     sent = grid._grid.sent
     assert [m.metadata.dst_node_id for m in sent] == [5, 7]  # Flower's sampler would wait here forever
     assert all(m.content["config"]["server-round"] == 3 for m in sent)

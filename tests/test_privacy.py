@@ -282,8 +282,9 @@ def test_the_policy_decides_weights_clip_and_noise_and_speaks_flowers_clipping_k
     from fedcollm.federation.privacy import CLIPPING_NORM_KEY, PrivacyPolicy, client_weight
 
     assert CLIPPING_NORM_KEY == KEY_CLIPPING_NORM
-    plain = PrivacyPolicy.of(load_config(None, []))
-    dp = PrivacyPolicy.of(load_config(None, ["dp.enabled=true", "dp.clipping_norm=0.5", "dp.noise_multiplier=2"]))
+    plain = PrivacyPolicy.of(load_config(None, []), "simulation")
+    dp = PrivacyPolicy.of(load_config(None, ["dp.enabled=true", "dp.clipping_norm=0.5", "dp.noise_multiplier=2"]),
+                          "simulation")
     assert (plain.weight(37), dp.weight(37)) == (37, 1)
     assert plain.weigher() is None and dp.weigher()(37) == 1
     assert plain.client_config() == {} and dp.client_config() == {CLIPPING_NORM_KEY: 0.5}

@@ -464,6 +464,7 @@ def _name(tp: Any) -> str:
 
 # Keys an earlier version had, and why they are gone: a YAML file that has one (a run folder written by that
 # version) still loads, with a warning that the key is ignored; on the command line it is refused, saying why.
+COMMAND_LINE = "command line"  # where a ``section.key=value`` override comes from, in errors and checks
 RETIRED = {"federation.engine": "the command decides it: `fedcollm run` / `experiment` = simulation, "
                                 "`deploy-local` / `flwr run` = deployment"}
 
@@ -475,7 +476,7 @@ def _build(cls, data: dict, where: str, prefix: str, obj):
     for key, value in data.items():
         if f"{prefix}{key}" in RETIRED:
             why = f"{prefix}{key} is not a config key any more: {RETIRED[prefix + key]}"
-            if where == "command line":
+            if where == COMMAND_LINE:
                 raise ConfigError(f"{where}: {why}")
             log.warning("%s: ignored %s", where, why)
             continue
@@ -543,7 +544,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         nested: Any = value
         for k in reversed(keys):
             nested = {k: nested}
-        _build(Config, nested, "command line", "", cfg)
+        _build(Config, nested, COMMAND_LINE, "", cfg)
     validate(cfg)
     return cfg
 

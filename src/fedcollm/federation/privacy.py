@@ -91,7 +91,8 @@ class PrivacyPolicy:
     per_round: int  # n, the clients a round trains
 
     @classmethod
-    def of(cls, cfg: Config, engine: Engine = "simulation") -> PrivacyPolicy:
+    def of(cls, cfg: Config, engine: Engine) -> PrivacyPolicy:
+        """The policy ``cfg`` asks for when ``engine`` drives the run (it decides SecAgg+'s default)."""
         f = cfg.federation
         return cls(cfg.dp, cfg.secure_aggregation(engine), f.num_clients, f.per_round())
 
