@@ -1,9 +1,13 @@
-"""Flower's deployment engine: the ServerApp for ``flwr run``, and a localhost launcher.
+"""The ServerApp that ``flwr run`` starts, on either of Flower's engines, and a localhost launcher.
 
-``flwr run`` starts ``server_app`` below in a process next to the SuperLink; it reads the path of a
-resolved config from the run config (``config``) or a run folder to continue (``resume``). Clients
-use the same ``fedcollm.federation.client_app:app`` as in simulation; each SuperNode is started with
+``flwr run`` starts ``server_app`` below in a process of its own; it reads the path of a resolved config
+from the run config (``config``) or a run folder to continue (``resume``), and ``engine`` (``simulation``
+or, by default, ``deployment``: it decides SecAgg+'s default). Clients use
+``fedcollm.federation.client_app:app`` on both engines; in deployment each SuperNode is started with
 ``--node-config "partition-id=K num-partitions=N [data-dir=...]"`` and holds only its own data.
+
+The ServerApp's process is not the caller's, so an error that ends the run is written to the run folder
+(``failure.json``: its type and message) and ``raise_failure`` raises it again in the caller, as one line.
 
 ``launch_local`` starts a SuperLink and K SuperNodes as separate processes on 127.0.0.1, submits the
 run and shuts everything down; README documents the same steps across machines.
@@ -11,7 +15,10 @@ run and shuts everything down; README documents the same steps across machines.
 
 from __future__ import annotations
 
+import builtins
+import importlib
 import importlib.resources
+import json
 import logging
 import os
 import shutil
@@ -47,12 +54,16 @@ def flower_app_dir() -> Path:
     return Path(str(importlib.resources.files("fedcollm").joinpath("flower_app")))
 
 
+FAILURE = "failure.json"  # in the run folder: the error that ended the ServerApp's process
 server_app = ServerApp()
 
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
+    engine = str(rc.get("engine") or "deployment")
+    if engine not in ("simulation", "deployment"):
+        raise ConfigError(f"run config engine={engine!r}: choose simulation or deployment")
     if rc.get("resume"):
         run, cfg = RunDir.open(str(rc["resume"]))
         preflight(cfg)
@@ -65,7 +76,37 @@ def main(grid: Grid, context: Context) -> None:
         run = RunDir.create(cfg)
     else:
         raise ConfigError("flwr run needs --run-config \"config='/abs/path.yaml'\" (or resume='RUN_DIR')")
-    serve(grid, cfg, run, "deployment", progress=False)  # a real network: SecAgg+ on unless the config says not
+    (run.path / FAILURE).unlink(missing_ok=True)
+    try:  # on a real network SecAgg+ is on unless the config says not
+        serve(grid, cfg, run, engine, progress=bool(rc.get("progress", False)))
+    except BaseException as exc:
+        kind = type(exc)
+        (run.path / FAILURE).write_text(json.dumps({"type": f"{kind.__module__}.{kind.__qualname__}",
+                                                    "message": str(exc)}))
+        raise
+
+
+def raise_failure(run: RunDir) -> None:
+    """Raise again, here, the error that ended ``run``'s ServerApp in its own process (if one did).
+
+    Our own error types (and Python's) come back as themselves, so the CLI prints them as it prints any;
+    anything else becomes a RuntimeError naming its type."""
+    path = run.path / FAILURE
+    if not path.exists():
+        return
+    failure = json.loads(path.read_text())
+    path.unlink()
+    module, _, name = failure["type"].rpartition(".")
+    kind: type = RuntimeError
+    if module == "builtins" or module.startswith("fedcollm."):
+        found = getattr(builtins if module == "builtins" else importlib.import_module(module), name, None)
+        kind = found if isinstance(found, type) and issubclass(found, BaseException) else RuntimeError
+    message = failure["message"] if kind is not RuntimeError else f"{failure['type']}: {failure['message']}"
+    try:
+        exc = kind(message)
+    except TypeError:  # an error type that wants other arguments
+        exc = RuntimeError(f"{failure['type']}: {failure['message']}")
+    raise exc
 
 
 def _bin(name: str) -> str:
@@ -78,18 +119,22 @@ class LocalFederation:
 
     With ``tls`` (the default) the SuperLink serves TLS with a certificate from ``tls.make_certs`` and
     only admits SuperNodes whose public key was registered (``flwr supernode register``); without it,
-    everything runs ``--insecure`` (a trusted test network only).
+    everything runs ``--insecure`` (a trusted test network only). With ``simulation`` the SuperLink runs
+    Flower's simulation runtime instead (its SuperNodes are simulated, none is started; insecure, as nothing
+    leaves this machine). The processes run in ``cwd`` (default: the work folder).
     """
 
-    def __init__(self, workdir: str | Path, port: int, num_nodes: int, tls: bool = True) -> None:
+    def __init__(self, workdir: str | Path, port: int, num_nodes: int, tls: bool = True, simulation: bool = False,
+                 cwd: str | Path | None = None) -> None:
         self.work = Path(workdir).resolve()
-        self.port, self.tls = port, tls
+        self.port, self.tls, self.simulation = port, tls and not simulation, simulation
+        self.cwd = Path(cwd).resolve() if cwd else self.work
         self.home = self.work / "flwr-home"
         shutil.rmtree(self.home, ignore_errors=True)
         self.home.mkdir(parents=True)
         self.logs = self.work / "logs"
         self.logs.mkdir(exist_ok=True)
-        self.certs = make_certs(self.work / "certs", num_nodes) if tls else None
+        self.certs = make_certs(self.work / "certs", num_nodes) if self.tls else None
         conn = f'root-certificates = "{self.certs.ca}"' if self.certs else "insecure = true"
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "local-deploy"\n\n[superlink.local-deploy]\n'
@@ -98,6 +143,9 @@ class LocalFederation:
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         self.env = {**os.environ, "PATH": path, "FLWR_HOME": str(self.home),
                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+        if simulation:  # Ray's coming default, taken now (Ray prints a FutureWarning on every run without it):
+            # a worker given no GPU keeps CUDA_VISIBLE_DEVICES; workers get none only when the run is on the CPU
+            self.env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         for var in ("FEDCOLLM_CACHE", "FEDCOLLM_DATA_DIR"):  # the daemons run in the work folder
             if self.env.get(var):
                 self.env[var] = str(Path(self.env[var]).expanduser().resolve())
@@ -105,7 +153,7 @@ class LocalFederation:
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
         out = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        self.procs[name] = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.work)
+        self.procs[name] = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd)
         return self.procs[name]
 
     def __enter__(self) -> LocalFederation:
@@ -114,7 +162,8 @@ class LocalFederation:
                     if self.certs else ["--insecure"])
         proc = self._start("superlink", [_bin("flower-superlink"), *security, "--host", "127.0.0.1",
                                          "--port", str(self.port), "--isolation", "subprocess",
-                                         "--database", str(self.home / "state.db")])
+                                         "--database", str(self.home / "state.db"),
+                                         *(["--simulation"] if self.simulation else [])])
         self._wait_health(proc)
         return self
 
@@ -128,7 +177,7 @@ class LocalFederation:
                 p.kill()
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
-        return subprocess.run([_bin("flwr"), *args], env=self.env, cwd=self.work, timeout=timeout,
+        return subprocess.run([_bin("flwr"), *args], env=self.env, cwd=self.cwd, timeout=timeout,
                               capture_output=True, text=True)
 
     def add_supernode(self, i: int, node_config: str, key: Path | None = None, register: bool = True,
@@ -198,6 +247,7 @@ def launch_local(cfg: Config, workdir: str | Path, port: int = 39500, timeout: f
             raise DeployError(f"the run did not finish in {timeout:.0f} s (--timeout); rounds 1-{run.last_round()} "
                               f"are saved in {run.path}") from None
         (fed.logs / "flwr-run.log").write_text(done.stdout + done.stderr)
+        raise_failure(run)  # the ServerApp's own error, if it ended the run
         if done.returncode != 0:
             raise DeployError(f"flwr run failed (exit {done.returncode}); see {fed.logs / 'flwr-run.log'}")
     if run.last_round() < cfg.federation.rounds:

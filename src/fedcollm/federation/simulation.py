@@ -1,0 +1,82 @@
+"""Flower's simulation engine through its supported path: a local SuperLink in simulation mode, and ``flwr run``.
+
+``simulate`` starts ``flower-superlink --simulation`` on a free 127.0.0.1 port (a throwaway ``FLWR_HOME``),
+submits the Flower App (``deploy.flower_app_dir()``: the installed package's ServerApp and ClientApp) with
+the federation's size and Ray's resources as ``--federation-config``, streams the run's output, and shuts
+the SuperLink down. The ServerApp continues the run folder the caller created and checked, in the caller's
+working directory, so every relative path of its config means what it meant here.
+
+A simulated client whose process dies is not replaced (Flower's simulation runtime has no restart): the
+messages later handed to it fail, and the rounds go on without them, as they do without a lost SuperNode.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ..build import device
+from ..config import Config
+from ..runlog import RunDir
+from .deploy import DeployError, LocalFederation, _bin, flower_app_dir, raise_failure
+
+CONNECTION = "local-deploy"  # LocalFederation's name for its SuperLink in FLWR_HOME/config.toml
+PORT_ATTEMPTS = 5
+
+
+def federation_config(cfg: Config) -> str:
+    """``--federation-config`` for ``cfg``: K simulated SuperNodes and ``sim_workers`` Ray workers that share
+    this machine's CPUs (Ray's CPUs are logical: each worker gets its share) and, on CUDA, its GPU."""
+    workers = cfg.federation.sim_workers
+    cpus = max(1, (os.cpu_count() or 1) // workers)
+    gpus = 1.0 / workers if device(cfg).type == "cuda" else 0.0  # Ray hides the GPU from workers given none
+    # log-to-driver off: the workers' own output (weights loading bars, blank lines) stays in Ray's log files;
+    # the server reports every client's reply as it comes
+    return (f"num-supernodes={cfg.federation.num_clients} client-resources-num-cpus={cpus} "
+            f"client-resources-num-gpus={gpus} init-args-num-cpus={cpus * workers} init-args-log-to-driver=false")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def simulate(cfg: Config, run: RunDir, progress: bool = True, app_dir: str | Path | None = None) -> None:
+    """Run (or continue) ``run`` with ``cfg`` on Flower's simulation engine; return once it has ended.
+
+    ``app_dir``: the Flower App to submit (default: fedcollm's own; another one may wrap its apps). The run's
+    own error comes back as itself (``deploy.raise_failure``); Flower's, as a ``DeployError`` naming its log.
+    """
+    app = str(app_dir or flower_app_dir())
+    with tempfile.TemporaryDirectory(prefix="fedcollm-flower-") as work:
+        for attempt in range(PORT_ATTEMPTS):  # another process may take the port between our check and the bind
+            try:
+                with LocalFederation(Path(work) / str(attempt), _free_port(), 0, simulation=True,
+                                     cwd=Path.cwd()) as fed:
+                    out = sys.stdout if progress else (fed.logs / "flwr-run.log").open("w")
+                    try:
+                        done = subprocess.run(
+                            [_bin("flwr"), "run", app, CONNECTION, "--stream",
+                             "--federation-config", federation_config(cfg),
+                             "--run-config", f"resume='{run.path.resolve()}' engine='simulation' "
+                                             f"progress={'true' if progress else 'false'}"],
+                            env=fed.env, cwd=fed.cwd,
+                            stdout=out, stderr=subprocess.STDOUT, check=False)
+                    finally:
+                        if out is not sys.stdout:
+                            out.close()
+                    raise_failure(run)
+                    if done.returncode != 0 or run.last_round() < cfg.federation.rounds:
+                        log = (fed.logs / "superlink.log").read_text(errors="replace").strip().splitlines()
+                        raise DeployError(f"the simulation ended after round {run.last_round()} of "
+                                          f"{cfg.federation.rounds} (flwr run exit {done.returncode}): "
+                                          f"{log[-1] if log else 'no SuperLink output'}")
+                    return
+            except DeployError as exc:
+                if "taken" not in str(exc) or attempt == PORT_ATTEMPTS - 1:
+                    raise
