@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.common import parameters_to_ndarrays
 from safetensors.numpy import load_file
 
-import fedcollm.federation.algorithm as algorithm
-import fedcollm.federation.secagg as secagg
 from fedcollm.build import client_data, derive_seed, load_peft, train_settings
 from fedcollm.config import load_config
 from fedcollm.models.lora import get_adapter_arrays
@@ -59,11 +56,45 @@ def _assert_mean_of_contributors(cfg, run, t):
     return contributors
 
 
-class Spy:
-    """Wraps the server's Grid: keeps every array that reaches the server in a reply, at any stage."""
+SPY_APP = """
+[project]
+name = "spy-app"
+version = "0.1.0"
+dependencies = []
 
-    def __init__(self, grid, arrays):
-        self.grid, self.arrays = grid, arrays
+[tool.flwr.app]
+publisher = "tests"
+fab-include = ["pyproject.toml", "spy_server.py"]
+
+[tool.flwr.app.components]
+serverapp = "spy_server:server_app"
+clientapp = "fedcollm.federation.client_app:app"
+
+[tool.flwr.app.config]
+config = ""
+resume = ""
+engine = "deployment"
+progress = false
+"""
+
+SPY_SERVER = '''"""fedcollm\'s ServerApp, with spies in its process: every array that reaches the server in a reply, at
+any stage (``seen``), and per SecAgg+ round the vectors that reached the strategy\'s ``aggregate_fit``."""
+import os
+import pickle
+
+from flwr.common import parameters_to_ndarrays
+from flwr.serverapp import ServerApp
+
+import fedcollm.federation.algorithm as algorithm
+import fedcollm.federation.secagg as secagg
+from fedcollm.federation import deploy
+
+seen, strategies = [], []
+
+
+class Spy:
+    def __init__(self, grid):
+        self.grid = grid
 
     def __getattr__(self, name):
         return getattr(self.grid, name)
@@ -73,23 +104,53 @@ class Spy:
         for r in replies:
             if not r.has_error():
                 for record in r.content.array_records.values():
-                    self.arrays += [a.numpy() for a in record.values()]
+                    seen.extend(a.numpy() for a in record.values())
         return replies
 
 
-def _spy_on_server(monkeypatch):
-    """What the server's Grid received (``seen``) and, per SecAgg+ round, the vectors that reached the
-    strategy's ``aggregate_fit`` (``strategies``: one list of arrays per result)."""
-    seen, strategies = [], []
-    round_fn, aggregate_fit = algorithm.fedcollm_round, secagg._RoundTargets.aggregate_fit
-    monkeypatch.setattr(algorithm, "fedcollm_round", lambda t, grid, *a: round_fn(t, Spy(grid, seen), *a))
+round_fn, aggregate_fit = algorithm.fedcollm_round, secagg._RoundTargets.aggregate_fit
+algorithm.fedcollm_round = lambda t, grid, *a: round_fn(t, Spy(grid), *a)
 
-    def spy_fit(self, server_round, results, failures):
-        strategies.append([parameters_to_ndarrays(res.parameters) for _, res in results])
-        return aggregate_fit(self, server_round, results, failures)
 
-    monkeypatch.setattr(secagg._RoundTargets, "aggregate_fit", spy_fit)
-    return seen, strategies
+def spy_fit(self, server_round, results, failures):
+    strategies.append([parameters_to_ndarrays(res.parameters) for _, res in results])
+    return aggregate_fit(self, server_round, results, failures)
+
+
+secagg._RoundTargets.aggregate_fit = spy_fit
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid, context):
+    try:
+        deploy.main(grid, context)
+    finally:
+        with open(os.environ["SPY_OUT"], "wb") as f:
+            pickle.dump((seen, strategies), f)
+'''
+
+
+def _run_spied(cfg, tmp_path, monkeypatch):
+    """Run ``cfg`` in simulation with fedcollm's ServerApp wrapped by spies, in the ServerApp's own process
+    (a Flower App of this test's: its pyproject names the spy module). Returns (run, seen, strategies)."""
+    import pickle
+
+    from fedcollm.build import preflight
+    from fedcollm.federation.simulation import simulate
+    from fedcollm.runlog import RunDir
+
+    app = tmp_path / f"spy-app-{cfg.run_name}"
+    app.mkdir()
+    (app / "pyproject.toml").write_text(SPY_APP)
+    (app / "spy_server.py").write_text(SPY_SERVER)
+    out = tmp_path / f"spied-{cfg.run_name}.pkl"
+    monkeypatch.setenv("SPY_OUT", str(out))
+    preflight(cfg)
+    run = RunDir.create(cfg)
+    simulate(cfg, run, progress=False, app_dir=app)
+    seen, strategies = pickle.loads(out.read_bytes())
+    return run, seen, strategies
 
 
 def _holds(arrays, update):
@@ -105,8 +166,7 @@ def test_secagg_server_never_holds_a_client_update_and_the_mean_equals_fedavg(
     # Dirichlet split: clients of different sizes, so the weighting by n_k is part of what is checked
     cfg = _cfg(tiny_models, data_dir, tmp_path, f"secure-{secure}", "method=fedavg", f"secagg.enabled={secure}",
                "federation.partition=dirichlet", "federation.alpha=2.0")
-    seen, strategies = _spy_on_server(monkeypatch)
-    run = run_fedcollm(cfg, progress=False)
+    run, seen, strategies = _run_spied(cfg, tmp_path, monkeypatch)
     theta0, updates = _client_updates(cfg)
     assert len({n for _, n in updates}) > 1
     want = {k: sum(u[k] * n for u, n in updates) / sum(n for _, n in updates) for k in theta0}

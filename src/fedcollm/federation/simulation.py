@@ -13,6 +13,8 @@ messages later handed to it fail, and the rounds go on without them, as they do 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,6 +48,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stream(fed: LocalFederation, cmd: list[str], log: Path, show: bool) -> int:
+    """Run ``cmd``, its output into ``log`` and, with ``show``, onto stdout as it comes (progress bars
+    redraw in place: chunks, not lines)."""
+    with log.open("wb") as f, subprocess.Popen(cmd, env=fed.env, cwd=fed.cwd, stdout=subprocess.PIPE,
+                                               stderr=subprocess.STDOUT) as proc:
+        assert proc.stdout is not None
+        while chunk := proc.stdout.read1(4096):
+            f.write(chunk)
+            if show:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+        return proc.wait()
+
+
+def _last_error(log: Path) -> str:
+    """The line of ``log`` that says what failed: its last exception line, or its last line."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*:", line)]
+    return (errors or lines or ["no output"])[-1] + f" (see {log})"
+
+
 def simulate(cfg: Config, run: RunDir, progress: bool = True, app_dir: str | Path | None = None) -> None:
     """Run (or continue) ``run`` with ``cfg`` on Flower's simulation engine; return once it has ended.
 
@@ -53,30 +76,25 @@ def simulate(cfg: Config, run: RunDir, progress: bool = True, app_dir: str | Pat
     own error comes back as itself (``deploy.raise_failure``); Flower's, as a ``DeployError`` naming its log.
     """
     app = str(app_dir or flower_app_dir())
-    with tempfile.TemporaryDirectory(prefix="fedcollm-flower-") as work:
-        for attempt in range(PORT_ATTEMPTS):  # another process may take the port between our check and the bind
-            try:
-                with LocalFederation(Path(work) / str(attempt), _free_port(), 0, simulation=True,
-                                     cwd=Path.cwd()) as fed:
-                    out = sys.stdout if progress else (fed.logs / "flwr-run.log").open("w")
-                    try:
-                        done = subprocess.run(
-                            [_bin("flwr"), "run", app, CONNECTION, "--stream",
-                             "--federation-config", federation_config(cfg),
-                             "--run-config", f"resume='{run.path.resolve()}' engine='simulation' "
-                                             f"progress={'true' if progress else 'false'}"],
-                            env=fed.env, cwd=fed.cwd,
-                            stdout=out, stderr=subprocess.STDOUT, check=False)
-                    finally:
-                        if out is not sys.stdout:
-                            out.close()
-                    raise_failure(run)
-                    if done.returncode != 0 or run.last_round() < cfg.federation.rounds:
-                        log = (fed.logs / "superlink.log").read_text(errors="replace").strip().splitlines()
-                        raise DeployError(f"the simulation ended after round {run.last_round()} of "
-                                          f"{cfg.federation.rounds} (flwr run exit {done.returncode}): "
-                                          f"{log[-1] if log else 'no SuperLink output'}")
-                    return
-            except DeployError as exc:
-                if "taken" not in str(exc) or attempt == PORT_ATTEMPTS - 1:
-                    raise
+    work = Path(tempfile.mkdtemp(prefix="fedcollm-flower-"))  # kept when Flower fails: its logs say why
+    for attempt in range(PORT_ATTEMPTS):  # another process may take the port between our check and the bind
+        try:
+            with LocalFederation(work / str(attempt), _free_port(), 0, simulation=True, cwd=Path.cwd()) as fed:
+                log = fed.logs / "flwr-run.log"
+                code = _stream(fed, [_bin("flwr"), "run", app, CONNECTION, "--stream",
+                                     "--federation-config", federation_config(cfg),
+                                     "--run-config", f"resume='{run.path.resolve()}' engine='simulation' "
+                                                     f"progress={'true' if progress else 'false'}"], log, progress)
+            break
+        except DeployError as exc:
+            if "taken" not in str(exc) or attempt == PORT_ATTEMPTS - 1:
+                raise
+    try:
+        raise_failure(run)  # the run's own error: one line, as in this process
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if code != 0 or run.last_round() < cfg.federation.rounds:
+        raise DeployError(f"the simulation ended after round {run.last_round()} of {cfg.federation.rounds} "
+                          f"(flwr run exit {code}): {_last_error(log)}")
+    shutil.rmtree(work, ignore_errors=True)
