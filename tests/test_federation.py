@@ -174,7 +174,7 @@ def test_simulated_run_trains_both_adapters_and_resume_equals_uninterrupted(tiny
     assert json.loads((resumed.path / "metrics.jsonl").read_text().splitlines()[-1])["round"] == 2
 
 
-def test_server_killed_mid_run_resumes_after_its_last_whole_round(tiny_models, data_dir, tmp_path):
+def test_server_killed_mid_run_resumes_after_its_last_whole_round_and_reads_clean(tiny_models, data_dir, tmp_path):
     import os
     import signal
     import subprocess
@@ -201,6 +201,21 @@ def test_server_killed_mid_run_resumes_after_its_last_whole_round(tiny_models, d
     assert done.returncode == 0, done.stderr[-2000:]
     assert [r.round for r in run.metrics()] == [0, 1, 2, 3]
     assert run.last_round() == 3 and not list((run.path / "rounds").glob("*.tmp"))
+    assert_reads_clean(done.stdout, done.stderr, run.path)
+
+
+def assert_reads_clean(stdout: str, stderr: str, run_path) -> None:
+    """What a user reads from `fedcollm run`: no deprecation or FutureWarning, no empty line of a client
+    worker, the rounds' progress as they run, and the report's path last."""
+    import re
+
+    output = stdout + stderr
+    assert "DEPRECATED" not in output and "FutureWarning" not in output, output[-3000:]
+    assert not re.search(r"^\s*\(ClientAppActor pid=\d+\)\s*$", output, re.M), output[-3000:]
+    assert "clients replied" in output  # the rounds are never silent
+    last = [line for line in re.split(r"[\r\n]", stdout) if line.strip()][-1]
+    assert last == f"report: {run_path / 'report.md'}", last
+    assert (run_path / "report.md").exists()
 
 
 def test_resume_redoes_a_round_logged_without_its_checkpoint_and_keeps_the_zero_shot_record(

@@ -82,7 +82,7 @@ def test_the_wheel_ships_the_presets_and_the_flower_app_and_the_cli_finds_them_i
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    code = ("import fedcollm, fedcollm.config as c; from fedcollm.federation.deploy import flower_app_dir; "
+    code = ("import fedcollm, fedcollm.config as c; from fedcollm.federation.server_app import flower_app_dir; "
             f"assert fedcollm.__file__.startswith({str(site)!r}), fedcollm.__file__; "
             "assert c.load_preset('cpu-paper').federation.train_size == 750; "
             "assert (flower_app_dir() / 'pyproject.toml').is_file(); print(','.join(c.preset_names()))")

@@ -87,7 +87,7 @@ from flwr.serverapp import ServerApp
 
 import fedcollm.federation.algorithm as algorithm
 import fedcollm.federation.secagg as secagg
-from fedcollm.federation import deploy
+from fedcollm.federation import server_app as fedcollm_server_app
 
 seen, strategies = [], []
 
@@ -124,7 +124,7 @@ server_app = ServerApp()
 @server_app.main()
 def main(grid, context):
     try:
-        deploy.main(grid, context)
+        fedcollm_server_app.main(grid, context)
     finally:
         with open(os.environ["SPY_OUT"], "wb") as f:
             pickle.dump((seen, strategies), f)

@@ -414,13 +414,12 @@ def argv_strategy(command: str, ctx: Ctx, known: bool) -> st.SearchStrategy:
 
 def install_stubs(monkeypatch) -> None:
     """Where each command would start long work (train, deploy, build or load a model, export), raise Accepted."""
-    import flwr.simulation
-
     from fedcollm.build import preflight
     from fedcollm.models import export, offline, sources
     from fedcollm.recipes import experiment
+    from fedcollm.recipes import fedcollm as fedcollm_recipe
 
-    monkeypatch.setattr(flwr.simulation, "run_simulation", accepted)  # run, after the run folder is made
+    monkeypatch.setattr(fedcollm_recipe, "simulate", accepted)  # run, after the run folder is made
     monkeypatch.setattr(experiment, "preflight", lambda cfg: (preflight(cfg), accepted()))  # the real one first
     monkeypatch.setattr(sources, "load_model", accepted)  # eval, generate: every check is done before it
     monkeypatch.setattr(export, "export", accepted)

@@ -18,6 +18,7 @@ from pathlib import Path
 from . import precision
 from .config import ConfigError, check_output_file, check_output_folder, one_line
 from .data import ALL_TASKS, DataError, check_tasks
+from .federation import DeployError
 from .models.lora import AdapterError
 from .models.offline import ModelSourceError
 from .runlog import RoundError
@@ -114,9 +115,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config:
             raise ConfigError("--resume uses the run folder's config.yaml; pass overrides, not --config")
-        run_fedcollm(None, resume=args.resume, overrides=tuple(_overrides(args)))
+        run = run_fedcollm(None, resume=args.resume, overrides=tuple(_overrides(args)))
     else:
-        run_fedcollm(load_config(args.config, _overrides(args)))
+        run = run_fedcollm(load_config(args.config, _overrides(args)))
+    print(f"report: {run.path / 'report.md'}")  # the last line: where to read the run
     return 0
 
 
@@ -158,7 +160,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_deploy_local(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .federation.deploy import DeployError, launch_local
+    from .federation.deploy import launch_local
 
     cfg = load_config(args.config, _overrides(args))
     check_output_folder(args.workdir, "--workdir")
@@ -197,7 +199,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 def cmd_flower_app(args: argparse.Namespace) -> int:
     """The Flower App folder for ``flwr run`` (package data, so an installed fedcollm has it too)."""
-    from .federation.deploy import flower_app_dir
+    from .federation.server_app import flower_app_dir
 
     print(flower_app_dir())
     return 0
@@ -460,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     except RoundError as exc:  # too few clients: the finished rounds are on disk, the run can resume
         print(f"fedcollm: error: {one_line(str(exc))}", file=sys.stderr)
         return 3
+    except DeployError as exc:  # Flower's processes failed: the finished rounds are on disk
+        print(f"fedcollm: error: {one_line(str(exc))}", file=sys.stderr)
+        return 4
     finally:  # an in-process caller (a test, a notebook) calling main again gets one handler, not two
         ours.removeHandler(handler)
 

@@ -87,7 +87,9 @@ def run_plots(run: RunDir, cfg: Config) -> bool:
                                     title=f"run {run.path.name}") is not None
 
 
-def write_run_report(run: RunDir, cfg: Config) -> None:
+def write_run_report(run: RunDir, cfg: Config, announce: bool = True) -> None:
+    """The summary table on screen, ``report.md`` and the plots in the run folder; with ``announce``, a last
+    line naming the report (off where the caller names it once the run's processes have ended)."""
     records = run.metrics()
     table = summary_table(records)
     console.print(table)
@@ -103,4 +105,5 @@ def write_run_report(run: RunDir, cfg: Config) -> None:
     if run_plots(run, cfg):
         lines += ["", "![accuracy per round](accuracy_per_round.png)"]
     (run.path / "report.md").write_text("\n".join(lines) + "\n")
-    console.print(f"report: {run.path / 'report.md'}", soft_wrap=True)  # the last line: where to read it, whole
+    if announce:
+        console.print(f"report: {run.path / 'report.md'}", soft_wrap=True)  # the last line, whole

@@ -1,8 +1,8 @@
 """Algorithm 1 on Flower: ``fedcollm_round`` is one round of the paper; ``serve`` runs T of them.
 
-``serve`` is the ServerApp's body, the same for Flower's simulation engine (``recipes.fedcollm``) and
-its deployment engine (``deploy.server_app``). It is four named phases: ``open_run`` (load the models,
-resume after the last whole round), ``log_zero_shot``, ``run_round`` (Algorithm 1 + evaluation +
+``serve`` is the body of the ServerApp that ``flwr run`` starts (``server_app.server_app``), the same on
+Flower's simulation engine and its deployment engine. It is four named phases: ``open_run`` (load the
+models, resume after the last whole round), ``log_zero_shot``, ``run_round`` (Algorithm 1 + evaluation +
 checkpoint) and ``reporting.write_run_report``.
 """
 
@@ -142,5 +142,5 @@ def serve(grid: Grid, cfg: Config, run: RunDir, engine: Engine, progress: bool =
         trackers.sync([record])  # after its checkpoint: a tracker never holds a round the run would redo
         took.append(time.perf_counter() - start)
         print_round(record, progress_line(f"{run.path.name} ({cfg.method})", t, cfg.federation.rounds, took))
-    write_run_report(run, cfg)
+    write_run_report(run, cfg, announce=engine == "deployment")  # in simulation `fedcollm run` names it last
     trackers.finish()  # final adapters, report and plots as MLflow artifacts

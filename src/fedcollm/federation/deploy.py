@@ -1,24 +1,14 @@
-"""The ServerApp that ``flwr run`` starts, on either of Flower's engines, and a localhost launcher.
+"""Flower's deployment engine on localhost: a SuperLink and K SuperNodes as separate processes.
 
-``flwr run`` starts ``server_app`` below in a process of its own; it reads the path of a resolved config
-from the run config (``config``) or a run folder to continue (``resume``), and ``engine`` (``simulation``
-or, by default, ``deployment``: it decides SecAgg+'s default). Clients use
-``fedcollm.federation.client_app:app`` on both engines; in deployment each SuperNode is started with
-``--node-config "partition-id=K num-partitions=N [data-dir=...]"`` and holds only its own data.
-
-The ServerApp's process is not the caller's, so an error that ends the run is written to the run folder
-(``failure.json``: its type and message) and ``raise_failure`` raises it again in the caller, as one line.
-
-``launch_local`` starts a SuperLink and K SuperNodes as separate processes on 127.0.0.1, submits the
-run and shuts everything down; README documents the same steps across machines.
+``launch_local`` starts a SuperLink and K SuperNodes on 127.0.0.1 (TLS and authenticated SuperNodes by
+default), submits the run with ``flwr run`` and shuts everything down; README documents the same steps
+across machines. Each SuperNode is started with ``--node-config "partition-id=K num-partitions=N
+data-file=..."`` and holds only its own data. ``LocalFederation`` is also the local SuperLink that
+``simulation.simulate`` runs Flower's simulation runtime in.
 """
 
 from __future__ import annotations
 
-import builtins
-import importlib
-import importlib.resources
-import json
 import logging
 import os
 import shutil
@@ -29,84 +19,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-from flwr.app import Context
-from flwr.serverapp import Grid, ServerApp
-
 from ..build import export_splits, preflight
-from ..config import Config, ConfigError, save_config
+from ..config import Config, save_config
 from ..runlog import RunDir
-from .algorithm import serve
+from . import DeployError
+from .server_app import flower_app_dir, raise_failure
 from .tls import make_certs
 
 log = logging.getLogger(__name__)
-
-
-class DeployError(RuntimeError):
-    """The local federation could not start or finish (port taken, node refused, run failed or timed out).
-
-    The CLI prints it as one line; finished rounds stay in the run folder.
-    """
-
-
-def flower_app_dir() -> Path:
-    """The Flower App that ``flwr run`` submits: ``fedcollm/flower_app/pyproject.toml``, package data naming the
-    installed package's ServerApp and ClientApp (so it is there in a wheel install as in a checkout)."""
-    return Path(str(importlib.resources.files("fedcollm").joinpath("flower_app")))
-
-
-FAILURE = "failure.json"  # in the run folder: the error that ended the ServerApp's process
-server_app = ServerApp()
-
-
-@server_app.main()
-def main(grid: Grid, context: Context) -> None:
-    rc = context.run_config
-    engine = str(rc.get("engine") or "deployment")
-    if engine not in ("simulation", "deployment"):
-        raise ConfigError(f"run config engine={engine!r}: choose simulation or deployment")
-    if rc.get("resume"):
-        run, cfg = RunDir.open(str(rc["resume"]))
-        preflight(cfg)
-    elif rc.get("config"):
-        from ..config import load_config
-
-        cfg = load_config(str(rc["config"]))
-        RunDir.new_path(cfg)  # a taken run folder is refused first, as in simulation
-        preflight(cfg)
-        run = RunDir.create(cfg)
-    else:
-        raise ConfigError("flwr run needs --run-config \"config='/abs/path.yaml'\" (or resume='RUN_DIR')")
-    (run.path / FAILURE).unlink(missing_ok=True)
-    try:  # on a real network SecAgg+ is on unless the config says not
-        serve(grid, cfg, run, engine, progress=bool(rc.get("progress", False)))
-    except BaseException as exc:
-        kind = type(exc)
-        (run.path / FAILURE).write_text(json.dumps({"type": f"{kind.__module__}.{kind.__qualname__}",
-                                                    "message": str(exc)}))
-        raise
-
-
-def raise_failure(run: RunDir) -> None:
-    """Raise again, here, the error that ended ``run``'s ServerApp in its own process (if one did).
-
-    Our own error types (and Python's) come back as themselves, so the CLI prints them as it prints any;
-    anything else becomes a RuntimeError naming its type."""
-    path = run.path / FAILURE
-    if not path.exists():
-        return
-    failure = json.loads(path.read_text())
-    path.unlink()
-    module, _, name = failure["type"].rpartition(".")
-    kind: type = RuntimeError
-    if module == "builtins" or module.startswith("fedcollm."):
-        found = getattr(builtins if module == "builtins" else importlib.import_module(module), name, None)
-        kind = found if isinstance(found, type) and issubclass(found, BaseException) else RuntimeError
-    message = failure["message"] if kind is not RuntimeError else f"{failure['type']}: {failure['message']}"
-    try:
-        exc = kind(message)
-    except TypeError:  # an error type that wants other arguments
-        exc = RuntimeError(f"{failure['type']}: {failure['message']}")
-    raise exc
 
 
 def _bin(name: str) -> str:

@@ -1,7 +1,7 @@
 """Flower's simulation engine through its supported path: a local SuperLink in simulation mode, and ``flwr run``.
 
 ``simulate`` starts ``flower-superlink --simulation`` on a free 127.0.0.1 port (a throwaway ``FLWR_HOME``),
-submits the Flower App (``deploy.flower_app_dir()``: the installed package's ServerApp and ClientApp) with
+submits the Flower App (``server_app.flower_app_dir()``: the installed package's ServerApp and ClientApp) with
 the federation's size and Ray's resources as ``--federation-config``, streams the run's output, and shuts
 the SuperLink down. The ServerApp continues the run folder the caller created and checked, in the caller's
 working directory, so every relative path of its config means what it meant here.
@@ -24,7 +24,9 @@ from pathlib import Path
 from ..build import device
 from ..config import Config
 from ..runlog import RunDir
-from .deploy import DeployError, LocalFederation, _bin, flower_app_dir, raise_failure
+from . import DeployError
+from .deploy import LocalFederation, _bin
+from .server_app import flower_app_dir, raise_failure
 
 CONNECTION = "local-deploy"  # LocalFederation's name for its SuperLink in FLWR_HOME/config.toml
 PORT_ATTEMPTS = 5
@@ -84,7 +86,8 @@ def simulate(cfg: Config, run: RunDir, progress: bool = True, app_dir: str | Pat
                 code = _stream(fed, [_bin("flwr"), "run", app, CONNECTION, "--stream",
                                      "--federation-config", federation_config(cfg),
                                      "--run-config", f"resume='{run.path.resolve()}' engine='simulation' "
-                                                     f"progress={'true' if progress else 'false'}"], log, progress)
+                                                     f"progress={'true' if progress else 'false'} "
+                                                     f"launcher-pid={os.getpid()}"], log, progress)
             break
         except DeployError as exc:
             if "taken" not in str(exc) or attempt == PORT_ATTEMPTS - 1:
