@@ -273,49 +273,6 @@ def test_bf16_transfer_halves_the_bytes_and_keeps_the_aggregate(tiny_models, dat
     assert gap < 0.1 * step, (gap, step)  # bf16 rounding moves the round's aggregate by a small part of its step
 
 
-def test_a_message_handed_to_a_restarting_worker_is_sent_again_and_a_dead_one_is_not(monkeypatch):
-    from flwr.app import ConfigRecord, Error, RecordDict
-
-    from fedcollm.federation import transport
-    from fedcollm.federation.transport import MeteredGrid
-
-    monkeypatch.setattr(transport.time, "sleep", lambda s: None)
-
-    class RestartingGrid:  # node 5's worker is restarting for two tries; node 7's died running the message
-        tries = {5: 0, 7: 0}
-        replies: dict[str, Message] = {}
-
-        def push_messages(self, messages):
-            ids = []
-            for m in messages:
-                n = m.metadata.dst_node_id
-                self.tries[n] += 1
-                m.metadata.__dict__["_message_id"] = f"{n}-{self.tries[n]}"  # as Flower's Grids number them
-                if n == 7:
-                    reason = "ActorUnavailableError: RpcError: Socket closed"
-                elif self.tries[n] <= 2:
-                    reason = "ActorUnavailableError: IOError: The actor is restarting.. The task may or may not ..."
-                else:
-                    reason = None
-                self.replies[m.metadata.message_id] = (
-                    Message(RecordDict({"config": ConfigRecord({"ok": 1})}), reply_to=m) if reason is None
-                    else Message(Error(code=0, reason=reason), reply_to=m))
-                ids.append(m.metadata.message_id)
-            return ids
-
-        def pull_messages(self, message_ids):
-            return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
-
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    grid = MeteredGrid(RestartingGrid())
-    ask = [Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=n, message_type="train")
-           for n in (5, 7)]
-    replies = grid.send_and_receive(ask, timeout=1.0)
-    assert sorted((r.metadata.src_node_id, r.has_error()) for r in replies) == [(5, False), (7, True)]
-    assert grid._grid.tries == {5: 3, 7: 1}  # the restarting one sent again until it ran; the dead one once
-    assert list(grid.dropped) == [7] and "Socket closed" in grid.dropped[7].reason
-
-
 def test_update_cache_gives_the_computed_updates_and_serves_a_run_that_differs_only_in_kd(
         tiny_models, data_dir, tmp_path):
     from fedcollm.runlog import RunDir

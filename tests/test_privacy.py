@@ -251,8 +251,8 @@ def test_dp_noise_has_the_std_z_c_over_m(tiny_models, data_dir, tmp_path):
 @pytest.mark.parametrize("secure", [True, False])
 def test_a_killed_client_is_reported_and_theta_is_the_mean_of_the_reported_contributors(
         secure, tiny_models, data_dir, tmp_path, monkeypatch):
-    # client 1's process dies in round 1. In simulation Ray restarts the worker and Flower hands it messages
-    # meanwhile; MeteredGrid sends those again, but whatever timing does, the record must tell the truth
+    # client 1's process dies in round 1. Flower's simulation does not replace a dead worker: messages it is
+    # handed later fail too, but whatever timing does, the record must tell the truth
     monkeypatch.setenv("FEDCOLLM_FAULT", "exit:1:1")
     cfg = _cfg(tiny_models, data_dir, tmp_path, f"kill-{secure}", "method=fedavg", "federation.num_clients=4",
                f"federation.min_clients={2 if secure else 1}", "federation.sim_workers=4", "federation.rounds=2",

@@ -9,8 +9,8 @@ partition id, in that round, do KIND instead of replying normally:
 - ``raise``: the train handler raises (Flower returns an error reply);
 - ``drop-STAGE``: under SecAgg+, the client fails in that protocol stage (``setup``, ``share_keys``,
   ``collect_masked_vectors`` or ``unmask``) with an error reply and stays alive: a drop whose stage
-  and timing are exact, unlike ``exit`` in simulation, where Ray restarts the worker and a message it
-  receives meanwhile fails as well;
+  and timing are exact, unlike ``exit`` in simulation, where the dead worker is not replaced and every
+  later message handed to it fails as well;
 - ``nan`` / ``scale`` / ``shape`` / ``keys``: it replies with a NaN, 1000×-scaled, wrongly shaped
   or renamed adapter.
 

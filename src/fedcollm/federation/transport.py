@@ -1,8 +1,7 @@
-"""The one module that talks to Flower's Grid and Messages on the server, and knows that Ray is under them.
+"""The one module that talks to Flower's Grid and Messages on the server.
 
 - ``MeteredGrid``: every exchange of a round (plain or SecAgg+) goes through it: it counts the bytes
-  to and from each node, shows the replies coming in, resends what Ray handed to a restarting worker,
-  and records who dropped where;
+  to and from each node, shows the replies coming in, and records who dropped where;
 - membership: ``online_nodes`` / ``connected_nodes`` (who is there, waiting for them to connect);
 - ``sample_clients``: the round's clients, drawn with its own seeded generator;
 - ``train_messages``: a plain round's broadcast.
@@ -53,7 +52,7 @@ class MeteredGrid:
         for m in messages:
             self.sent[m.metadata.dst_node_id] += payload_bytes(m.content)
             stage[m.metadata.dst_node_id] = stage_of(m)
-        replies = self._resend_if_restarting(messages, self._exchange(messages, timeout), timeout)
+        replies = self._exchange(messages, timeout)
         for r in replies:
             node = r.metadata.src_node_id
             if r.has_error():
@@ -94,29 +93,7 @@ class MeteredGrid:
         bar.close()
         return replies
 
-    def _resend_if_restarting(self, messages: list[Message], replies: list[Message],
-                              timeout: float | None) -> list[Message]:
-        """Send again, for up to ``RESTART_WAIT_S``, the messages that Flower's simulation handed to a client
-        worker Ray was restarting (they never ran: "The actor is restarting"). Without this, one dead worker
-        fails healthy clients for as long as its restart takes, and under load that can be a whole round.
-        A worker that died running a message answers otherwise ("Socket closed") and is not retried."""
-        deadline = time.monotonic() + RESTART_WAIT_S
-        while time.monotonic() < deadline:
-            again = {r.metadata.src_node_id for r in replies if r.has_error() and RESTARTING in r.error.reason}
-            if not again:
-                break
-            time.sleep(1.0)
-            sent = [Message(content=m.content, dst_node_id=m.metadata.dst_node_id,
-                            message_type=m.metadata.message_type, group_id=m.metadata.group_id)
-                    for m in messages if m.metadata.dst_node_id in again]
-            log.info("resending %d message(s) handed to a restarting client worker", len(sent))
-            replies = [r for r in replies if r.metadata.src_node_id not in again]
-            replies += self._exchange(sent, timeout)
-        return replies
 
-
-RESTARTING = "The actor is restarting"  # Ray's words for a worker it is bringing back (simulation only)
-RESTART_WAIT_S = 120.0  # how long such messages are sent again before they count as dropped
 PULL_INTERVAL_S = 0.2  # how often the replies are polled (Flower's own Grids poll every 0.1-1 s)
 
 
