@@ -298,3 +298,43 @@ def test_update_cache_gives_the_computed_updates_and_serves_a_run_that_differs_o
     assert set(seconds) == {"clients", "kd", "train", "eval"} and seconds["clients"] + seconds["kd"] <= seconds["train"]
     assert [c["train-loss"] for c in contributors] == [123.0] * 3
     assert sorted(cache.glob("*.json")) == entries
+
+
+@pytest.mark.parametrize("kind, message, raised, says", [
+    ("fedcollm.config.ConfigError", "llm.lr must be > 0", "ConfigError", "llm.lr must be > 0"),
+    ("fedcollm.runlog.RoundError", "round 2: 1 of 2 updates", "RoundError", "round 2: 1 of 2 updates"),
+    ("builtins.MemoryError", "out of memory", "MemoryError", "out of memory"),
+    ("numpy.linalg.LinAlgError", "singular", "RuntimeError", "numpy.linalg.LinAlgError: singular"),
+    ("fedcollm.config.no_such_name", "x", "RuntimeError", "fedcollm.config.no_such_name: x"),
+])
+def test_the_serverapps_error_is_raised_again_in_the_caller_as_itself(tmp_path, kind, message, raised, says):
+    from fedcollm.federation.server_app import FAILURE, raise_failure
+    from fedcollm.runlog import RunDir
+
+    run = RunDir(tmp_path)
+    raise_failure(run)  # no failure recorded: nothing to raise
+    (tmp_path / FAILURE).write_text(json.dumps({"type": kind, "message": message}))
+    with pytest.raises(BaseException) as caught:
+        raise_failure(run)
+    assert type(caught.value).__name__ == raised and str(caught.value) == says
+    assert not (tmp_path / FAILURE).exists()  # raised once: a resumed run starts clean
+
+
+def test_the_serverapp_ends_when_its_launcher_is_gone():
+    import subprocess
+    import sys
+
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    server = subprocess.Popen([sys.executable, "-c", "import time; from fedcollm.federation.server_app import end_with; "
+                               f"end_with({launcher.pid}); print('watching', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "watching"
+        assert server.poll() is None  # the launcher lives: so does the server
+        launcher.kill()
+        launcher.wait()
+        assert server.wait(timeout=60) == 1  # ended by the watch, not by its own sleep
+    finally:
+        for p in (launcher, server):
+            p.kill()
+            p.wait()
