@@ -29,7 +29,8 @@ from .tls import make_certs
 log = logging.getLogger(__name__)
 
 
-def _bin(name: str) -> str:
+def flower_command(name: str) -> str:
+    """Flower's command ``name`` from this interpreter's environment (the one fedcollm is installed in)."""
     path = Path(sys.executable).parent / name
     return str(path) if path.exists() else name
 
@@ -80,7 +81,7 @@ class LocalFederation:
         security = (["--ssl-ca-certfile", str(self.certs.ca), "--ssl-certfile", str(self.certs.server_cert),
                      "--ssl-keyfile", str(self.certs.server_key), "--enable-supernode-auth"]
                     if self.certs else ["--insecure"])
-        proc = self._start("superlink", [_bin("flower-superlink"), *security, "--host", "127.0.0.1",
+        proc = self._start("superlink", [flower_command("flower-superlink"), *security, "--host", "127.0.0.1",
                                          "--port", str(self.port), "--isolation", "subprocess",
                                          "--database", str(self.home / "state.db"),
                                          *(["--simulation"] if self.simulation else [])])
@@ -97,7 +98,7 @@ class LocalFederation:
                 p.kill()
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
-        return subprocess.run([_bin("flwr"), *args], env=self.env, cwd=self.cwd, timeout=timeout,
+        return subprocess.run([flower_command("flwr"), *args], env=self.env, cwd=self.cwd, timeout=timeout,
                               capture_output=True, text=True)
 
     def add_supernode(self, i: int, node_config: str, key: Path | None = None, register: bool = True,
@@ -114,7 +115,7 @@ class LocalFederation:
         else:
             security = ["--insecure"]
         return self._start(name or f"supernode-{i}", [
-            _bin("flower-supernode"), *security, "--superlink", f"127.0.0.1:{self.port}",
+            flower_command("flower-supernode"), *security, "--superlink", f"127.0.0.1:{self.port}",
             "--port", str(self.port + 1 + i), "--node-config", node_config, "--max-retries", "3"])
 
     def _wait_health(self, proc: subprocess.Popen, timeout: float = 60.0) -> None:

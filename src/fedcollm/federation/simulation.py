@@ -25,7 +25,7 @@ from ..build import device
 from ..config import Config
 from ..runlog import RunDir
 from . import DeployError
-from .deploy import LocalFederation, _bin
+from .deploy import LocalFederation, flower_command
 from .server_app import flower_app_dir, raise_failure
 
 CONNECTION = "local-deploy"  # LocalFederation's name for its SuperLink in FLWR_HOME/config.toml
@@ -83,7 +83,7 @@ def simulate(cfg: Config, run: RunDir, progress: bool = True, app_dir: str | Pat
         try:
             with LocalFederation(work / str(attempt), _free_port(), 0, simulation=True, cwd=Path.cwd()) as fed:
                 log = fed.logs / "flwr-run.log"
-                code = _stream(fed, [_bin("flwr"), "run", app, CONNECTION, "--stream",
+                code = _stream(fed, [flower_command("flwr"), "run", app, CONNECTION, "--stream",
                                      "--federation-config", federation_config(cfg),
                                      "--run-config", f"resume='{run.path.resolve()}' engine='simulation' "
                                                      f"progress={'true' if progress else 'false'} "
