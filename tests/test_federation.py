@@ -325,9 +325,9 @@ def test_the_serverapp_ends_when_its_launcher_is_gone():
     import sys
 
     launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    server = subprocess.Popen([sys.executable, "-c", "import time; from fedcollm.federation.server_app import end_with; "
-                               f"end_with({launcher.pid}); print('watching', flush=True); time.sleep(600)"],
-                              stdout=subprocess.PIPE, text=True)
+    code = (f"import time; from fedcollm.federation.server_app import end_with; end_with({launcher.pid}); "
+            "print('watching', flush=True); time.sleep(600)")
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().strip() == "watching"
         assert server.poll() is None  # the launcher lives: so does the server
