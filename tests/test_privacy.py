@@ -60,6 +60,8 @@ SPY_APP = """
 [project]
 name = "spy-app"
 version = "0.1.0"
+description = "fedcollm's apps with a spy in the ServerApp's process"
+license = "Apache-2.0"
 dependencies = []
 
 [tool.flwr.app]
@@ -75,6 +77,7 @@ config = ""
 resume = ""
 engine = "deployment"
 progress = false
+launcher-pid = 0
 """
 
 SPY_SERVER = '''"""fedcollm\'s ServerApp, with spies in its process: every array that reaches the server in a reply, at

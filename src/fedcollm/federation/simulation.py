@@ -66,7 +66,8 @@ def _stream(fed: LocalFederation, cmd: list[str], log: Path, show: bool) -> int:
 
 def _last_error(log: Path) -> str:
     """The line of ``log`` that says what failed: its last exception line, or its last line."""
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    lines = [line.strip(" │╭╮╰╯─") for line in log.read_text(errors="replace").splitlines()]  # rich's boxes off
+    lines = [line for line in lines if line]
     errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*:", line)]
     return (errors or lines or ["no output"])[-1] + f" (see {log})"
 
