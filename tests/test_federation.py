@@ -338,3 +338,64 @@ def test_the_serverapp_ends_when_its_launcher_is_gone():
         for p in (launcher, server):
             p.kill()
             p.wait()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc: Linux, as CI)."""
+    from pathlib import Path
+
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _cmdline(pid: int) -> bytes:
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
+
+
+def test_a_terminated_run_takes_its_flower_processes_with_it(tiny_models, data_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from fedcollm.runlog import RunDir
+
+    exe = str(Path(sys.executable).parent / "fedcollm")
+    proc = subprocess.Popen([exe, "run", f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}",
+                             f"data_dir={data_dir}", "precision=fp32", f"output_dir={tmp_path}", "run_name=termed",
+                             "federation.num_clients=2", "federation.rounds=50", "eval.limit=4", "kd.top_k=16"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = RunDir(tmp_path / "termed")
+    deadline = time.time() + 600
+    while run.last_round() < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    started, todo = [], [proc.pid]  # the SuperLink, `flwr run`, and below them Flower's ServerApp process
+    while todo:
+        kids = _children(todo.pop())
+        started += kids
+        todo += kids
+    # Flower's own processes; Ray's agents under them notice their raylet is gone a while later, on their own
+    started = [p for p in started if any(w in _cmdline(p) for w in (b"flwr", b"flower"))]
+    assert len(started) >= 3 and proc.poll() is None
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    deadline = time.time() + 60
+    while any(Path(f"/proc/{p}").exists() for p in started) and time.time() < deadline:
+        time.sleep(0.2)
+    left = [_cmdline(p)[:80] for p in started if Path(f"/proc/{p}").exists()]
+    assert not left, f"Flower processes outlived their run: {left}"
+    assert 1 <= run.last_round() < 50

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import precision
@@ -446,8 +448,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler, `kill`) ends the command as Ctrl-C would: cleanups run, so the SuperLink and
+    the other Flower processes a run started go with it; finished rounds are on disk."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    on_main = threading.current_thread() is threading.main_thread()  # signals can only be set there
+    before = signal.signal(signal.SIGTERM, _exit_on_sigterm) if on_main else None
     # Our own logger only: Flower configures its own ("flwr") and would print every line twice.
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
@@ -467,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         return 4
     finally:  # an in-process caller (a test, a notebook) calling main again gets one handler, not two
         ours.removeHandler(handler)
+        if on_main:  # and its own SIGTERM handling back
+            signal.signal(signal.SIGTERM, before)
 
 
 if __name__ == "__main__":
