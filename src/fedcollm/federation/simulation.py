@@ -56,11 +56,15 @@ def _stream(fed: LocalFederation, cmd: list[str], log: Path, show: bool) -> int:
     with log.open("wb") as f, subprocess.Popen(cmd, env=fed.env, cwd=fed.cwd, stdout=subprocess.PIPE,
                                                stderr=subprocess.STDOUT) as proc:
         assert proc.stdout is not None
-        while chunk := proc.stdout.read1(4096):
-            f.write(chunk)
-            if show:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
+        try:
+            while chunk := proc.stdout.read1(4096):
+                f.write(chunk)
+                if show:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+        except BaseException:  # Ctrl-C, SIGTERM: stop it now, not at its next line of output
+            proc.terminate()
+            raise
         return proc.wait()
 
 
