@@ -80,7 +80,7 @@ def simulate(cfg: Config, run: RunDir, progress: bool = True, app_dir: str | Pat
     """Run (or continue) ``run`` with ``cfg`` on Flower's simulation engine; return once it has ended.
 
     ``app_dir``: the Flower App to submit (default: fedcollm's own; another one may wrap its apps). The run's
-    own error comes back as itself (``deploy.raise_failure``); Flower's, as a ``DeployError`` naming its log.
+    own error comes back as itself (``server_app.raise_failure``); Flower's, as a ``DeployError`` naming its log.
     """
     app = str(app_dir or flower_app_dir())
     work = Path(tempfile.mkdtemp(prefix="fedcollm-flower-"))  # kept when Flower fails: its logs say why
