@@ -48,3 +48,8 @@ def test_verdicts():
     many = np.tile(a, 20)
     same = compare(many, np.r_[many[:-1], 1 - many[-1]])  # 2000 questions, one differs
     assert same.verdict("same") == "holds: within ±3 points"
+    swapped = a.copy()
+    swapped[:5], swapped[-5:] = 0.0, 1.0  # five answers lost, five gained: level, but not identical
+    level = compare(a, swapped)
+    assert level.diff == 0 and level.lo < 0 < level.hi and level.verdict("better") == "not shown: no difference"
+    assert compare(a, a).verdict("better") == "not shown: no difference"

@@ -89,6 +89,8 @@ class Comparison:
             return "holds (significant)"
         if self.hi < 0:
             return "does not hold: significantly worse"
+        if self.diff == 0:  # equal accuracy (identical answers, or as many gained as lost): no direction
+            return "not shown: no difference"
         return "not shown: " + ("direction as claimed" if self.diff > 0 else "opposite direction") + ", within noise"
 
 
