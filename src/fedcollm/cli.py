@@ -171,12 +171,7 @@ def cmd_deploy_local(args: argparse.Namespace) -> int:
                           f"1..65535, got {args.port}")
     if not args.timeout > 0:
         raise ConfigError(f"--timeout must be > 0 seconds, got {args.timeout}")
-    try:
-        run = launch_local(cfg, args.workdir, port=args.port,
-                           timeout=args.timeout, tls=not args.insecure)
-    except DeployError as exc:
-        print(f"fedcollm: error: {exc}", file=sys.stderr)
-        return 4
+    run = launch_local(cfg, args.workdir, port=args.port, timeout=args.timeout, tls=not args.insecure)
     print(f"deployment run finished: {run.path}")
     return 0
 
