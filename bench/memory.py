@@ -128,9 +128,8 @@ def simulate(setup: Setup, clients: int, env: dict[str, str] | None = None) -> d
         if proc.returncode != 0:
             raise RuntimeError(f"simulation child failed ({proc.returncode}): {log.read_text()[-2000:]}")
         records = RunDir(Path(tmp) / "run").metrics()
-    workers = {int(c["worker-pid"]) for c in records[-1].clients["contributors"]}
-    for pid, v in peak["per_proc"].items():
-        v["role"] = "server" if pid == proc.pid else "client worker" if pid in workers else "ray runtime"
+    for pid, v in peak["per_proc"].items():  # clients report no pid: Ray names its actor processes
+        v["role"] = "server" if pid == proc.pid else "client worker" if "ClientAppActor" in v["name"] else "ray runtime"
     return {"cfg": cfg, "peak": peak, "timeline": timeline, "per_pid": per_pid, "records": records,
             "wall_s": time.perf_counter() - t0, "env": env or {}}
 

@@ -98,3 +98,14 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     return write_data_dir(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """Runs of this test go through ``inprocess.simulate_in_process`` (our ServerApp body and ClientApp in this
+    process) instead of a SuperLink, ``flwr run`` and Ray: the same rounds, without the processes."""
+    from inprocess import simulate_in_process
+
+    import fedcollm.recipes.fedcollm as recipe
+
+    monkeypatch.setattr(recipe, "simulate", simulate_in_process)

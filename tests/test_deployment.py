@@ -86,7 +86,7 @@ def test_an_unregistered_supernode_is_refused(tmp_path):
     def attempt(port, attempt):
         work = tmp_path / f"work-{attempt}"
         with LocalFederation(work, port, num_nodes=1) as fed:
-            intruder = fed.add_supernode(0, "partition-id=0 num-partitions=1", key=node_key(work / "intruder"),
+            intruder = fed.add_supernode(0, {"partition-id": 0, "num-partitions": 1}, key=node_key(work / "intruder"),
                                          register=False, name="intruder")
             deadline = time.time() + 120
             while intruder.poll() is None and time.time() < deadline:

@@ -142,7 +142,7 @@ def _adapters(run_dir, t):
     return {w: load_file(str(base / w / "adapter_model.safetensors")) for w in ("theta", "omega")}
 
 
-def test_simulated_run_trains_both_adapters_and_resume_equals_uninterrupted(tiny_models, data_dir, tmp_path):
+def test_simulated_run_trains_both_adapters_and_resume_equals_uninterrupted(tiny_models, data_dir, tmp_path, in_process):
     full = run_fedcollm(_cfg(tiny_models, data_dir, tmp_path, "full", 2), progress=False)
     records = full.metrics()
     assert [r.round for r in records] == [0, 1, 2]

@@ -34,3 +34,21 @@ def test_a_runs_report_is_written_and_its_path_is_the_last_line_printed(tmp_path
     write_run_report(run, cfg)
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == f"report: {run.path / 'report.md'}" and (run.path / "report.md").is_file()
+
+
+def test_the_round_table_is_whole_where_the_output_is_no_terminal():
+    import os
+    import subprocess
+    import sys
+
+    # no COLUMNS: readline, once loaded, exports the C-level COLUMNS that a child would inherit
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    code = ("from fedcollm.reporting import console, summary_table\n"
+            "from fedcollm.rounds import RoundRecord\n"
+            "ev = {r: {t: {'acc': 0.5} for t in ('arc_easy', 'arc_challenge', 'openbookqa', 'commonsense_qa')}"
+            " for r in ('llm', 'slm')}\n"
+            "console.print(summary_table([RoundRecord(0, eval=ev), RoundRecord(1, eval=ev)]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    for column in ("LLM commonsense_qa", "SLM openbookqa", "received/client MB", "0 (zero-shot)"):
+        assert column in out, out  # cut at 80 columns, rich would wrap or elide these
+    assert "…" not in out

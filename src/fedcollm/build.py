@@ -18,7 +18,7 @@ import torch
 
 from . import precision
 from .config import Config, ConfigError, ModelSection, check_output_folder
-from .data import Question, Splits, load_eval, load_split, split_train
+from .data import Question, Splits, check_tasks, load_eval, load_split, split_train
 from .data.schema import DataError, write_jsonl
 from .models.lora import attach_lora
 from .models.sources import load_model
@@ -92,6 +92,9 @@ def preflight(cfg: Config) -> None:
     from .models.sources import check_lora_targets, check_model_files, check_same_tokenizer, load_tokenizer
 
     check_env()  # FEDCOLLM_FAULT: malformed, every client would fail on it inside Ray
+    check_tasks(cfg.tasks, "tasks")
+    if cfg.eval.tasks is not None:
+        check_tasks(cfg.eval.tasks, "eval.tasks")
     check_device(cfg)
     check_trackers(cfg)
     check_output_folder(cfg.output_dir, "output_dir")

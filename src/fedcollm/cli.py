@@ -1,15 +1,18 @@
 """``fedcollm`` command line: models, eval, run, experiment, compare, data, deploy-local, certs, export,
 generate.
 
-User errors (config, data, model source, adapter) end with one line on stderr and exit code 2; no
-traceback, nothing written over earlier results. Library errors are turned into these types where they
-are raised (the loaders name the file); a command checks its arguments and output paths before it
-loads anything or writes anything.
+Every failure ends with one line on stderr and its own exit code (``EXIT_CODES``; README's table): 2 for the
+user's input only (config, data, model source, adapter, a path given), 3 for a round that could not go on, 4
+for Flower's processes, 5 for a program that is not installed, 6 for the system (a full disk, an I/O error,
+out of memory). No traceback, nothing written over earlier results. Library errors are turned into these
+types where they are raised (the loaders name the file); a command checks its arguments and output paths
+before it loads anything or writes anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import signal
@@ -20,13 +23,43 @@ from pathlib import Path
 from . import precision
 from .config import ConfigError, check_output_file, check_output_folder, one_line
 from .data import ALL_TASKS, DataError, check_tasks
-from .federation import DeployError
+from .federation import DeployError, MissingProgram
 from .models.lora import AdapterError
 from .models.offline import ModelSourceError
 from .runlog import RoundError
 
-# OSError covers FileNotFoundError and a path the OS cannot name (ENAMETOOLONG): the user's input, one line
-USER_ERRORS = (ConfigError, DataError, ModelSourceError, AdapterError, OSError)
+USER_ERRORS = (ConfigError, DataError, ModelSourceError, AdapterError)
+#: an OSError with one of these is about a path the user gave (missing, not a folder, too long, not theirs);
+#: any other (no space left, an I/O error, too many open files) is the system's
+PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EEXIST, errno.ELOOP,
+               errno.EACCES, errno.EPERM, errno.EROFS, errno.EINVAL}
+EXIT_CODES = {"input": 2, "round": 3, "flower": 4, "missing program": 5, "system": 6}
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code for one of the ``FAILURES`` that end a command (anything else is a bug: its traceback)."""
+    if isinstance(exc, USER_ERRORS) or (isinstance(exc, OSError) and exc.errno in PATH_ERRNOS):
+        return EXIT_CODES["input"]
+    if isinstance(exc, RoundError):  # too few clients: the finished rounds are on disk, the run can resume
+        return EXIT_CODES["round"]
+    if isinstance(exc, DeployError):  # Flower's processes failed: the finished rounds are on disk
+        return EXIT_CODES["flower"]
+    if isinstance(exc, MissingProgram):
+        return EXIT_CODES["missing program"]
+    return EXIT_CODES["system"]  # an OSError that is not about a given path, a MemoryError
+
+
+FAILURES = (*USER_ERRORS, RoundError, DeployError, MissingProgram, OSError, MemoryError)
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line a failure prints: its message, and for the system's errors what kind they are."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exit_code(exc) == EXIT_CODES["system"]:
+        text = f"system error ({errno.errorcode.get(exc.errno or 0, type(exc).__name__)}): {text}"
+    elif isinstance(exc, MemoryError):
+        text = f"system error: out of memory{': ' + str(exc) if str(exc) else ''}"
+    return f"fedcollm: error: {one_line(text)}"
 
 
 def _tasks(text: str) -> list[str]:
@@ -461,15 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     ours.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
-    except USER_ERRORS as exc:
-        print(f"fedcollm: error: {one_line(str(exc))}", file=sys.stderr)
-        return 2
-    except RoundError as exc:  # too few clients: the finished rounds are on disk, the run can resume
-        print(f"fedcollm: error: {one_line(str(exc))}", file=sys.stderr)
-        return 3
-    except DeployError as exc:  # Flower's processes failed: the finished rounds are on disk
-        print(f"fedcollm: error: {one_line(str(exc))}", file=sys.stderr)
-        return 4
+    except FAILURES as exc:
+        print(error_line(exc), file=sys.stderr)
+        return exit_code(exc)
     finally:  # an in-process caller (a test, a notebook) calling main again gets one handler, not two
         ours.removeHandler(handler)
         if on_main:  # and its own SIGTERM handling back

@@ -21,6 +21,7 @@ starts; unchecked, every client would fail on it inside Ray with a traceback.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 
@@ -34,8 +35,11 @@ STAGES = ("setup", "share_keys", "collect_masked_vectors", "unmask")  # SecAgg+'
 KINDS = ("exit", "kill-node", "raise", "nan", "scale", "shape", "keys", *(f"drop-{s}" for s in STAGES))
 
 
-def parse(text: str) -> list[tuple[str, int, int]]:
-    """``KIND:PARTITION:ROUND[;...]`` as (kind, partition, round) triples; ConfigError naming the variable."""
+@functools.lru_cache(maxsize=8)
+def parse(text: str) -> tuple[tuple[str, int, int], ...]:
+    """``KIND:PARTITION:ROUND[;...]`` as (kind, partition, round) triples; ConfigError naming the variable.
+
+    Parsed once per value: a client asks ``planned`` for every message it handles."""
     faults = []
     for spec in filter(None, (s.strip() for s in text.split(";"))):
         parts = spec.split(":")
@@ -47,7 +51,7 @@ def parse(text: str) -> list[tuple[str, int, int]]:
         if not (part.isdigit() and rnd.isdigit() and int(rnd) >= 1):
             raise ConfigError(f"{ENV}={text!r}: in {spec!r} PARTITION must be an integer >= 0 and ROUND >= 1")
         faults.append((kind, int(part), int(rnd)))
-    return faults
+    return tuple(faults)
 
 
 def check_env() -> None:

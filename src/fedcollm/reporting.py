@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 from rich.console import Console
 from rich.table import Table
@@ -12,7 +13,17 @@ from .config import Config
 from .rounds import RoundRecord, mean_bytes_per_client
 from .runlog import RunDir
 
-console = Console()
+PLAIN_WIDTH = 1000  # columns where the output is no terminal (a log, a pipe, flwr run's stream): no line wraps
+
+
+def make_console() -> Console:
+    """Rich's console: the terminal's width on a terminal; elsewhere rich would cut the round table at 80
+    columns, so ``$COLUMNS`` or ``PLAIN_WIDTH``."""
+    console = Console()
+    return console if console.is_terminal else Console(width=int(os.environ.get("COLUMNS") or PLAIN_WIDTH))
+
+
+console = make_console()
 
 
 def _acc(record: RoundRecord, role: str) -> str:
@@ -97,7 +108,7 @@ def write_run_report(run: RunDir, cfg: Config, announce: bool = True) -> None:
     lines = header(f"FedCoLLM run `{run.path.name}`", cfg,
                    f"tasks {', '.join(cfg.tasks)}, evaluated on {cfg.eval.split}, "
                    f"{cfg.eval.split_limit() or 'all'} questions per task.")
-    rec = Console(record=True, width=160, file=io.StringIO())
+    rec = Console(record=True, width=PLAIN_WIDTH, file=io.StringIO())
     rec.print(table)
     lines += ["```", rec.export_text().rstrip(), "```", ""]
     if params:

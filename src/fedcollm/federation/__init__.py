@@ -7,3 +7,8 @@ class DeployError(RuntimeError):
     Here, not in ``deploy``, so that the CLI can name it without importing Flower. It is printed as one
     line; finished rounds stay in the run folder.
     """
+
+
+class MissingProgram(RuntimeError):
+    """A program a run starts (``flower-superlink``, ``flwr``) is not installed where fedcollm looks for it: the
+    environment's problem, not the input's (its own exit code). One line naming the program and where it looked."""

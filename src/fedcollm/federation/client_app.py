@@ -13,7 +13,6 @@ closure, pickled to Ray actors, does not carry a copy of it.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
@@ -88,7 +87,6 @@ def client_train(cfg: Config, partition_id: int, msg: Message, data: list[Questi
             "train-tokens": int(m["tokens"]),
             "partition-id": partition_id,
             "slm-loads-in-worker": int(_WORKER["loads"]),
-            "worker-pid": os.getpid(),
             "worker-peak-rss-mb": peak_rss_mb(),
         }),
     })

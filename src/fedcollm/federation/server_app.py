@@ -68,7 +68,7 @@ def main(grid: Grid, context: Context) -> None:
     except BaseException as exc:
         kind = type(exc)
         (run.path / FAILURE).write_text(json.dumps({"type": f"{kind.__module__}.{kind.__qualname__}",
-                                                    "message": str(exc)}))
+                                                    "message": str(exc), "errno": getattr(exc, "errno", None)}))
         raise
 
 
@@ -108,8 +108,8 @@ def raise_failure(run: RunDir) -> None:
         found = getattr(builtins if module == "builtins" else importlib.import_module(module), name, None)
         kind = found if isinstance(found, type) and issubclass(found, BaseException) else RuntimeError
     message = failure["message"] if kind is not RuntimeError else f"{failure['type']}: {failure['message']}"
-    try:
-        exc = kind(message)
+    try:  # an OSError keeps its errno: a full disk and a missing file end with different exit codes
+        exc = kind(failure["errno"], message) if issubclass(kind, OSError) and failure.get("errno") else kind(message)
     except TypeError:  # an error type that wants other arguments
         exc = RuntimeError(f"{failure['type']}: {failure['message']}")
     raise exc

@@ -16,8 +16,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from ..build import device
 from ..config import Config
 from ..runlog import RunDir
 from . import DeployError
-from .deploy import LocalFederation, flower_command
+from .deploy import LocalFederation, PortTaken, config_file
 from .server_app import flower_app_dir, raise_failure
 
 CONNECTION = "local-deploy"  # LocalFederation's name for its SuperLink in FLWR_HOME/config.toml
@@ -50,24 +48,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stream(fed: LocalFederation, cmd: list[str], log: Path, show: bool) -> int:
-    """Run ``cmd``, its output into ``log`` and, with ``show``, onto stdout as it comes (progress bars
-    redraw in place: chunks, not lines)."""
-    with log.open("wb") as f, subprocess.Popen(cmd, env=fed.env, cwd=fed.cwd, stdout=subprocess.PIPE,
-                                               stderr=subprocess.STDOUT) as proc:
-        assert proc.stdout is not None
-        try:
-            while chunk := proc.stdout.read1(4096):
-                f.write(chunk)
-                if show:
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
-        except BaseException:  # Ctrl-C, SIGTERM: stop it now, not at its next line of output
-            proc.terminate()
-            raise
-        return proc.wait()
-
-
 def _last_error(log: Path) -> str:
     """The line of ``log`` that says what failed: its last exception line, or its last line."""
     lines = [line.strip(" │╭╮╰╯─") for line in log.read_text(errors="replace").splitlines()]  # rich's boxes off
@@ -76,27 +56,32 @@ def _last_error(log: Path) -> str:
     return (errors or lines or ["no output"])[-1] + f" (see {log})"
 
 
-def simulate(cfg: Config, run: RunDir, progress: bool = True, app_dir: str | Path | None = None) -> None:
+def simulate(cfg: Config, run: RunDir, progress: bool = True, app_dir: str | Path | None = None,
+             timeout: float | None = None) -> None:
     """Run (or continue) ``run`` with ``cfg`` on Flower's simulation engine; return once it has ended.
 
     ``app_dir``: the Flower App to submit (default: fedcollm's own; another one may wrap its apps). The run's
-    own error comes back as itself (``server_app.raise_failure``); Flower's, as a ``DeployError`` naming its log.
+    own error comes back as itself (``server_app.raise_failure``); Flower's, as a ``DeployError`` naming its log,
+    also when the SuperLink dies mid-run or the run outlasts ``timeout`` seconds (None: no limit).
     """
     app = str(app_dir or flower_app_dir())
     work = Path(tempfile.mkdtemp(prefix="fedcollm-flower-"))  # kept when Flower fails: its logs say why
+    run_config = {"resume": str(run.path.resolve()), "engine": "simulation", "progress": progress,
+                  "launcher-pid": os.getpid()}
     for attempt in range(PORT_ATTEMPTS):  # another process may take the port between our check and the bind
         try:
             with LocalFederation(work / str(attempt), _free_port(), 0, simulation=True, cwd=Path.cwd()) as fed:
                 log = fed.logs / "flwr-run.log"
-                code = _stream(fed, [flower_command("flwr"), "run", app, CONNECTION, "--stream",
-                                     "--federation-config", federation_config(cfg),
-                                     "--run-config", f"resume='{run.path.resolve()}' engine='simulation' "
-                                                     f"progress={'true' if progress else 'false'} "
-                                                     f"launcher-pid={os.getpid()}"], log, progress)
+                code = fed.stream(["run", app, CONNECTION, "--stream", "--federation-config", federation_config(cfg),
+                                   "--run-config", str(config_file(fed.work / "run-config.toml", run_config))],
+                                  log, progress, timeout)
             break
-        except DeployError as exc:
-            if "taken" not in str(exc) or attempt == PORT_ATTEMPTS - 1:
+        except PortTaken:
+            if attempt == PORT_ATTEMPTS - 1:
                 raise
+        except DeployError:
+            raise_failure(run)  # the run's own error first, if it ended the run
+            raise
     try:
         raise_failure(run)  # the run's own error: one line, as in this process
     except BaseException:

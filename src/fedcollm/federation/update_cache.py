@@ -1,12 +1,14 @@
 """A client's local updates memoized by their inputs, so that runs which differ only after step 2 share it.
 
-A local update (Algorithm 1, step 2) is a deterministic function of θ^t, the client's D^k, the SLM and
-its adapter spec, the training settings (lr, batch, epochs, steps, length, clipping, precision, packing,
-FedProx's μ) and the update's seed. A dev sweep of KD transfers trains K identical round-1 updates per variant
-(every variant broadcasts the same initial θ^1): with ``federation.update_cache`` a client computes each
-of those once, and the other variants read it back. The key is the sha256 of all of those inputs plus
-the versions of fedcollm and torch; anything else (a code change to the loop) is not in the key, so clear
-the folder when the training code changes.
+A local update (Algorithm 1, step 2) is a deterministic function of θ^t, the client's D^k as the model sees
+it (each question's training prompt and answer), the SLM and its adapter spec, the training settings (lr,
+batch, epochs, steps, length, clipping, packing, FedProx's μ), where and how it is computed (the resolved
+device and precision), the code that computes it (the training loop, the losses, the prompt format, the
+adapter plumbing) and the update's seed. A dev sweep of KD transfers trains K identical round-1 updates per
+variant (every variant broadcasts the same initial θ^1): with ``federation.update_cache`` a client computes
+each of those once, and the other variants read it back. The key is the sha256 of all of those, plus the
+versions of fedcollm and torch, so an update from another device, precision, prompt or loss is never
+served for this one.
 
 The cache lives where the client runs (in deployment, on the client's own disk) and holds only what that
 client would send anyway, before any fault, DP clipping or SecAgg+ masking is applied to the reply.
@@ -14,7 +16,9 @@ client would send anyway, before any fault, DP clipping or SecAgg+ masking is ap
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 from importlib.metadata import version
@@ -24,10 +28,27 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
+from ..build import device
 from ..config import Config
 from ..data import Question
+from ..data.prompts import training_pair
 from ..models.lora import NamedArrays
 from ..precision import resolve_precision
+
+#: the modules whose code decides a local update's result: a change to any of them is a new key
+UPDATE_CODE = ("fedcollm.data.prompts", "fedcollm.train", "fedcollm.losses", "fedcollm.updates",
+               "fedcollm.models.lora")
+
+
+@functools.cache
+def code_digest(modules: tuple[str, ...] = UPDATE_CODE) -> str:
+    """sha256 of the source files of ``modules`` (read once per process)."""
+    h = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        h.update(name.encode())
+        h.update(Path(spec.origin).read_bytes() if spec is not None and spec.origin else b"?")
+    return h.hexdigest()
 
 
 def update_key(cfg: Config, theta: NamedArrays, data: list[Question], seed: int) -> str:
@@ -35,14 +56,14 @@ def update_key(cfg: Config, theta: NamedArrays, data: list[Question], seed: int)
     f, s = cfg.federation, cfg.slm
     h = hashlib.sha256()
     h.update(json.dumps({
-        "fedcollm": version("fedcollm"), "torch": torch.__version__, "slm": s.name, "lora": repr(s.lora), "lr": s.lr,
-        "batch": s.batch_size, "epochs": f.local_epochs, "max_steps": f.local_max_steps,
-        "max_length": cfg.max_length, "grad_clip": cfg.grad_clip, "precision": resolve_precision(cfg.precision),
-        "device": cfg.device, "proximal_mu": f.proximal_mu, "seed": seed,
-        **({"packing": True} if cfg.packing else {}),  # packed batches round differently; off: the plain key
+        "fedcollm": version("fedcollm"), "torch": torch.__version__, "code": code_digest(), "slm": s.name,
+        "lora": repr(s.lora), "lr": s.lr, "batch": s.batch_size, "epochs": f.local_epochs,
+        "max_steps": f.local_max_steps, "max_length": cfg.max_length, "grad_clip": cfg.grad_clip,
+        "precision": resolve_precision(cfg.precision), "device": str(device(cfg)), "proximal_mu": f.proximal_mu,
+        "seed": seed, "packing": cfg.packing,
     }, sort_keys=True).encode())
-    for q in data:
-        h.update(repr((q.id, q.task, q.question, q.choices, q.answer)).encode())
+    for q in data:  # the questions as the model is trained on them: a prompt change is a new key
+        h.update(repr((q.id, q.task, training_pair(q), q.choices, q.answer)).encode())
     for name, value in theta:
         h.update(name.encode())
         h.update(np.ascontiguousarray(value).tobytes())

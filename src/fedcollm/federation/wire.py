@@ -97,8 +97,11 @@ def codec_mod(msg: Message, ctxt: Context, call_next) -> Message:
 
 
 def payload_bytes(content: RecordDict) -> int:
-    """Bytes of a message's records in Flower's protobuf encoding (the wire adds ~1 KB of envelope per
-    array object; ``bench/comm.py`` measures the exact Fleet-API total)."""
-    from flwr.common.serde import recorddict_to_proto
+    """Bytes of a message's records as Flower sends them: each record and array is an object of its own on the
+    wire, serialized by its public ``deflate()``, so this is the sum over the object and its ``children``
+    (``bench/comm.py`` measures the exact Fleet-API total, envelopes included)."""
+    return _object_bytes(content)
 
-    return int(recorddict_to_proto(content).ByteSize())
+
+def _object_bytes(obj) -> int:
+    return len(obj.deflate()) + sum(_object_bytes(child) for child in (obj.children or {}).values())
