@@ -100,10 +100,13 @@ def data_dir(tmp_path_factory) -> Path:
     return write_data_dir(tmp_path_factory.mktemp("data"))
 
 
-@pytest.fixture
-def in_process(monkeypatch):
-    """Runs of this test go through ``inprocess.simulate_in_process`` (our ServerApp body and ClientApp in this
-    process) instead of a SuperLink, ``flwr run`` and Ray: the same rounds, without the processes."""
+@pytest.fixture(autouse=True)
+def in_process(request, monkeypatch):
+    """Runs go through ``inprocess.simulate_in_process`` (our ServerApp body and ClientApp in this process) instead
+    of a SuperLink, ``flwr run`` and Ray: the same rounds without the processes. A test marked ``flower`` keeps
+    Flower's real path end to end (as does any ``fedcollm`` started as a subprocess)."""
+    if request.node.get_closest_marker("flower"):
+        return
     from inprocess import simulate_in_process
 
     import fedcollm.recipes.fedcollm as recipe

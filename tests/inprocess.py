@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterable
 from types import SimpleNamespace
 
-from flwr.app import Context, Error, Message, Metadata, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Error, Message, Metadata, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity  # what Flower sets in a ServerApp's process
@@ -79,18 +79,18 @@ class InProcessGrid(Grid):
             mid = uuid.uuid4().hex
             ids.append(mid)
             md = msg.metadata
-            delivered = Message(metadata=Metadata(run_id=self._run.run_id, message_id=mid, src_node_id=SUPERLINK_NODE_ID,
-                                                  dst_node_id=md.dst_node_id, reply_to_message_id="",
-                                                  group_id=md.group_id, created_at=md.created_at, ttl=md.ttl,
-                                                  message_type=md.message_type),
-                                content=copy.deepcopy(msg.content))
+            meta = Metadata(run_id=self._run.run_id, message_id=mid, src_node_id=SUPERLINK_NODE_ID,
+                            dst_node_id=md.dst_node_id, reply_to_message_id="", group_id=md.group_id,
+                            created_at=md.created_at, ttl=md.ttl, message_type=md.message_type)
+            delivered = Message(metadata=meta, content=copy_content(msg.content))
             self.delivered.append(delivered)
             if md.dst_node_id in self.gone:
                 continue  # no reply ever: the caller's timeout decides
             reply = self._deliver(delivered)
-            self.replies[mid] = Message(metadata=copy.deepcopy(reply.metadata),
-                                        content=None if reply.has_error() else copy.deepcopy(reply.content),
-                                        error=reply.error if reply.has_error() else None)
+            if reply.has_error():
+                self.replies[mid] = Message(metadata=copy.copy(reply.metadata), error=reply.error)
+            else:
+                self.replies[mid] = Message(metadata=copy.copy(reply.metadata), content=copy_content(reply.content))
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
@@ -114,6 +114,18 @@ class InProcessGrid(Grid):
             return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
+def copy_content(content: RecordDict) -> RecordDict:
+    """A copy of a message's records that shares no object or buffer with it (what crossing processes gives)."""
+    out = RecordDict()
+    for key, record in content.items():
+        if isinstance(record, ArrayRecord):
+            out[key] = ArrayRecord({k: Array(dtype=a.dtype, shape=tuple(a.shape), stype=a.stype, data=bytes(a.data))
+                                    for k, a in record.items()})
+        else:  # ConfigRecord, MetricRecord: scalars, strings, bytes and lists of them
+            out[key] = type(record)(copy.deepcopy(dict(record)))
+    return out
+
+
 def _exit_kills_the_node(kind: str | None, real=faults.before_training) -> None:
     if kind == "exit":
         raise WorkerDied
@@ -124,12 +136,13 @@ def simulate_in_process(cfg: Config, run: RunDir, progress: bool = True, app_dir
     """``federation.simulation.simulate`` in this process: ``serve`` over an ``InProcessGrid``.
 
     ``grid_hook(grid)`` may wrap or inspect the grid first (a spy, a node that leaves)."""
+    from fedcollm.federation import client_app
     from fedcollm.federation.algorithm import serve
-    from fedcollm.federation.client_app import app
     from fedcollm.federation.server_app import raise_failure
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
-    grid = InProcessGrid(app, cfg.federation.num_clients, seed=cfg.seed)
+    grid = InProcessGrid(client_app.app, cfg.federation.num_clients, seed=cfg.seed)
+    client_app._WORKER.update(key=None, model=None, tokenizer=None, loads=0)  # a fresh worker, as each run has
     before = faults.before_training
     faults.before_training = _exit_kills_the_node
     try:
@@ -137,3 +150,13 @@ def simulate_in_process(cfg: Config, run: RunDir, progress: bool = True, app_dir
     finally:
         faults.before_training = before
     raise_failure(run)
+
+
+if __name__ == "__main__":  # `python tests/inprocess.py run ...`: the CLI, with runs in this process
+    import sys
+
+    import fedcollm.recipes.fedcollm as recipe
+    from fedcollm.cli import main
+
+    recipe.simulate = simulate_in_process
+    sys.exit(main(sys.argv[1:]))

@@ -12,11 +12,13 @@ That process is not the caller's, so an error that ends the run is written to th
 from __future__ import annotations
 
 import builtins
+import contextlib
 import importlib
 import importlib.resources
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -73,11 +75,13 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def end_with(pid: int) -> None:
-    """End this process as soon as process ``pid`` (the ``fedcollm run`` that launched it) is gone.
+    """End this process, and every process it started, as soon as process ``pid`` (the ``fedcollm run`` that
+    launched it) is gone.
 
     Flower starts the ServerApp's process in a session of its own, so a launcher killed outright (SIGKILL,
-    a lost terminal) would leave it training on, into the run folder that a ``--resume`` is about to use.
-    Rounds are written whole or not at all, so ending at any moment loses only the round in progress."""
+    a lost terminal) would leave it training on, into the run folder that a ``--resume`` is about to use; in
+    simulation this process also started Ray's cluster, whose agents would outlive it. Rounds are written whole
+    or not at all, so ending at any moment loses only the round in progress."""
     def watch() -> None:
         while True:
             time.sleep(0.5)
@@ -85,11 +89,50 @@ def end_with(pid: int) -> None:
                 os.kill(pid, 0)
             except ProcessLookupError:
                 log.warning("the launcher (pid %d) is gone: ending the ServerApp", pid)
+                end_tree(os.getpid())
                 os._exit(1)
             except PermissionError:  # alive, another user's: not ours to judge
                 pass
 
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, theirs, ...), read from Linux's /proc; [] where there is none."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # gone meanwhile, or no /proc
+            continue
+    found, todo = [], [pid]
+    while todo:
+        kids = [p for p, pp in parent.items() if pp == todo[-1]]
+        todo.pop()
+        found += kids
+        todo += kids
+    return found
+
+
+def end_tree(pid: int, grace: float = 3.0) -> None:
+    """SIGTERM every descendant of ``pid`` (taken before any dies: an orphan is re-parented and lost), then
+    SIGKILL those still there after ``grace`` seconds."""
+    tree = descendants(pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, sig)
+        deadline = time.monotonic() + grace
+        while sig == signal.SIGTERM and time.monotonic() < deadline and any(map(_running, tree)):
+            time.sleep(0.1)
+
+
+def _running(pid: int) -> bool:
+    """Process ``pid`` exists and is not a zombie (ended, waiting for its parent to read its status)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def raise_failure(run: RunDir) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable
 
@@ -33,6 +34,11 @@ class CheckedFedAvg(FedAvg):
 
     ``weight`` maps a client's ``num-examples`` to its weight in the mean (the privacy policy's: 1 for
     every client under DP); without it Flower weighs by ``num-examples`` itself.
+
+    The updates are averaged in an order fixed by their content (``canonical_order``), not by when they
+    arrived: a float32 sum depends on its order, and arrival order depends on timing and on node ids that
+    Flower's simulation draws afresh in every process, so the same updates give the same θ^{t,0} bit for bit
+    (a resumed run repeats an uninterrupted one; a rerun repeats a run).
     """
 
     def __init__(self, reference: NamedArrays, max_update_norm: float | None = None,
@@ -96,4 +102,21 @@ class CheckedFedAvg(FedAvg):
                     metrics[WEIGHT_KEY] = float(self.weight(int(metrics["num-examples"])))
                 accepted.append(msg)
         self.accepted = [m.metadata.src_node_id for m in accepted]
-        return super().aggregate_train(server_round, [*accepted, *errors])
+        return super().aggregate_train(server_round, [*canonical_order(accepted), *errors])
+
+
+def canonical_order(replies: list[Message]) -> list[Message]:
+    """``replies`` sorted by a digest of their arrays and weight: an order that only the updates decide (not the
+    other metrics, which hold measurements such as memory that differ from run to run)."""
+    def key(msg: Message) -> str:
+        h = hashlib.sha256()
+        for name, record in sorted(msg.content.array_records.items()):
+            h.update(name.encode())
+            for k, array in sorted(record.items()):
+                h.update(k.encode())
+                h.update(array.data)
+        for record in msg.content.metric_records.values():
+            h.update(repr((record.get("num-examples"), record.get(WEIGHT_KEY))).encode())
+        return h.hexdigest()
+
+    return sorted(replies, key=key)
