@@ -114,6 +114,36 @@ class InProcessGrid(Grid):
             return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
+class Spy:
+    """A Grid wrapped to keep what reaches the server in every reply: each array, and every list of bytes in a
+    config record decoded as arrays (SecAgg+ carries its masked vectors that way, as ``masked_params``)."""
+
+    def __init__(self, grid) -> None:
+        self.grid = grid
+        self.arrays: list = []
+        self.masked: list[list] = []  # per reply of the collect_masked_vectors stage: [factor, vector, ...]
+
+    def __getattr__(self, name: str):
+        return getattr(self.grid, name)
+
+    def pull_messages(self, message_ids):
+        from flwr.common import bytes_to_ndarray
+
+        replies = list(self.grid.pull_messages(message_ids))
+        for r in replies:
+            if r.has_error():
+                continue
+            for record in r.content.array_records.values():
+                self.arrays.extend(a.numpy() for a in record.values())
+            for record in r.content.config_records.values():
+                if MASKED_PARAMETERS in record:
+                    self.masked.append([bytes_to_ndarray(b) for b in record[MASKED_PARAMETERS]])
+        return replies
+
+
+MASKED_PARAMETERS = "masked_params"  # Flower's SecAgg+ key (secaggplus_constants.Key.MASKED_PARAMETERS)
+
+
 def copy_content(content: RecordDict) -> RecordDict:
     """A copy of a message's records that shares no object or buffer with it (what crossing processes gives)."""
     out = RecordDict()
@@ -150,13 +180,3 @@ def simulate_in_process(cfg: Config, run: RunDir, progress: bool = True, app_dir
     finally:
         faults.before_training = before
     raise_failure(run)
-
-
-if __name__ == "__main__":  # `python tests/inprocess.py run ...`: the CLI, with runs in this process
-    import sys
-
-    import fedcollm.recipes.fedcollm as recipe
-    from fedcollm.cli import main
-
-    recipe.simulate = simulate_in_process
-    sys.exit(main(sys.argv[1:]))

@@ -80,39 +80,22 @@ progress = false
 launcher-pid = 0
 """
 
-SPY_SERVER = '''"""fedcollm\'s ServerApp, with spies in its process: every array that reaches the server in a reply, at
-any stage (``seen``), and per SecAgg+ round the vectors that reached the strategy\'s ``aggregate_fit``."""
+SPY_SERVER = '''"""fedcollm\\'s ServerApp, with the tests\\' ``inprocess.Spy`` around its Grid, in Flower\\'s ServerApp process: what
+reached the server in every reply, and per SecAgg+ round the vectors that reached the strategy\\'s aggregate_fit."""
 import os
 import pickle
+import sys
 
 from flwr.common import parameters_to_ndarrays
 from flwr.serverapp import ServerApp
 
-import fedcollm.federation.algorithm as algorithm
-import fedcollm.federation.secagg as secagg
-from fedcollm.federation import server_app as fedcollm_server_app
+sys.path.insert(0, os.environ["SPY_TESTS_DIR"])
+import fedcollm.federation.secagg as secagg  # noqa: E402
+from fedcollm.federation import server_app as fedcollm_server_app  # noqa: E402
+from inprocess import Spy  # noqa: E402
 
-seen, strategies = [], []
-
-
-class Spy:
-    def __init__(self, grid):
-        self.grid = grid
-
-    def __getattr__(self, name):
-        return getattr(self.grid, name)
-
-    def pull_messages(self, message_ids):
-        replies = list(self.grid.pull_messages(message_ids))
-        for r in replies:
-            if not r.has_error():
-                for record in r.content.array_records.values():
-                    seen.extend(a.numpy() for a in record.values())
-        return replies
-
-
-round_fn, aggregate_fit = algorithm.fedcollm_round, secagg._RoundTargets.aggregate_fit
-algorithm.fedcollm_round = lambda t, grid, *a: round_fn(t, Spy(grid), *a)
+strategies = []
+aggregate_fit = secagg._RoundTargets.aggregate_fit
 
 
 def spy_fit(self, server_round, results, failures):
@@ -126,34 +109,53 @@ server_app = ServerApp()
 
 @server_app.main()
 def main(grid, context):
+    spy = Spy(grid)
     try:
-        fedcollm_server_app.main(grid, context)
+        fedcollm_server_app.main(spy, context)
     finally:
         with open(os.environ["SPY_OUT"], "wb") as f:
-            pickle.dump((seen, strategies), f)
+            pickle.dump((spy.arrays, spy.masked, strategies), f)
 '''
 
 
-def _run_spied(cfg, tmp_path, monkeypatch):
-    """Run ``cfg`` in simulation with fedcollm's ServerApp wrapped by spies, in the ServerApp's own process
-    (a Flower App of this test's: its pyproject names the spy module). Returns (run, seen, strategies)."""
+def _run_spied(cfg, tmp_path, monkeypatch, flower: bool):
+    """Run ``cfg`` with a ``Spy`` around the server's Grid: in this process, or (``flower``) in Flower's own
+    ServerApp process through a Flower App of this test's (its pyproject names the spy module). Returns
+    (run, arrays the server received, masked vectors it received, what reached the strategy's aggregate_fit)."""
     import pickle
+    from pathlib import Path
+
+    from inprocess import Spy, simulate_in_process
 
     from fedcollm.build import preflight
+    from fedcollm.federation import secagg
     from fedcollm.federation.simulation import simulate
     from fedcollm.runlog import RunDir
 
-    app = tmp_path / f"spy-app-{cfg.run_name}"
-    app.mkdir()
-    (app / "pyproject.toml").write_text(SPY_APP)
-    (app / "spy_server.py").write_text(SPY_SERVER)
-    out = tmp_path / f"spied-{cfg.run_name}.pkl"
-    monkeypatch.setenv("SPY_OUT", str(out))
     preflight(cfg)
     run = RunDir.create(cfg)
-    simulate(cfg, run, progress=False, app_dir=app)
-    seen, strategies = pickle.loads(out.read_bytes())
-    return run, seen, strategies
+    if flower:
+        app = tmp_path / f"spy-app-{cfg.run_name}"
+        app.mkdir()
+        (app / "pyproject.toml").write_text(SPY_APP)
+        (app / "spy_server.py").write_text(SPY_SERVER)
+        out = tmp_path / f"spied-{cfg.run_name}.pkl"
+        monkeypatch.setenv("SPY_OUT", str(out))
+        monkeypatch.setenv("SPY_TESTS_DIR", str(Path(__file__).parent))
+        simulate(cfg, run, progress=False, app_dir=app)
+        return (run, *pickle.loads(out.read_bytes()))
+    strategies, fit = [], secagg._RoundTargets.aggregate_fit
+
+    def spy_fit(self, server_round, results, failures):
+        from flwr.common import parameters_to_ndarrays
+
+        strategies.append([parameters_to_ndarrays(res.parameters) for _, res in results])
+        return fit(self, server_round, results, failures)
+
+    monkeypatch.setattr(secagg._RoundTargets, "aggregate_fit", spy_fit)
+    spies = []
+    simulate_in_process(cfg, run, progress=False, grid_hook=lambda grid: spies.append(Spy(grid)) or spies[-1])
+    return run, spies[0].arrays, spies[0].masked, strategies
 
 
 def _holds(arrays, update):
@@ -163,13 +165,51 @@ def _holds(arrays, update):
     return any(a.size == p.size and np.allclose(a.ravel(), p, atol=1e-6) for a in arrays for p in parts)
 
 
-@pytest.mark.parametrize("secure", [True, False])
-def test_secagg_server_never_holds_a_client_update_and_the_mean_equals_fedavg(
-        secure, tiny_models, data_dir, tmp_path, monkeypatch):
+def _readable(masked, updates, sec):
+    """For each client, the largest share of one received SecAgg+ vector that is its own quantized update: the
+    value Flower's client computes before it adds its masks (θ_k weighted by n_k / max_weight, clipped, scaled to
+    the quantization range; its stochastic rounding moves it by less than 1). About 1 when a vector is unmasked;
+    about 2^-31 per value when the masks are there (they are uniform over the 2^32 of the modulus)."""
+    max_weight = max(n for _, n in updates)
+    c, q = sec.clipping_range, sec.quantization_range
+    shares = []
+    for update, n in updates:
+        flat = np.concatenate([v.ravel() for v in update.values()]).astype(np.float64)
+        dq = round(n / max_weight * q) / q
+        pre = (np.clip(flat * dq, -c, c) + c) * (q / (2 * c))
+        shares.append(max(float(np.mean(np.abs(v[1].astype(np.float64) - pre) <= 1)) for v in masked
+                          if v[1].size == pre.size))
+    return shares
+
+
+@pytest.mark.parametrize("secure, flower, masks", [
+    pytest.param(True, True, True, id="secagg-through-flower", marks=pytest.mark.flower),
+    pytest.param(True, False, True, id="secagg"),
+    pytest.param(True, False, False, id="secagg-masks-zeroed"),
+    pytest.param(False, False, True, id="plain"),
+])
+def test_secagg_server_reads_no_client_update_and_the_mean_equals_fedavg(
+        secure, flower, masks, tiny_models, data_dir, tmp_path, monkeypatch, request):
+    """What the server receives is decoded, SecAgg+'s masked vectors included: no client's update (its adapter, or
+    its quantized vector before masking) can be read from it, while the unmasked sum gives FedAvg's mean. The
+    controls show that the spy does read: without SecAgg+ every adapter, with SecAgg+'s masks zeroed (on both
+    sides, so the sum stays right) every quantized vector."""
+    if not masks:
+        import importlib
+
+        # the modules, not the functions of the same name that their packages export
+        client_mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
+        server_workflow = importlib.import_module("flwr.server.workflow.secure_aggregation.secaggplus_workflow")
+
+        def no_mask(seed, num_range, dimensions_list):
+            return [np.zeros(d, dtype=np.int64) for d in dimensions_list]
+
+        monkeypatch.setattr(client_mod, "pseudo_rand_gen", no_mask)
+        monkeypatch.setattr(server_workflow, "pseudo_rand_gen", no_mask)
     # Dirichlet split: clients of different sizes, so the weighting by n_k is part of what is checked
-    cfg = _cfg(tiny_models, data_dir, tmp_path, f"secure-{secure}", "method=fedavg", f"secagg.enabled={secure}",
-               "federation.partition=dirichlet", "federation.alpha=2.0")
-    run, seen, strategies = _run_spied(cfg, tmp_path, monkeypatch)
+    cfg = _cfg(tiny_models, data_dir, tmp_path, f"spied-{request.node.callspec.id}", "method=fedavg",
+               f"secagg.enabled={secure}", "federation.partition=dirichlet", "federation.alpha=2.0")
+    run, arrays, masked, strategies = _run_spied(cfg, tmp_path, monkeypatch, flower)
     theta0, updates = _client_updates(cfg)
     assert len({n for _, n in updates}) > 1
     want = {k: sum(u[k] * n for u, n in updates) / sum(n for _, n in updates) for k in theta0}
@@ -178,16 +218,22 @@ def test_secagg_server_never_holds_a_client_update_and_the_mean_equals_fedavg(
         np.testing.assert_allclose(got[k], want[k], atol=2e-5, err_msg=k)  # SecAgg+ quantization: ~1e-6 here
     moved = [u for u, _ in updates if any(not np.array_equal(u[k], theta0[k]) for k in theta0)]
     assert len(moved) == 3
-    if secure:
-        assert not any(_holds(seen, u) for u in moved), "a client's unmasked adapter reached the server"
-        (targets,) = strategies  # what reached the strategy: only the unmasked mean, once per client
-        assert len(targets) == 3
-        for arrays in targets:
-            np.testing.assert_allclose(np.concatenate([a.ravel() for a in arrays]),
-                                       np.concatenate([want[k].ravel() for k in theta0]), atol=2e-5)
-    else:  # the spy works: without SecAgg+ the server holds every client's adapter
-        assert all(_holds(seen, u) for u in moved)
     assert run.metrics()[-1].privacy["secure_aggregation"] is secure
+    if not secure:  # the spy works: without SecAgg+ the server holds every client's adapter
+        assert all(_holds(arrays, u) for u in moved) and not masked
+        return
+    assert not any(_holds(arrays, u) for u in moved), "a client's unmasked adapter reached the server"
+    assert len(masked) == 3  # one masked vector per client reached the server, and was decoded here
+    shares = _readable(masked, updates, cfg.secagg)
+    if masks:
+        assert max(shares) < 0.01, f"a client's quantized update can be read from what the server received: {shares}"
+    else:  # the spy reads a vector that is not masked, value for value
+        assert min(shares) > 0.99, shares
+    (targets,) = strategies  # what reached the strategy: only the unmasked mean, once per client
+    assert len(targets) == 3
+    for arrays_k in targets:
+        np.testing.assert_allclose(np.concatenate([a.ravel() for a in arrays_k]),
+                                   np.concatenate([want[k].ravel() for k in theta0]), atol=2e-5)
 
 
 @pytest.mark.parametrize("secure", [False, True])
@@ -251,7 +297,8 @@ def test_dp_noise_has_the_std_z_c_over_m(tiny_models, data_dir, tmp_path):
     assert 0 < dp["epsilon"] < float("inf")
 
 
-@pytest.mark.parametrize("secure", [True, False])
+@pytest.mark.parametrize("secure", [pytest.param(True, marks=pytest.mark.flower, id="secagg-through-flower"),
+                                    pytest.param(False, id="plain")])
 def test_a_killed_client_is_reported_and_theta_is_the_mean_of_the_reported_contributors(
         secure, tiny_models, data_dir, tmp_path, monkeypatch):
     # client 1's process dies in round 1. Flower's simulation does not replace a dead worker: messages it is

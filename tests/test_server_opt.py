@@ -224,7 +224,9 @@ def _round(run, t, who="theta"):
 ADAM = ("federation.strategy=fedadam", "federation.server_lr=0.01", "federation.tau=0.01")
 
 
-def test_fedadam_through_secagg_equals_fedadam_on_the_plain_mean(tiny_models, data_dir, tmp_path):
+def test_fedadam_through_secagg_equals_fedadam_on_the_plain_mean_and_its_formula(tiny_models, data_dir, tmp_path):
+    from test_privacy import _client_updates
+
     from fedcollm.recipes.fedcollm import run_fedcollm
 
     runs = {secure: run_fedcollm(_sim_cfg(tiny_models, data_dir, tmp_path, f"adam-{secure}", "method=fedavg",
@@ -234,20 +236,20 @@ def test_fedadam_through_secagg_equals_fedadam_on_the_plain_mean(tiny_models, da
     plain, secure = _round(runs[False], 1), _round(runs[True], 1)
     for k in plain:  # SecAgg+'s quantization moves the mean by ~1e-6; FedAdam's step (τ = 0.01) keeps that small
         np.testing.assert_allclose(secure[k], plain[k], atol=1e-4, err_msg=k)
-    # θ^1 is FedAdam's step from θ^0 with the moments saved beside it: m = (1 − β1)Δ, v = (1 − β2)Δ²
-    from fedcollm.build import load_peft
-    from fedcollm.models.lora import get_adapter_arrays
-
-    cfg = _sim_cfg(tiny_models, data_dir, tmp_path, "unused")
-    theta0 = get_adapter_arrays(load_peft(cfg.slm, cfg, "slm")[0])
-    (m,) = [v for k, v in runs[False].server_state(1).items() if k.startswith("moment1/")]
-    (v,) = [v for k, v in runs[False].server_state(1).items() if k.startswith("moment2/")]
-    delta = m / (1 - 0.9)
-    np.testing.assert_allclose(v, (1 - 0.99) * delta**2, rtol=1e-4, atol=1e-12)
+    # θ^1 by Reddi et al.'s FedAdam from θ^0 and the clients' own updates, recomputed here (not read off the run):
+    # Δ = Σ n_k θ_k / Σ n_k − θ^0, m = (1 − β1)Δ, v = (1 − β2)Δ², θ^1 = θ^0 + η_t m / (√v + τ) with Flower's
+    # bias-corrected η_t = η √(1 − β2^(t+1)) / (1 − β1^(t+1)) at its defaults β1 = 0.9, β2 = 0.99
+    cfg = _sim_cfg(tiny_models, data_dir, tmp_path, "unused", "method=fedavg", "federation.partition=dirichlet",
+                   "federation.alpha=2.0", *ADAM)
+    theta0, updates = _client_updates(cfg)
+    keys = list(theta0)
+    mean = _flat([(k, sum(u[k].astype(np.float64) * n for u, n in updates) / sum(n for _, n in updates)) for k in keys])
+    delta = mean - _flat([(k, theta0[k]) for k in keys])
+    assert np.abs(delta).max() > 1e-4  # the clients moved θ, so the step below is not trivially zero
+    m, v = (1 - 0.9) * delta, (1 - 0.99) * delta**2
     eta = 0.01 * np.sqrt(1 - 0.99**2) / (1 - 0.9**2)
-    want = _flat(theta0) + eta * m / (np.sqrt(v) + 0.01)
-    np.testing.assert_allclose(_flat([(k, plain[k]) for k, _ in theta0]), want, atol=1e-6)
-    assert np.abs(delta).max() > 1e-4  # the clients moved θ, so the step above is not trivially zero
+    want = _flat([(k, theta0[k]) for k in keys]) + eta * m / (np.sqrt(v) + 0.01)
+    np.testing.assert_allclose(_flat([(k, plain[k]) for k in keys]), want, atol=1e-6)
     for run in runs.values():
         record = run.metrics()[1]
         assert record.strategy == "fedadam" and len(record.clients["contributors"]) == 3
@@ -266,7 +268,7 @@ def test_fedadam_run_resumed_equals_uninterrupted(tiny_models, data_dir, tmp_pat
             np.testing.assert_array_equal(got[k], want[k], err_msg=f"{who} {k}")
 
 
-def test_dp_secagg_and_the_gate_work_under_fedyogi(tiny_models, data_dir, tmp_path):
+def test_dp_and_secagg_compose_with_fedyogi(tiny_models, data_dir, tmp_path):
     from fedcollm.recipes.fedcollm import run_fedcollm
 
     run = run_fedcollm(_sim_cfg(tiny_models, data_dir, tmp_path, "yogi", "method=fedavg", "secagg.enabled=true",
@@ -279,14 +281,48 @@ def test_dp_secagg_and_the_gate_work_under_fedyogi(tiny_models, data_dir, tmp_pa
     assert any(np.abs(v).max() > 0 for k, v in theta.items() if "lora_B" in k)  # B left its zero init
 
 
-def test_the_update_gate_still_rejects_by_name_under_fedavgm(tiny_models, data_dir, tmp_path, monkeypatch):
+STRATEGIES = [
+    ("fedavg", (), {}),
+    ("fedavgm", ("federation.server_lr=1.0", "federation.server_momentum=0.9"), {"momentum": 0.9}),
+    ("fedadam", ("federation.server_lr=0.01", "federation.beta_1=0.9", "federation.beta_2=0.99", "federation.tau=1e-3"),
+     {"beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}),
+    ("fedyogi", ("federation.server_lr=0.01", "federation.beta_1=0.9", "federation.beta_2=0.99", "federation.tau=1e-3"),
+     {"beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}),
+    ("fedadagrad", ("federation.server_lr=0.01", "federation.tau=1e-3"), {"tau": 1e-3}),
+]
+
+
+@pytest.mark.parametrize(("name", "knobs", "hp"), STRATEGIES, ids=[s[0] for s in STRATEGIES])
+def test_the_update_gate_rejects_a_bad_update_by_name_under_each_server_optimizer(name, knobs, hp, tiny_models,
+                                                                                 data_dir, tmp_path, monkeypatch):
+    """Client 2 replies a 1000×-scaled update: the gate rejects it by name, and θ^1 is the optimizer's step (by the
+    papers' formulas, ``_reference``) on the mean of the other two alone, not on a mean with it inside."""
+    from test_privacy import _client_updates
+
     from fedcollm.recipes.fedcollm import run_fedcollm
 
-    monkeypatch.setenv("FEDCOLLM_FAULT", "nan:2:1")  # client 2 replies NaN in round 1
-    run = run_fedcollm(_sim_cfg(tiny_models, data_dir, tmp_path, "gate", "method=fedavg", "federation.min_clients=2",
-                                "federation.strategy=fedavgm", "federation.server_momentum=0.9"), progress=False)
+    monkeypatch.setenv("FEDCOLLM_FAULT", "scale:2:1")
+    cfg = _sim_cfg(tiny_models, data_dir, tmp_path, f"gate-{name}", "method=fedavg", "federation.min_clients=2",
+                   f"federation.strategy={name}", *knobs)
+    run = run_fedcollm(cfg, progress=False)
     clients = run.metrics()[1].clients
     (rejected,) = clients["rejected"]
-    assert "contains NaN or Inf" in rejected["reason"] and len(clients["contributors"]) == 2
-    assert all(np.all(np.isfinite(v)) for v in _round(run, 1).values())  # the momentum never saw the NaN
-    assert "momentum/0" in run.server_state(1)
+    assert "more than 10× the round's median" in rejected["reason"]
+    assert sorted(c["partition-id"] for c in clients["contributors"]) == [0, 1]
+
+    theta0, updates = _client_updates(cfg)
+    keys = list(theta0)
+    start = [(k, theta0[k]) for k in keys]
+
+    def stepped(members):
+        mean = [(k, sum(u[k].astype(np.float64) * n for u, n in members) / sum(n for _, n in members)) for k in keys]
+        if name == "fedavg":
+            return _flat(mean)
+        return _reference(name, start, [_flat(mean) - _flat(start)], float(knobs[0].split("=")[1]), **hp)[0]
+
+    got = _flat([(k, _round(run, 1)[k]) for k in keys])
+    np.testing.assert_allclose(got, stepped(updates[:2]), atol=1e-5, err_msg=name)
+    scaled = ({k: 1000 * updates[2][0][k] for k in keys}, updates[2][1])  # what the fault sent (faults.corrupt)
+    assert np.abs(got - stepped([*updates[:2], scaled])).max() > 1e-3  # the bad update would have shown
+    state = run.server_state(1)
+    assert (not state) == (name == "fedavg") and all(np.all(np.isfinite(v)) for v in state.values())

@@ -264,7 +264,8 @@ class LocalFederation:
             if proc.poll() is not None:
                 text = log_file.read_text(errors="replace") if log_file.exists() else ""
                 if "address already in use" in text.lower():
-                    raise PortTaken(f"SuperLink could not bind 127.0.0.1:{self.port}: the port is taken; see {log_file}")
+                    raise PortTaken(f"SuperLink could not bind 127.0.0.1:{self.port}: the port is taken; "
+                                    f"see {log_file}")
                 raise DeployError(f"SuperLink exited with code {proc.returncode} before it served "
                                   f"127.0.0.1:{self.port}; see {log_file}")
             try:
