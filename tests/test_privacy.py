@@ -80,8 +80,8 @@ progress = false
 launcher-pid = 0
 """
 
-SPY_SERVER = '''"""fedcollm\\'s ServerApp, with the tests\\' ``inprocess.Spy`` around its Grid, in Flower\\'s ServerApp process: what
-reached the server in every reply, and per SecAgg+ round the vectors that reached the strategy\\'s aggregate_fit."""
+SPY_SERVER = '''"""fedcollm\\'s ServerApp, with the tests\\' ``inprocess.Spy`` around its Grid, in Flower\\'s ServerApp
+process: what reached the server in every reply, and per SecAgg+ round what reached the strategy\\'s aggregate_fit."""
 import os
 import pickle
 import sys
