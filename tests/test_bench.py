@@ -211,6 +211,7 @@ def test_quick_suite_on_the_real_models(tmp_path):
     assert set(saved["benchmarks"]) == {"comm", "client"}
 
 
+@pytest.mark.slow  # three real `fedcollm run` processes: the bench measures each one's own server RSS
 def test_sampling_bench_runs_each_arm_with_the_clients_it_names(setup):
     out = sampling.run(setup)  # quick: 4 of 10, 4 of 40 and 8 of 10 simulated nodes, 2 rounds each
     rows = _rows(out)

@@ -33,12 +33,13 @@ USER_ERRORS = (ConfigError, DataError, ModelSourceError, AdapterError)
 #: any other (no space left, an I/O error, too many open files) is the system's
 PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EEXIST, errno.ELOOP,
                errno.EACCES, errno.EPERM, errno.EROFS, errno.EINVAL}
+PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError)
 EXIT_CODES = {"input": 2, "round": 3, "flower": 4, "missing program": 5, "system": 6}
 
 
 def exit_code(exc: BaseException) -> int:
     """The exit code for one of the ``FAILURES`` that end a command (anything else is a bug: its traceback)."""
-    if isinstance(exc, USER_ERRORS) or (isinstance(exc, OSError) and exc.errno in PATH_ERRNOS):
+    if isinstance(exc, (*USER_ERRORS, *PATH_ERRORS)) or (isinstance(exc, OSError) and exc.errno in PATH_ERRNOS):
         return EXIT_CODES["input"]
     if isinstance(exc, RoundError):  # too few clients: the finished rounds are on disk, the run can resume
         return EXIT_CODES["round"]
