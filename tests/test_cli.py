@@ -86,3 +86,38 @@ def test_bad_run_configs_fail_before_any_run_folder_exists(command, extra, needl
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and needle in err, err
     assert not out.exists()  # nothing written
+
+
+def test_a_full_disk_is_the_systems_error_not_the_users_and_says_so_in_one_line(tiny_models, data_dir, tmp_path,
+                                                                               capsys, monkeypatch):
+    import errno
+
+    from fedcollm.cli import EXIT_CODES
+    from fedcollm.runlog import RunDir
+
+    def full(cfg):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "runs" / "r"))
+
+    monkeypatch.setattr(RunDir, "create", staticmethod(full))
+    argv = ["run", f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}",
+            "precision=fp32", f"output_dir={tmp_path / 'runs'}", "run_name=r", "federation.num_clients=2"]
+    assert main(argv) == EXIT_CODES["system"] == 6
+    err = capsys.readouterr().err.strip()
+    assert err == f"fedcollm: error: system error (ENOSPC): [Errno 28] No space left on device: '{tmp_path / 'runs' / 'r'}'"
+
+
+def test_only_input_errors_exit_2():
+    import errno
+
+    from fedcollm.cli import EXIT_CODES, exit_code
+    from fedcollm.config import ConfigError
+    from fedcollm.data import DataError
+    from fedcollm.federation import DeployError, MissingProgram
+    from fedcollm.runlog import RoundError
+
+    assert {exit_code(e) for e in (ConfigError("x"), DataError("x"), FileNotFoundError("x"),
+                                   OSError(errno.ENAMETOOLONG, "x"), PermissionError("x"))} == {2}
+    assert exit_code(RoundError("x")) == 3 and exit_code(DeployError("x")) == 4
+    assert exit_code(MissingProgram("x")) == 5
+    assert {exit_code(e) for e in (OSError(errno.ENOSPC, "x"), OSError(errno.EIO, "x"), MemoryError())} == {6}
+    assert sorted(EXIT_CODES.values()) == [2, 3, 4, 5, 6]

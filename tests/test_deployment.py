@@ -119,3 +119,92 @@ def test_a_taken_port_ends_in_one_line(tiny_models, data_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("fedcollm: error: SuperLink") and "\n" not in err
     assert "superlink.log" in err
+
+
+def test_listens_on_tells_which_process_holds_a_port():
+    import os
+    import subprocess
+    import sys
+
+    from fedcollm.federation.deploy import listens_on
+
+    port = free_ports(1)
+    code = (f"import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); "
+            "print('ready', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        assert listens_on(holder.pid, port) is True
+        assert listens_on(os.getpid(), port) is False
+        assert listens_on(holder.pid, port + 1 if port < 65535 else port - 1) is False
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_health_check_does_not_take_a_stranger_on_the_port_for_our_superlink(tmp_path):
+    """Another server answers /health on the port while our SuperLink process never binds it: not healthy."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    stranger = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=stranger.serve_forever, daemon=True).start()
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # alive, listening nowhere
+    try:
+        fed = LocalFederation(tmp_path / "w", stranger.server_address[1], 0, tls=False)
+        with pytest.raises(DeployError, match="did not become healthy"):
+            fed._wait_health(ours, timeout=3.0)
+    finally:
+        stranger.shutdown()
+        ours.kill()
+        ours.wait()
+
+
+def test_a_stream_never_waits_on_a_dead_superlink_or_past_its_timeout(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from fedcollm.federation import deploy
+
+    quiet = tmp_path / "flwr"  # a `flwr` that says nothing and never ends
+    quiet.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(600)\n")
+    quiet.chmod(0o755)
+    monkeypatch.setattr(deploy, "flower_command", lambda name: str(quiet))
+    fed = LocalFederation(tmp_path / "w", free_ports(1), 0, tls=False)
+    fed.procs["superlink"] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        with pytest.raises(DeployError, match="did not end within 2 s"):
+            fed.stream(["run"], tmp_path / "a.log", show=False, timeout=2.0)
+        fed.procs["superlink"].kill()
+        fed.procs["superlink"].wait()
+        with pytest.raises(DeployError, match=r"the SuperLink exited with code -9 during the run"):
+            fed.stream(["run"], tmp_path / "b.log", show=False)
+    finally:
+        fed.__exit__()
+
+
+def test_a_missing_flower_program_is_its_own_exit_code_in_one_line(tiny_models, data_dir, tmp_path, capsys,
+                                                                   monkeypatch):
+    from fedcollm.cli import EXIT_CODES, main
+    from fedcollm.federation import deploy
+    from fedcollm.federation.simulation import simulate
+    from fedcollm.recipes import fedcollm as recipe
+
+    monkeypatch.setattr(recipe, "simulate", simulate)  # Flower's real path: it starts flower-superlink
+    monkeypatch.setattr(deploy, "flower_command", lambda name: str(tmp_path / "not-installed" / name))
+    argv = ["run", f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}",
+            "precision=fp32", f"output_dir={tmp_path / 'runs'}", "run_name=r", "federation.num_clients=2"]
+    assert main(argv) == EXIT_CODES["missing program"] == 5
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the run folder's log line
+    assert err.startswith("fedcollm: error: ")
+    assert f"{tmp_path / 'not-installed' / 'flower-superlink'}: no such program" in err

@@ -83,9 +83,6 @@ def test_a_round_trains_exactly_the_nodes_found_online_without_waiting_for_more(
     class GoneGrid:  # both nodes dropped right after the server saw them online
         sent = []
 
-        def get_node_ids(self):
-            return []
-
         def push_messages(self, messages):
             self.sent += list(messages)
             return [str(i) for i, _ in enumerate(self.sent)]
@@ -103,6 +100,45 @@ def test_a_round_trains_exactly_the_nodes_found_online_without_waiting_for_more(
     assert all(m.content["config"]["server-round"] == 3 for m in sent)
     assert out.theta is None and out.contributors == []
     assert [(d.node, d.stage) for d in out.dropped] == [(5, "train"), (7, "train")]
+
+
+class Listing:
+    """A Grid's node listing as a SuperLink gives it over time: each call the next (node id, status) list."""
+
+    def __init__(self, *listings):
+        self.listings, self.calls = listings, 0
+
+    def get_nodes(self):
+        from types import SimpleNamespace
+
+        listing = self.listings[min(self.calls, len(self.listings) - 1)]
+        self.calls += 1
+        return [SimpleNamespace(node_id=n, status=s) for n, s in listing]
+
+
+def test_online_nodes_are_the_listed_ones_alive():
+    from fedcollm.federation.transport import online_nodes
+
+    grid = Listing([(9, "online"), (3, "offline"), (5, ""), (7, "unregistered"), (1, "online")])
+    assert online_nodes(grid) == [1, 5, 9]  # simulated nodes carry no status: always there
+
+
+def test_connected_nodes_waits_for_all_then_goes_on_with_enough_or_says_who_is_missing(monkeypatch, caplog):
+    from fedcollm.federation import transport
+
+    clock = [0.0]
+    monkeypatch.setattr(transport.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(transport.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    arriving = Listing([(1, "online")], [(1, "online"), (2, "online")], [(1, "online"), (2, "online"), (3, "online")])
+    assert transport.connected_nodes(arriving, want=3, at_least=2, wait_s=60) == [1, 2, 3]
+    assert arriving.calls == 3 and clock[0] < 60  # it returned as soon as all were there
+    clock[0] = 0.0
+    two = Listing([(1, "online"), (2, "online"), (3, "offline")])
+    assert transport.connected_nodes(two, want=3, at_least=2, wait_s=10) == [1, 2]
+    assert clock[0] >= 10 and "2 of 3 clients connected after 10 s" in caplog.text
+    clock[0] = 0.0
+    with pytest.raises(RuntimeError, match=r"only 1 clients connected within 10 s; federation.min_clients is 2"):
+        transport.connected_nodes(Listing([(1, "online")]), want=3, at_least=2, wait_s=10)
 
 
 @pytest.mark.parametrize("corrupt,reason", [
@@ -223,8 +259,9 @@ def _alive(pid: int) -> bool:
 @pytest.mark.flower
 def test_a_sigkilled_run_leaves_no_process_and_resumes_to_the_uninterrupted_result_bit_for_bit(
         tiny_models, data_dir, tmp_path):
-    """Through Flower's own processes: a plain run; the same run with its launcher SIGKILLed in round 2 (nothing it
-    started may outlive it: SuperLink, flwr run, the ServerApp, Ray); its resume, equal to the plain run."""
+    """Through Flower's own processes, in a folder whose path holds quotes and spaces: a plain run; the same run with
+    its launcher SIGKILLed in round 2 (nothing it started may outlive it: SuperLink, flwr run, the ServerApp,
+    Ray); its resume, equal to the plain run."""
     import os
     import signal
     import subprocess
@@ -235,16 +272,17 @@ def test_a_sigkilled_run_leaves_no_process_and_resumes_to_the_uninterrupted_resu
     from fedcollm.runlog import RunDir
 
     exe = str(Path(sys.executable).parent / "fedcollm")
+    out = tmp_path / "it's a \"quoted\" folder"  # Flower's key=value run config could not carry this path
     common = [f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}",
-              "precision=fp32", f"output_dir={tmp_path}", "federation.num_clients=2", "eval.limit=4", "kd.top_k=16",
+              "precision=fp32", f"output_dir={out}", "federation.num_clients=2", "eval.limit=4", "kd.top_k=16",
               "federation.rounds=2", "llm.lr=0.01", "slm.lr=0.01"]
     plain = subprocess.run([exe, "run", *common, "run_name=plain"], capture_output=True, text=True, timeout=600)
     assert plain.returncode == 0, plain.stderr[-2000:]
-    assert_reads_clean(plain.stdout, plain.stderr, tmp_path / "plain")
+    assert_reads_clean(plain.stdout, plain.stderr, out / "plain")
 
     proc = subprocess.Popen([exe, "run", *common, "run_name=killed"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    run = RunDir(tmp_path / "killed")
+    run = RunDir(out / "killed")
     deadline = time.time() + 600
     while run.last_round() < 1 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -265,7 +303,7 @@ def test_a_sigkilled_run_leaves_no_process_and_resumes_to_the_uninterrupted_resu
     assert [r.round for r in run.metrics()] == [0, 1, 2]
     assert run.last_round() == 2 and not list((run.path / "rounds").glob("*.tmp"))
     assert_reads_clean(done.stdout, done.stderr, run.path)
-    want, got = _adapters(tmp_path / "plain", 2), _adapters(run.path, 2)
+    want, got = _adapters(out / "plain", 2), _adapters(run.path, 2)
     for who in ("theta", "omega"):  # each round in a process of its own: the same bits
         for k in want[who]:
             np.testing.assert_array_equal(got[who][k], want[who][k], err_msg=f"{who} {k}")

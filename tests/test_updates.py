@@ -188,3 +188,56 @@ def test_gated_transfer_lets_the_llm_distil_only_where_the_slm_is_closer_and_the
     assert float(out["llm_kd_frac"]) == 0.25
     torch.testing.assert_close(out["slm_kl"], kd_kl_tokens(g, f).mean())  # SLM ← LLM: every sequence, the paper's
     assert float(out["slm_kd_frac"]) == 1.0
+
+
+def test_the_update_cache_key_changes_with_everything_that_changes_an_update(data_dir, monkeypatch):
+    """The same inputs give one key; a change of resolved device, resolved precision, package version, the update's
+    code or the prompt format each give another, so no update is ever served for one computed otherwise."""
+    import torch
+
+    from fedcollm import precision
+    from fedcollm.build import client_data
+    from fedcollm.config import load_config
+    from fedcollm.federation import update_cache
+
+    cfg = load_config(None, [f"data_dir={data_dir}", "precision=auto", "device=auto"])
+    data = client_data(cfg, 0)
+    theta = [("a.lora_A.weight", np.zeros((2, 3), np.float32))]
+
+    def key(c=cfg):
+        return update_cache.update_key(c, theta, data, 7)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    base = key()
+    assert key() == base
+    assert key(load_config(None, [f"data_dir={data_dir}", "precision=bf16", "device=cpu"])) == base  # auto, resolved
+    changed = {}
+    with monkeypatch.context() as m:  # the same config on a machine without fast bf16: fp32
+        m.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+        changed["precision"] = key()
+    with monkeypatch.context() as m:  # the same config on a GPU machine: cuda (and its precision pinned)
+        m.setattr(torch.cuda, "is_available", lambda: True)
+        changed["device"] = key(load_config(None, [f"data_dir={data_dir}", "precision=bf16"]))
+    with monkeypatch.context() as m:
+        m.setattr(update_cache, "version", lambda name: "9.9.9")
+        changed["version"] = key()
+    with monkeypatch.context() as m:  # an edit to the loop, the losses, the prompts or the adapter code
+        m.setattr(update_cache, "code_digest", lambda modules=update_cache.UPDATE_CODE: "edited")
+        changed["code"] = key()
+    with monkeypatch.context() as m:  # another prompt format for the same questions
+        m.setattr(update_cache, "training_pair", lambda q: ("Q: " + q.question, " " + q.choices[q.answer]))
+        changed["prompt"] = key()
+    assert all(v != base for v in changed.values()) and len(set(changed.values())) == len(changed), changed
+
+
+def test_the_code_digest_reads_the_modules_source(tmp_path, monkeypatch):
+    from fedcollm.federation.update_cache import code_digest
+
+    (tmp_path / "mod_under_test.py").write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = code_digest(("mod_under_test",))
+    (tmp_path / "mod_under_test.py").write_text("x = 2\n")
+    code_digest.cache_clear()
+    assert code_digest(("mod_under_test",)) != before
+    assert set(code_digest.__wrapped__.__defaults__[0]) >= {"fedcollm.train", "fedcollm.losses", "fedcollm.data.prompts"}
