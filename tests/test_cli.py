@@ -103,7 +103,8 @@ def test_a_full_disk_is_the_systems_error_not_the_users_and_says_so_in_one_line(
             "precision=fp32", f"output_dir={tmp_path / 'runs'}", "run_name=r", "federation.num_clients=2"]
     assert main(argv) == EXIT_CODES["system"] == 6
     err = capsys.readouterr().err.strip()
-    assert err == f"fedcollm: error: system error (ENOSPC): [Errno 28] No space left on device: '{tmp_path / 'runs' / 'r'}'"
+    where = tmp_path / "runs" / "r"
+    assert err == f"fedcollm: error: system error (ENOSPC): [Errno 28] No space left on device: '{where}'"
 
 
 def test_only_input_errors_exit_2():
