@@ -1,5 +1,5 @@
 """The package's layers point one way (cli -> recipes -> federation -> build -> training/eval -> models/data
--> config), and the config loads without torch: a module that reaches up, or a heavy import in config,
+-> config, no circle), and the config loads without torch: a module that reaches up, or a heavy import in config,
 fails here."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "fedcollm"
 # lowest first; a module may import its own layer and those below it, never one above
 LAYERS = [
     {"precision", "memory", "stats"},
-    {"config", "data", "models"},  # the config names tasks (data) and LoRA specs (models' input)
+    {"config"},  # the one config: it knows no data (task names are data's to check) and defines LoRA specs
+    {"data", "models"},
     {"losses", "train", "evaluate", "updates", "runlog", "rounds", "faults", "generate"},
     {"build", "reporting", "plots", "tracking"},
     {"federation"},
@@ -66,6 +67,7 @@ def test_the_check_sees_an_upward_import(tmp_path):
     seen = {t for _, t in _imports(PKG / "federation" / "algorithm.py")}
     assert {"build", "config", "runlog", "reporting"} <= seen
     assert _layer("recipes") > _layer("federation") > _layer("build") > _layer("train") > _layer("models")
+    assert _layer("data") > _layer("config")  # config <-> data was a circle: config asked data for task names
 
 
 def test_the_config_loads_without_torch_or_peft():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -25,6 +26,7 @@ import re
 import shutil
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,8 +37,8 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from fedcollm import cli
-from fedcollm.config import Config, ConfigError, load_config, parse_override, preset_names
-from fedcollm.data.schema import DataError, load_split, read_jsonl
+from fedcollm.config import Config, ConfigError, load_config, one_line, parse_override, preset_names
+from fedcollm.data.schema import TASKS, DataError, Question, load_split, read_jsonl
 from fedcollm.rounds import RoundRecord
 
 #: CI's budget is fixed; FEDCOLLM_PROPERTY_SCALE=10 multiplies it for a longer hunt (still derandomized)
@@ -52,11 +54,15 @@ def one_line_message(exc: BaseException) -> str:
     return message
 
 
-def at_the_door(fn, errors: tuple[type[BaseException], ...], stage: str = "load"):
-    """``fn()``'s result, or the refusal (one of ``errors``, one line); anything else fails the test."""
+def at_the_door(fn, errors: tuple[type[BaseException], ...], stage: str = "load",
+                refusal: Callable[[BaseException], bool] = lambda exc: True):
+    """``fn()``'s result, or the refusal (one of ``errors`` that ``refusal`` takes, one line); anything else fails
+    the test (an error ``refusal`` does not take is raised again)."""
     try:
         result = fn()
     except errors as exc:
+        if not refusal(exc):
+            raise
         event(f"{stage}: refused ({type(exc).__name__})")
         one_line_message(exc)
         return exc
@@ -149,18 +155,474 @@ def test_the_walk_finds_the_keys():
     assert not any(dataclasses.is_dataclass(tp) for tp in KEYS.values())
 
 
+# --- the oracle: every key's documented domain, written here (not read from the config code) -----------------
+#
+# A ``Rule`` is one key's domain over the Python value an override gives (what YAML reads after ``key=``), in
+# two steps, as the loader documents them: ``coerce`` (the annotation's type: ints widen to floats, a
+# comma-separated string splits into a list, a Literal takes only its members; INVALID when the type is wrong)
+# and ``ok`` (the section's range checks on the coerced value; these may read other keys' final values, named in
+# ``needs``). ``edges`` are values on both sides of the rule's edges; Hypothesis draws from ``inside`` (values in
+# the domain at the defaults) and ``values`` (near misses of every type, and some inside too).
+
+INVALID = type("Invalid", (), {"__repr__": lambda self: "INVALID"})()
+Context = dict[str, Any]  # every key's final value: the defaults, then the overrides (coerced)
+INT64 = (-(2**63), 2**63)
+STRATEGY = "federation.strategy"
+NUM_CLIENTS = "federation.num_clients"
+PER_ROUND = "federation.clients_per_round"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    coerce: Callable[[Any], Any]
+    ok: Callable[[Any, Context], bool] = lambda x, c: True
+    edges: tuple = ()
+    values: st.SearchStrategy = st.nothing()
+    needs: tuple[str, ...] = ()
+    inside: st.SearchStrategy = st.nothing()
+
+    def expect(self, value: Any, c: Context) -> Any:
+        """The value the loaded config holds for ``value``, or INVALID where the key must refuse it."""
+        x = self.coerce(value)
+        return x if x is not INVALID and self.ok(x, c) else INVALID
+
+
+def bound(b: Any, c: Context) -> Any:
+    return b(c) if callable(b) else b
+
+
+def in_range(x: Any, c: Context, ge=None, gt=None, le=None, lt=None) -> bool:
+    ge, gt, le, lt = (bound(b, c) for b in (ge, gt, le, lt))
+    return ((ge is None or x >= ge) and (gt is None or x > gt) and (le is None or x <= le)
+            and (lt is None or x < lt))
+
+
+def to_int(v: Any) -> Any:
+    """An int field takes a Python int only (not a bool, not 2.0, not "3"), within int64."""
+    return v if type(v) is int and INT64[0] <= v < INT64[1] else INVALID
+
+
+def to_float(v: Any) -> Any:
+    """A float field takes an int or a float, or a string that ``float()`` reads; the number must be finite."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        return INVALID
+    try:
+        number = float(v)
+    except (ValueError, OverflowError):  # not a number; an int beyond any float
+        return INVALID
+    return number if math.isfinite(number) else INVALID
+
+
+def to_str(v: Any) -> Any:
+    return v if type(v) is str and "\0" not in v else INVALID
+
+
+NUMERIC_TEXT = ["0", "1", "-1", "0.5", " 0.5 ", "1e-4", "1E3", "-0", "+1", "1_0", "٣", "0x10", "inf", "-inf", "nan",
+                "NaN", "1e400", "5e-324", "1.5.", "1,5", "", " ", "yes", "true"]
+
+
+def integer(ge: int, le: Any = None, needs: tuple[str, ...] = ()) -> Rule:
+    hi = bound(le, DEFAULTS) if le is not None else None
+    edges = (ge - 1, ge, ge + 1, *((hi, hi + 1) if hi is not None else ()), INT64[1] - 1, INT64[1], INT64[0],
+             INT64[0] - 1, float(ge + 1), str(ge + 1), True, False, None)
+    inside = st.integers(ge, INT64[1] - 1 if hi is None else hi)
+    return Rule(to_int, lambda x, c: in_range(x, c, ge=ge, le=le), edges,
+                st.one_of(st.sampled_from(edges), INTS, INTS.map(str), FLOATS, st.booleans()), needs,
+                st.one_of(st.sampled_from([ge, ge + 1, hi or ge + 2]), inside))
+
+
+def real(ge=None, gt=None, le=None, lt=None, used_with: tuple[str, ...] | None = None) -> Rule:
+    """A float field in a range; ``used_with``: only these strategies read it (any other refuses a value)."""
+    def ok(x: float, c: Context) -> bool:
+        return in_range(x, c, ge, gt, le, lt) and (used_with is None or c[STRATEGY] in used_with)
+
+    edges: list = []
+    for b in (ge, gt, le, lt):
+        if b is not None:
+            edges += [float(b), math.nextafter(b, math.inf), math.nextafter(b, -math.inf), str(float(b))]
+            edges += [int(b)] if float(b).is_integer() else []
+    edges += [0.5, 2, 1e308, -1e308, math.inf, -math.inf, math.nan, -0.0, 10**400, True, None, "1e-4", " 2 ", [0.5]]
+    values = st.one_of(st.sampled_from(edges), FLOATS, INTS, st.sampled_from(NUMERIC_TEXT), FLOATS.map(repr),
+                       st.booleans())
+    low, high = (ge if ge is not None else gt), (le if le is not None else lt)
+    numbers = st.floats(low, high, exclude_min=ge is None and gt is not None,
+                        exclude_max=le is None and lt is not None, allow_nan=False, allow_infinity=False)
+    inside = st.one_of(numbers, numbers.map(repr), st.integers(math.ceil(low) if low is not None else None,
+                                                              math.floor(high) if high is not None else None)
+                       .filter(lambda n: in_range(n, {}, ge, gt, le, lt)))
+    return Rule(to_float, ok, tuple(edges), values, (STRATEGY,) if used_with else (), inside)
+
+
+def text(ok: Callable[[str], bool] = lambda s: True, edges: tuple = ()) -> Rule:
+    edges = (*edges, "x", "", " ", "\t", "a\x00b", "\x00", "x" * 300, 3, None, True, ["x"])
+    good = [e for e in edges if to_str(e) is not INVALID and ok(e)]
+    return Rule(to_str, lambda x, c: ok(x), edges, st.one_of(st.sampled_from(edges), TEXT),
+                inside=st.one_of(st.sampled_from(good), TEXT.filter(lambda s: "\0" not in s and ok(s))))
+
+
+def nonblank(edges: tuple = ()) -> Rule:
+    return text(lambda s: bool(s.strip()), edges)
+
+
+def flag(ok: Callable[[bool, Context], bool] = lambda x, c: True, needs: tuple[str, ...] = ()) -> Rule:
+    edges = (True, False, "true", "yes", 1, 0, None)
+    return Rule(lambda v: v if type(v) is bool else INVALID, ok, edges, st.sampled_from(edges), needs,
+                st.booleans())
+
+
+def choice(*members: str, ok: Callable[[str, Context], bool] = lambda x, c: True,
+           needs: tuple[str, ...] = ()) -> Rule:
+    near = [m.upper() for m in members] + [f" {m}" for m in members] + [f"{m} " for m in members]
+    edges = (*members, *near, "", None, 1, True, [members[0]], f"{members[0]},{members[-1]}")
+    return Rule(lambda v: v if type(v) is str and v in members else INVALID, ok, edges,
+                st.one_of(st.sampled_from(edges), TEXT), needs, st.sampled_from(members))
+
+
+def items(item: Rule, min_len: int = 0, edges: tuple = ()) -> Rule:
+    """A list field: a list of ``item``s, or a string of them separated by commas (each part stripped, empty
+    parts dropped)."""
+    def coerce(v: Any) -> Any:
+        if isinstance(v, str):
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        if not isinstance(v, list):
+            return INVALID
+        out = [item.coerce(x) for x in v]
+        return INVALID if any(x is INVALID for x in out) else out
+
+    words = [e for e in item.edges if isinstance(e, str)]
+    edges = (*edges, [], [""], [" "], ",", " , ", "", [None], [3], 3, None, {"a": 1}, [["x"]], ",".join(words),
+             *([e] for e in item.edges), words)
+    values = st.one_of(st.sampled_from(edges), st.lists(item.values, max_size=4),
+                       st.lists(st.sampled_from(words) | TEXT, max_size=4).map(", ".join), huge_list(item.values),
+                       st.lists(JUNK, min_size=1, max_size=3))
+    inside = st.lists(item.inside, min_size=max(min_len, 1), max_size=4)
+    joinable = inside.filter(lambda xs: all(x == x.strip() and x and "," not in x for x in xs))
+    return Rule(coerce, lambda xs, c: len(xs) >= min_len and all(item.ok(x, c) for x in xs), edges, values,
+                item.needs, st.one_of(inside, joinable.map(",".join), huge_list(item.inside).filter(bool)))
+
+
+def either(*arms: Rule) -> Rule:
+    """A union: the first arm whose type takes the value decides (its range alone applies)."""
+    def arm(v: Any) -> Rule | None:
+        return next((a for a in arms if a.coerce(v) is not INVALID), None)
+
+    def coerce(v: Any) -> Any:
+        a = arm(v)
+        return INVALID if a is None else a.coerce(v)
+
+    return Rule(coerce, lambda x, c: arm(x).ok(x, c), tuple(e for a in arms for e in a.edges),
+                st.one_of(*(a.values for a in arms)), tuple(n for a in arms for n in a.needs),
+                st.one_of(*(a.inside for a in arms)))
+
+
+NONE = Rule(lambda v: None if v is None else INVALID, edges=(None,), values=st.none(), inside=st.none())
+
+
+def optional(rule: Rule) -> Rule:
+    return either(NONE, rule)
+
+
+def per_round(c: Context) -> int:
+    """Clients a round trains: all of them, a count, or a fraction of them (rounded, at least one)."""
+    n = c[PER_ROUND]
+    return c[NUM_CLIENTS] if n is None else max(1, round(n * c[NUM_CLIENTS])) if isinstance(n, float) else n
+
+
+def run_name_ok(s: str) -> bool:
+    """One folder inside output_dir: not blank, no separator or NUL, not . or .., not absolute."""
+    return bool(s.strip()) and s not in (".", "..") and not any(ch in s for ch in "/\\\0") and not s.startswith("/")
+
+
+def device_ok(s: str) -> bool:
+    """auto | cpu | cuda | cuda:N, N a device index (ASCII digits, no leading zero: what torch.device reads)."""
+    index = s.removeprefix("cuda:")
+    return s in ("auto", "cpu", "cuda") or (s.startswith("cuda:") and bool(re.fullmatch(r"0|[1-9][0-9]*", index)))
+
+
+def convex_ok(mix: str, c: Context) -> bool:
+    """mix=convex weighs (1 − w)·CE + w·KL: each direction's weight (its own, else kd.weight) must be in [0, 1]."""
+    weights = [c["kd.weight"] if c[k] is None else c[k] for k in ("kd.llm_weight", "kd.slm_weight")]
+    return mix != "convex" or all(0 <= w <= 1 for w in weights)
+
+
+TASK_NAMES = ("arc_easy", "openbookqa", "not_a_task_yet")  # config checks a list's form; preflight its names
+DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1", "cuda:12", "cuda:", "cuda:-1", "cuda:1 ", "CPU", " cpu", "gpu",
+           "cuda:0:0", "cuda 0", "cuda:x", "cuda:" + "9" * 30)
+RUN_NAMES = ("run", "run 1", ".x", "..x", " x", ".", "..", "a/b", "a\\b", "/abs", "~", "x/")
+MOMENTS = ("fedadam", "fedyogi")
+
+
+def model_domain(role: str) -> dict[str, Rule]:
+    return {f"{role}.name": nonblank(("q/model", "/abs/path")), f"{role}.lora.r": integer(ge=1),
+            f"{role}.lora.alpha": integer(ge=1), f"{role}.lora.dropout": real(ge=0, lt=1),
+            f"{role}.lora.targets": items(nonblank(("q_proj", " q_proj ")), min_len=1),
+            f"{role}.lr": real(gt=0), f"{role}.batch_size": integer(ge=1)}
+
+
+def config_defaults(cfg: Config) -> Context:
+    def flat(d: dict, prefix: str = "") -> Context:
+        out: Context = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    return flat(dataclasses.asdict(cfg))
+
+
+DEFAULTS = config_defaults(Config())
+
+#: every key's domain at the other keys' values (the defaults unless overridden: method fedcollm, 4 clients,
+#: strategy fedavg, mix add, dp off, transfer float32)
+DOMAIN: dict[str, Rule] = {
+    "method": choice("fedcollm", "fedavg"),
+    "tasks": items(nonblank(TASK_NAMES), min_len=1),
+    "data_dir": optional(text(edges=("hub", "/abs", "rel/dir"))),
+    "output_dir": nonblank(("runs", "/abs", "..")),
+    "run_name": optional(text(run_name_ok, RUN_NAMES)),
+    "seed": integer(ge=0),
+    "precision": choice("auto", "bf16", "fp32"),
+    "device": text(device_ok, DEVICES),
+    "max_length": integer(ge=8),
+    "grad_clip": real(ge=0),
+    "packing": flag(),
+    **model_domain("llm"),
+    **model_domain("slm"),
+    NUM_CLIENTS: integer(ge=1),
+    "federation.rounds": integer(ge=1),
+    "federation.local_epochs": integer(ge=1),
+    "federation.local_max_steps": optional(integer(ge=1)),
+    "federation.partition": choice("iid", "dirichlet"),
+    "federation.alpha": real(gt=0),
+    "federation.aux_fraction": real(ge=0, lt=1),
+    "federation.aux_size": optional(integer(ge=0)),
+    "federation.train_size": optional(integer(ge=1)),
+    "federation.client_size": optional(integer(ge=1)),
+    "federation.min_clients": optional(integer(ge=1, le=per_round, needs=(NUM_CLIENTS, PER_ROUND))),
+    "federation.connect_timeout": real(gt=0),
+    "federation.round_timeout": real(gt=0),
+    "federation.max_update_norm": optional(real(gt=0)),
+    "federation.transfer_dtype": choice("float32", "bfloat16", ok=lambda x, c: x == "float32" or not c["dp.enabled"],
+                                        needs=("dp.enabled",)),
+    "federation.update_outlier_factor": optional(real(gt=1)),
+    "federation.sim_workers": integer(ge=1, le=lambda c: c[NUM_CLIENTS], needs=(NUM_CLIENTS,)),
+    STRATEGY: choice("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"),
+    # each server optimizer's hyper-parameters: a value for a strategy that does not read it is refused
+    "federation.server_lr": optional(real(gt=0, used_with=("fedavgm", *MOMENTS, "fedadagrad"))),
+    "federation.server_momentum": optional(real(ge=0, lt=1, used_with=("fedavgm",))),
+    "federation.beta_1": optional(real(ge=0, lt=1, used_with=MOMENTS)),
+    "federation.beta_2": optional(real(ge=0, lt=1, used_with=MOMENTS)),
+    "federation.tau": optional(real(gt=0, used_with=(*MOMENTS, "fedadagrad"))),
+    "federation.proximal_mu": real(ge=0),
+    PER_ROUND: either(NONE, integer(ge=1, le=lambda c: c[NUM_CLIENTS], needs=(NUM_CLIENTS,)), real(gt=0, le=1)),
+    "federation.update_cache": optional(nonblank(("cache", "/abs/cache"))),
+    "secagg.enabled": optional(flag()),
+    "secagg.num_shares": real(gt=0, le=1),
+    "secagg.reconstruction_threshold": real(gt=0, le=1),
+    "secagg.clipping_range": real(gt=0),
+    "secagg.quantization_range": integer(ge=1),
+    "secagg.max_weight": optional(real(gt=0)),
+    "secagg.timeout": optional(real(gt=0)),
+    "dp.enabled": flag(lambda x, c: not x or c["federation.transfer_dtype"] == "float32",
+                       ("federation.transfer_dtype",)),
+    "dp.clipping_norm": real(gt=0),
+    "dp.noise_multiplier": real(ge=0),
+    "dp.delta": real(gt=0, lt=1),
+    "kd.weight": real(ge=0),
+    "kd.llm_weight": optional(real(ge=0)),
+    "kd.slm_weight": optional(real(ge=0)),
+    "kd.mix": choice("add", "convex", ok=convex_ok, needs=("kd.weight", "kd.llm_weight", "kd.slm_weight")),
+    "kd.select": choice("none", "greater", "gated"),
+    "kd.confidence": real(gt=0, le=1),
+    "kd.temperature": real(gt=0),
+    "kd.top_k": optional(integer(ge=1)),
+    "kd.epochs": integer(ge=1),
+    "kd.max_steps": optional(integer(ge=1)),
+    "kd.batch_size": optional(integer(ge=1)),
+    "kd.llm_lr": optional(real(gt=0)),
+    "kd.slm_lr": optional(real(gt=0)),
+    "eval.tasks": optional(items(nonblank(TASK_NAMES), min_len=1)),
+    "eval.split": choice("dev", "test"),
+    "eval.limit": optional(integer(ge=1)),
+    "eval.dev_limit": optional(integer(ge=1)),
+    "eval.batch_size": integer(ge=1),
+    "eval.every_round": flag(),
+    "eval.zero_shot": flag(),
+    "tracking": items(choice("tensorboard", "mlflow"), edges=("tensorboard,tensorboard", ["mlflow", "tensorboard"])),
+    "mlflow.uri": optional(nonblank(("sqlite:///x.db", "file:./mlruns"))),
+    "mlflow.experiment": nonblank(("fedcollm",)),
+    "mlflow.parent_run": optional(text(edges=("0123abcd",))),
+}
+
+
+def valid(key: str, value: Any) -> bool:
+    """The oracle for one override at the defaults: must ``key=value`` be accepted?"""
+    return DOMAIN[key].expect(value, {**DEFAULTS, key: DOMAIN[key].coerce(value)}) is not INVALID
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal and of the same type all the way down (so 3 is not 3.0 and True is not 1); NaN equals NaN."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def yaml_text(value: Any) -> str | None:
+    """``value`` as override text that YAML reads back as the same value, or None where no such text is made."""
+    text = render(value, "yaml")
+    try:
+        back = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError):
+        return None
+    return text if text.strip() and same(back, value) else None
+
+
+def names(message: str, key: str) -> bool:
+    """``key`` appears in ``message`` as a whole dotted key (``tasks`` is not found inside ``eval.tasks``)."""
+    return re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message) is not None
+
+
+def field_of(cfg: Config, key: str) -> Any:
+    return functools.reduce(getattr, key.split("."), cfg)
+
+
+def verdict(pairs: list[tuple[str, Any]]) -> tuple[Context | None, set[str]]:
+    """The oracle for overrides applied in order: (the final value of every key, set()) when they must be
+    accepted, else (None, the keys at fault). A value of the wrong type is refused as it is applied (its key
+    alone at fault); the ranges are checked on the final values, a failed one blaming its key and what it reads."""
+    c = dict(DEFAULTS)
+    for key, value in pairs:
+        x = DOMAIN[key].coerce(value)
+        if x is INVALID:
+            return None, {key}
+        c[key] = x
+    at_fault = {k for key, rule in DOMAIN.items() if not rule.ok(c[key], c) for k in (key, *rule.needs)}
+    return (None if at_fault else c), at_fault
+
+
+def check_overrides(pairs: list[tuple[str, Any]], texts: list[str]) -> Config | None:
+    """``load_config`` of ``texts`` (the rendered ``pairs``) against the oracle: exactly the outcome it gives."""
+    expected, at_fault = verdict(pairs)
+    try:
+        cfg = load_config(None, texts)
+    except ConfigError as exc:
+        message = one_line_message(exc)
+        assert expected is None, f"{texts} refused, but every value is in its domain: {message}"
+        assert any(names(message, k) for k in at_fault), f"the message names none of {sorted(at_fault)}: {message}"
+        return None
+    assert expected is not None, f"{texts} accepted, but outside the domain of {sorted(at_fault)}"
+    for key, value in expected.items():
+        assert same(field_of(cfg, key), value), f"{key}: loaded {field_of(cfg, key)!r}, expected {value!r}"
+    return cfg
+
+
+def test_every_key_has_a_domain():
+    """A new config key fails here until its domain is written into DOMAIN (and a removed one until dropped)."""
+    assert sorted(DOMAIN) == sorted(KEYS) == sorted(DEFAULTS)
+    for key, rule in DOMAIN.items():
+        classes = {valid(key, v) for v in rule.edges}
+        assert classes == {True, False}, f"{key}: the edges must hold values inside and outside its domain"
+        assert rule.expect(DEFAULTS[key], DEFAULTS) is not INVALID, f"{key}: the oracle refuses its default"
+
+
 @pytest.mark.parametrize("key", sorted(KEYS))
-@settings(PROPERTY, max_examples=12 * SCALE)
+def test_each_key_at_its_edges(key):
+    """The values either side of each edge of the key's domain, deterministically (the draws below add more)."""
+    for value in DOMAIN[key].edges:
+        text = yaml_text(value)
+        if text is not None:
+            check_overrides([(key, value)], [f"{key}={text}"])
+
+
+@pytest.mark.parametrize("key", sorted(KEYS))
+@settings(PROPERTY, max_examples=25 * SCALE)
 @given(data=st.data())
-def test_every_config_key_is_accepted_or_refused_in_one_line(key, data):
-    text = data.draw(override_text(KEYS[key]), label="value")
-    at_the_door(lambda: load_config(None, [f"{key}={text}"]), (ConfigError,))
+def test_every_config_key_accepts_exactly_its_domain(key, data):
+    value = data.draw(st.one_of(DOMAIN[key].inside, DOMAIN[key].values, typed(KEYS[key]), JUNK), label="value")
+    text = yaml_text(value)
+    assume(text is not None)
+    event(f"{'in' if valid(key, value) else 'out of'} the domain")
+    event(f"a {type(value).__name__}")
+    check_overrides([(key, value)], [f"{key}={text}"])
+
+
+#: keys whose ranges read other keys, and those keys: drawn together more often than chance would
+CROSS = sorted({k for key, rule in DOMAIN.items() if rule.needs for k in (key, *rule.needs)})
+
+
+def key_value(keys: list[str]) -> st.SearchStrategy:
+    return st.sampled_from(keys).flatmap(lambda k: st.tuples(st.just(k), st.one_of(DOMAIN[k].inside, DOMAIN[k].inside,
+                                                                                  DOMAIN[k].values, typed(KEYS[k]))))
+
+
+@settings(PROPERTY, max_examples=80 * SCALE)
+@given(pairs=st.lists(key_value(sorted(KEYS)) | key_value(CROSS), min_size=1, max_size=5))
+def test_overrides_together_accept_exactly_their_domains(pairs):
+    texts = [yaml_text(v) for _, v in pairs]
+    assume(None not in texts)
+    expected, at_fault = verdict(pairs)
+    event("accepted" if expected is not None else "refused: cross-key" if len(at_fault) > 1 else "refused")
+    check_overrides(pairs, [f"{k}={t}" for (k, _), t in zip(pairs, texts)])
+
+
+def config_sections(cls: type = Config, prefix: str = "") -> set[str]:
+    hints, out = typing.get_type_hints(cls), set()
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out |= {f"{prefix}{f.name}", *config_sections(hints[f.name], f"{prefix}{f.name}.")}
+    return out
+
+
+SECTIONS = config_sections()
+
+
+def yaml_or_text(raw: str) -> Any:
+    """What an override's text means: YAML, or the text itself where YAML cannot read it; blank is null."""
+    if not raw.strip():
+        return None
+    try:
+        return yaml.safe_load(raw)
+    except Exception:  # noqa: BLE001 - any failure to read it as YAML (deep nesting, a huge int) leaves the text
+        return raw
+
+
+def not_a_key(text: str) -> tuple[str, str | None]:
+    """For an override that is not ``KEY=value``: ("refused", the key its message names, or None where it names
+    the whole override), ("leaf", key) for a real key, ("section", name) for a section given a value."""
+    if "=" not in text:
+        return "refused", None
+    parts = text.split("=", 1)[0].strip().split(".")
+    for i in range(len(parts)):
+        dotted = ".".join(parts[: i + 1])
+        if dotted in KEYS:  # a key given sub-keys is a value of the wrong type: the key is named
+            return ("leaf", dotted) if i == len(parts) - 1 else ("refused", dotted)
+        if dotted not in SECTIONS:  # unknown (a retired key included): named up to the first unknown part
+            return "refused", dotted
+    return "section", ".".join(parts)
 
 
 @settings(PROPERTY, max_examples=60 * SCALE)
-@given(overrides=st.lists(override(sorted(KEYS)) | JUNK_OVERRIDES, min_size=1, max_size=5))
-def test_overrides_together_are_accepted_or_refused_in_one_line(overrides):
-    at_the_door(lambda: load_config(None, overrides), (ConfigError,))
+@given(text=JUNK_OVERRIDES)
+def test_an_override_that_is_not_a_key_is_refused_naming_it(text):
+    how, key = not_a_key(text)
+    assume(how != "leaf")  # a real key with a drawn value: the tests above
+    if how == "section":
+        value = yaml_or_text(text.split("=", 1)[1])
+        assume(not isinstance(value, dict) or not value)  # a mapping sets the section's keys: the YAML-file test
+        if value == {}:
+            event("a section given {}")
+            assert same(config_defaults(load_config(None, [text])), DEFAULTS)
+            return
+    event(f"refused: {how}")
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, [text])
+    message = one_line_message(caught.value)
+    assert key is None or one_line(key) in message, (key, message)
 
 
 def nested(keys_values: list[tuple[str, Any]]) -> dict:
@@ -228,6 +690,11 @@ PREFLIGHT_KEYS = sorted(k for k in KEYS if k.split(".")[0] in ("federation", "ev
                         or k in ("tasks", "data_dir", "output_dir", "method", "seed", "device", "tracking"))
 
 
+def input_error(exc: BaseException) -> bool:
+    """One of the failures ``main`` prints in one line that is the input's fault (exit 2), not the system's."""
+    return cli.exit_code(exc) == 2
+
+
 def tiny_overrides(tiny_models, data_dir, out: Path) -> list[str]:
     return [f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}",
             f"output_dir={out}", "precision=fp32", "federation.num_clients=2", "federation.rounds=1",
@@ -249,7 +716,7 @@ def test_preflight_accepts_or_refuses_in_one_line_and_writes_nothing(drawn, tiny
                       (ConfigError,))
     if isinstance(cfg, Config):
         before = snapshot(tmp_path, data_dir, *tiny_models.values())
-        at_the_door(lambda: preflight(cfg), cli.USER_ERRORS, "preflight")
+        at_the_door(lambda: preflight(cfg), cli.FAILURES, "preflight", input_error)
         assert snapshot(tmp_path, data_dir, *tiny_models.values()) == before
 
 
@@ -515,6 +982,7 @@ def record(i: int = 0) -> dict:
 
 
 FIELDS = field_paths(record())
+MUTATIONS = ["delete", "empty", "huge", "junk", "extra"]
 
 
 def mutate(rec: dict, path: tuple, how: str, junk: Any) -> dict:
@@ -529,13 +997,15 @@ def mutate(rec: dict, path: tuple, how: str, junk: Any) -> dict:
         node[last] = type(node[last])()
     elif how == "huge":
         node[last] = [node[last]] * 5000 if isinstance(node[last], list) else "x" * 200_000
+    elif how == "extra":  # beside the field, one the layout does not have (in a list: one more element)
+        node.append(junk) if isinstance(node, list) else node.__setitem__(f"{last}_extra", junk)
     else:
         node[last] = junk
     return rec
 
 
 RECORD_LINES = st.one_of(
-    st.tuples(st.sampled_from(FIELDS), st.sampled_from(["delete", "empty", "huge", "junk"]), JUNK).map(
+    st.tuples(st.sampled_from(FIELDS), st.sampled_from(MUTATIONS), JUNK).map(
         lambda t: json.dumps(mutate(record(), *t)).encode()),
     st.builds(lambda t: json.dumps(t).encode(), JUNK),  # a line that is not a record at all
 )
@@ -549,27 +1019,88 @@ def spoil(line: bytes, how: str, at: float) -> bytes:
             "bom": b"\xef\xbb\xbf" + line, "nul": line[:cut] + b"\x00" + line[cut:]}[how]
 
 
-@settings(PROPERTY, max_examples=60 * SCALE)
-@given(line=RECORD_LINES, how=st.sampled_from(["as is", "as is", "truncated", "bad byte", "deep", "long int", "bom",
-                                               "nul"]),
-       at=st.floats(0, 1), where=st.integers(0, 3))
+NOT_A_RECORD, NO_TASK, NOT_JSON, NOT_UTF8, SKIPPED = ("not a multiple-choice record", "record names no known task",
+                                                      "malformed JSON", "not UTF-8 text", "skipped")
+
+
+def as_text(value: Any) -> str:
+    """How the layout reads a field as text: a string as it is, any other JSON value as Python writes it
+    (labels may be numbers: 1 reads as "1"; null reads as "None")."""
+    return str(value)
+
+
+def expected_question(rec: Any, task: str | None) -> Question | str:
+    """The oracle for one parsed JSON line: the question it must give, or why it must be refused.
+
+    The layout (``schema.py``'s docstring): a record ``{"id", "question": {"stem", "choices": [{"label", "text"},
+    ...]}, "answerKey"}``, every one of these fields present, the choices a list of such pairs, the answer key
+    (stripped) one of the labels; a per-client file (``task=None``) also names a known ``task`` in each record.
+    Any other field, and any size of a field, is accepted.
+    """
+    name = task if task is not None else rec.get("task") if isinstance(rec, dict) else None
+    if not (isinstance(name, str) and name in TASKS):
+        return NO_TASK
+    if not isinstance(rec, dict) or not {"id", "question", "answerKey"} <= rec.keys():
+        return NOT_A_RECORD
+    q = rec["question"]
+    if not isinstance(q, dict) or not {"stem", "choices"} <= q.keys() or not isinstance(q["choices"], list):
+        return NOT_A_RECORD
+    if not all(isinstance(ch, dict) and {"label", "text"} <= ch.keys() for ch in q["choices"]):
+        return NOT_A_RECORD
+    labels = tuple(as_text(ch["label"]) for ch in q["choices"])
+    answer = as_text(rec["answerKey"]).strip()
+    if answer not in labels:
+        return NOT_A_RECORD
+    texts = tuple(as_text(ch["text"]) for ch in q["choices"])
+    return Question(as_text(rec["id"]), name, as_text(q["stem"]), texts, labels, labels.index(answer))
+
+
+def expected_line(line: bytes, how: str, at: float, task: str | None) -> Question | str:
+    """The oracle for the spoiled line: a whole-line spoiler decides alone; a line cut short is blank (skipped)
+    at 0, the whole line at 1, and in between a JSON text cut short (an object never parses then)."""
+    if how == "bad byte":
+        return NOT_UTF8
+    if how in ("deep", "long int", "bom", "nul"):  # past the stack, past int's digit limit, a BOM, a raw NUL
+        return NOT_JSON
+    cut = int(at * len(line))
+    if how == "truncated" and cut == 0:
+        return SKIPPED
+    rec = json.loads(line)
+    if how == "truncated" and cut < len(line):
+        try:  # a number cut short can still be a number (not a record); anything else is no JSON at all
+            prefix = json.loads(line[:cut])
+        except ValueError:
+            return NOT_JSON
+        assert not isinstance(rec, dict), f"an object cut short parsed: {line[:cut]!r}"
+        return expected_question(prefix, task)
+    return expected_question(rec, task)
+
+
+@settings(PROPERTY, max_examples=80 * SCALE)
+@given(line=RECORD_LINES, how=st.sampled_from(["as is", "as is", "as is", "truncated", "bad byte", "deep", "long int",
+                                               "bom", "nul"]),
+       at=st.floats(0, 1), where=st.integers(0, 4))
 def test_a_malformed_data_line_is_accepted_or_named_by_file_and_line(line, how, at, where, tmp_path):
-    bad = spoil(line, how, at)
     lines = [json.dumps(record(i)).encode() for i in range(4)]
-    lines.insert(where, bad)
+    lines.insert(where, spoil(line, how, at))
     folder = tmp_path / "data" / "arc_easy"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "train.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    for load in (lambda: load_split("arc_easy", "train", tmp_path / "data"), lambda: read_jsonl(path, None)):
-        result = at_the_door(load, (DataError,))
-        if isinstance(result, DataError):
-            message = str(result)
-            assert f"{path}:" in message, message  # the file, and the line when the line is at fault
-            if "no questions" not in message:
-                assert re.search(rf"{re.escape(str(path))}:\d+: ", message), message
-        else:
-            assert len(result) >= 4
+    good = [expected_question(json.loads(x), None) for x in lines[:where] + lines[where + 1:]]
+    for task, load in (("arc_easy", lambda: load_split("arc_easy", "train", tmp_path / "data")),
+                       (None, lambda: read_jsonl(path, None))):
+        expected = expected_line(line, how, at, task)
+        event(f"{how}: {expected if isinstance(expected, str) else 'accepted'}")
+        try:
+            result = load()
+        except DataError as exc:
+            message = one_line_message(exc)
+            assert isinstance(expected, str) and expected != SKIPPED, f"refused, but the line is good: {message}"
+            assert message.startswith(f"{path}:{where + 1}: {expected}"), (expected, message)
+            continue
+        assert not isinstance(expected, str) or expected == SKIPPED, f"accepted, but expected {expected!r}"
+        assert result == (good if expected == SKIPPED else [*good[:where], expected, *good[where:]])
 
 
 @pytest.mark.parametrize("hosts", ["\x80", "é.example", "a" * 65])
