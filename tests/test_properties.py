@@ -1,10 +1,16 @@
 """Bad input by property, not by list (issue 12, item 7).
 
-Hypothesis draws values for every config key (found by walking the ``Config`` dataclasses, so a new key is
-covered without editing this file), argument lists for every ``fedcollm`` subcommand (found in the CLI's
-parser) and malformed lines for every field of a data record (found in ``conftest.make_record``'s layout).
-Each outcome is checked at the door (config load, preflight, argument checks; nothing trains): acceptance,
-or exit 2 with one line on stderr, never a traceback, and nothing written when an input is refused.
+Hypothesis draws values for every config key (found by walking the ``Config`` dataclasses), argument lists for
+every ``fedcollm`` subcommand (found in the CLI's parser) and malformed lines for every field of a data record
+(found in ``conftest.make_record``'s layout). Each outcome is checked at the door (config load, preflight,
+argument checks; nothing trains).
+
+Config keys and data lines are checked against oracles written here from the documented rules (``DOMAIN``: each
+key's valid values; ``expected_question``: what a record must hold): a value outside its domain is refused in
+one line that names its key (a bad line: its file and line), a value inside it is accepted and loaded as the
+documented coercion gives it. A new config key fails ``test_every_key_has_a_domain`` until its domain is written.
+Preflight, YAML files and the command line are checked for acceptance, or exit 2 with one line on stderr, never
+a traceback, and nothing written when an input is refused.
 
 The example budget is fixed and the draws are derandomized (no example database), so CI sees the same
 examples on every run.
@@ -17,6 +23,7 @@ import contextlib
 import dataclasses
 import functools
 import io
+import itertools
 import json
 import logging
 import math
@@ -161,8 +168,9 @@ def test_the_walk_finds_the_keys():
 # two steps, as the loader documents them: ``coerce`` (the annotation's type: ints widen to floats, a
 # comma-separated string splits into a list, a Literal takes only its members; INVALID when the type is wrong)
 # and ``ok`` (the section's range checks on the coerced value; these may read other keys' final values, named in
-# ``needs``). ``edges`` are values on both sides of the rule's edges; Hypothesis draws from ``inside`` (values in
-# the domain at the defaults) and ``values`` (near misses of every type, and some inside too).
+# ``needs``). ``edges`` are values on both sides of the rule's edges; Hypothesis draws from ``inside`` (values of
+# the right type in range, so in the domain at the defaults, except a server optimizer's hyper-parameter, which
+# the default fedavg refuses unless null) and ``values`` (near misses of every type, and some inside too).
 
 INVALID = type("Invalid", (), {"__repr__": lambda self: "INVALID"})()
 Context = dict[str, Any]  # every key's final value: the defaults, then the overrides (coerced)
@@ -296,7 +304,7 @@ def items(item: Rule, min_len: int = 0, edges: tuple = ()) -> Rule:
                        st.lists(st.sampled_from(words) | TEXT, max_size=4).map(", ".join), huge_list(item.values),
                        st.lists(JUNK, min_size=1, max_size=3))
     inside = st.lists(item.inside, min_size=max(min_len, 1), max_size=4)
-    joinable = inside.filter(lambda xs: all(x == x.strip() and x and "," not in x for x in xs))
+    joinable = st.lists(item.inside.filter(lambda x: x == x.strip() and x and "," not in x), min_size=1, max_size=4)
     return Rule(coerce, lambda xs, c: len(xs) >= min_len and all(item.ok(x, c) for x in xs), edges, values,
                 item.needs, st.one_of(inside, joinable.map(",".join), huge_list(item.inside).filter(bool)))
 
@@ -347,7 +355,7 @@ def convex_ok(mix: str, c: Context) -> bool:
 
 TASK_NAMES = ("arc_easy", "openbookqa", "not_a_task_yet")  # config checks a list's form; preflight its names
 DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1", "cuda:12", "cuda:", "cuda:-1", "cuda:1 ", "CPU", " cpu", "gpu",
-           "cuda:0:0", "cuda 0", "cuda:x", "cuda:" + "9" * 30)
+           "cuda:0:0", "cuda 0", "cuda:x", "cuda:" + "9" * 30, "cuda:00", "cuda:01", "cuda:٣")
 RUN_NAMES = ("run", "run 1", ".x", "..x", " x", ".", "..", "a/b", "a\\b", "/abs", "~", "x/")
 MOMENTS = ("fedadam", "fedyogi")
 
@@ -415,6 +423,7 @@ DOMAIN: dict[str, Rule] = {
     "federation.proximal_mu": real(ge=0),
     PER_ROUND: either(NONE, integer(ge=1, le=lambda c: c[NUM_CLIENTS], needs=(NUM_CLIENTS,)), real(gt=0, le=1)),
     "federation.update_cache": optional(nonblank(("cache", "/abs/cache"))),
+    "train.objective": choice("tokens", "choices"),
     "secagg.enabled": optional(flag()),
     "secagg.num_shares": real(gt=0, le=1),
     "secagg.reconstruction_threshold": real(gt=0, le=1),
@@ -432,6 +441,8 @@ DOMAIN: dict[str, Rule] = {
     "kd.slm_weight": optional(real(ge=0)),
     "kd.mix": choice("add", "convex", ok=convex_ok, needs=("kd.weight", "kd.llm_weight", "kd.slm_weight")),
     "kd.select": choice("none", "greater", "gated"),
+    "kd.target": choice("tokens", "choices"),
+    "kd.token_ce": flag(lambda x, c: not x or c["kd.target"] == "choices", ("kd.target",)),  # the choices' CE only
     "kd.confidence": real(gt=0, le=1),
     "kd.temperature": real(gt=0),
     "kd.top_k": optional(integer(ge=1)),
@@ -452,6 +463,17 @@ DOMAIN: dict[str, Rule] = {
     "mlflow.experiment": nonblank(("fedcollm",)),
     "mlflow.parent_run": optional(text(edges=("0123abcd",))),
 }
+
+
+#: values where the config's behaviour and the documented domain disagree, and the config looks wrong: kept in
+#: the edges, left out of the checks until src decides (drop an entry when it is fixed, and the tests check it).
+#: device: the config's pattern takes leading zeros and non-ASCII digits, which torch.device refuses ("Invalid
+#: device string"): on a GPU machine such a run passes preflight and fails at its first .to(), with a traceback.
+DISPUTED: dict[str, tuple] = {"device": ("cuda:00", "cuda:01", "cuda:٣")}
+
+
+def disputed(key: str, value: Any) -> bool:
+    return isinstance(value, str) and value in DISPUTED.get(key, ())
 
 
 def valid(key: str, value: Any) -> bool:
@@ -523,7 +545,9 @@ def check_overrides(pairs: list[tuple[str, Any]], texts: list[str]) -> Config | 
 
 def test_every_key_has_a_domain():
     """A new config key fails here until its domain is written into DOMAIN (and a removed one until dropped)."""
-    assert sorted(DOMAIN) == sorted(KEYS) == sorted(DEFAULTS)
+    assert sorted(KEYS) == sorted(DEFAULTS)
+    assert not set(KEYS) - set(DOMAIN), f"keys with no domain in DOMAIN: {sorted(set(KEYS) - set(DOMAIN))}"
+    assert not set(DOMAIN) - set(KEYS), f"DOMAIN names keys the config no longer has: {sorted(set(DOMAIN) - set(KEYS))}"
     for key, rule in DOMAIN.items():
         classes = {valid(key, v) for v in rule.edges}
         assert classes == {True, False}, f"{key}: the edges must hold values inside and outside its domain"
@@ -533,9 +557,10 @@ def test_every_key_has_a_domain():
 @pytest.mark.parametrize("key", sorted(KEYS))
 def test_each_key_at_its_edges(key):
     """The values either side of each edge of the key's domain, deterministically (the draws below add more)."""
+    assert key in DOMAIN, f"{key} has no domain in DOMAIN"
     for value in DOMAIN[key].edges:
         text = yaml_text(value)
-        if text is not None:
+        if text is not None and not disputed(key, value):
             check_overrides([(key, value)], [f"{key}={text}"])
 
 
@@ -543,9 +568,10 @@ def test_each_key_at_its_edges(key):
 @settings(PROPERTY, max_examples=25 * SCALE)
 @given(data=st.data())
 def test_every_config_key_accepts_exactly_its_domain(key, data):
+    assert key in DOMAIN, f"{key} has no domain in DOMAIN"
     value = data.draw(st.one_of(DOMAIN[key].inside, DOMAIN[key].values, typed(KEYS[key]), JUNK), label="value")
     text = yaml_text(value)
-    assume(text is not None)
+    assume(text is not None and not disputed(key, value))
     event(f"{'in' if valid(key, value) else 'out of'} the domain")
     event(f"a {type(value).__name__}")
     check_overrides([(key, value)], [f"{key}={text}"])
@@ -553,6 +579,7 @@ def test_every_config_key_accepts_exactly_its_domain(key, data):
 
 #: keys whose ranges read other keys, and those keys: drawn together more often than chance would
 CROSS = sorted({k for key, rule in DOMAIN.items() if rule.needs for k in (key, *rule.needs)})
+SPECIFIED = sorted(set(KEYS) & set(DOMAIN))  # (a key with no domain fails test_every_key_has_a_domain)
 
 
 def key_value(keys: list[str]) -> st.SearchStrategy:
@@ -561,10 +588,10 @@ def key_value(keys: list[str]) -> st.SearchStrategy:
 
 
 @settings(PROPERTY, max_examples=80 * SCALE)
-@given(pairs=st.lists(key_value(sorted(KEYS)) | key_value(CROSS), min_size=1, max_size=5))
+@given(pairs=st.lists(key_value(SPECIFIED) | key_value(CROSS), min_size=1, max_size=5))
 def test_overrides_together_accept_exactly_their_domains(pairs):
     texts = [yaml_text(v) for _, v in pairs]
-    assume(None not in texts)
+    assume(None not in texts and not any(disputed(k, v) for k, v in pairs))
     expected, at_fault = verdict(pairs)
     event("accepted" if expected is not None else "refused: cross-key" if len(at_fault) > 1 else "refused")
     check_overrides(pairs, [f"{k}={t}" for (k, _), t in zip(pairs, texts)])
@@ -606,8 +633,17 @@ def not_a_key(text: str) -> tuple[str, str | None]:
     return "section", ".".join(parts)
 
 
+NOT_KEYS = st.one_of(
+    JUNK_OVERRIDES,
+    st.builds(lambda section, value: f"{section}={value}", st.sampled_from(sorted(SECTIONS)),
+              st.one_of(TEXT, st.just("{}"), JUNK.map(lambda v: render(v, "yaml")))),  # a section given a value
+    st.builds(lambda key, parts: f"{key}.{'.'.join(parts)}=1", st.sampled_from(sorted(KEYS)),  # a key given sub-keys
+              st.lists(st.sampled_from(KEY_PARTS) | TEXT, min_size=1, max_size=2)),
+)
+
+
 @settings(PROPERTY, max_examples=60 * SCALE)
-@given(text=JUNK_OVERRIDES)
+@given(text=NOT_KEYS)
 def test_an_override_that_is_not_a_key_is_refused_naming_it(text):
     how, key = not_a_key(text)
     assume(how != "leaf")  # a real key with a drawn value: the tests above
@@ -618,7 +654,7 @@ def test_an_override_that_is_not_a_key_is_refused_naming_it(text):
             event("a section given {}")
             assert same(config_defaults(load_config(None, [text])), DEFAULTS)
             return
-    event(f"refused: {how}")
+    event(f"refused: {'a section given a value' if how == 'section' else 'not a key'}")
     with pytest.raises(ConfigError) as caught:
         load_config(None, [text])
     message = one_line_message(caught.value)
@@ -985,6 +1021,13 @@ FIELDS = field_paths(record())
 MUTATIONS = ["delete", "empty", "huge", "junk", "extra"]
 
 
+def answered(at: int) -> dict:
+    """``record()`` with its answer key on choice ``at`` (0: the choice that ``FIELDS`` mutates)."""
+    rec = record()
+    rec["answerKey"] = rec["question"]["choices"][at]["label"]
+    return rec
+
+
 def mutate(rec: dict, path: tuple, how: str, junk: Any) -> dict:
     rec = json.loads(json.dumps(rec))
     *parents, last = path
@@ -1004,11 +1047,50 @@ def mutate(rec: dict, path: tuple, how: str, junk: Any) -> dict:
     return rec
 
 
-RECORD_LINES = st.one_of(
-    st.tuples(st.sampled_from(FIELDS), st.sampled_from(MUTATIONS), JUNK).map(
-        lambda t: json.dumps(mutate(record(), *t)).encode()),
-    st.builds(lambda t: json.dumps(t).encode(), JUNK),  # a line that is not a record at all
+RECORD_LINES = st.one_of(  # (what was done, the line)
+    st.builds(lambda path, how, junk, at: (f"{'.'.join(map(str, path))} {how}",
+                                           json.dumps(mutate(answered(at), path, how, junk)).encode()),
+              st.sampled_from(FIELDS), st.sampled_from(MUTATIONS), JUNK, st.integers(0, 1)),
+    st.builds(lambda t: ("not a record", json.dumps(t).encode()), JUNK),  # a line that is not a record at all
 )
+
+ACCEPTED, REFUSED = "accepted", "refused"
+IF_ANSWER = "refused where the answer key is on this choice"
+IF_TASKED = "refused where each record names its task (a per-client file)"
+#: each field's mutations, by hand: (delete, empty, huge, null, extra), extra being a field beside it (in the
+#: choices list: one more choice, null). Fields are read as text (``as_text``): null reads as "None" (accepted).
+MUTATION_OUTCOMES = {
+    ("id",): (REFUSED, ACCEPTED, ACCEPTED, ACCEPTED, ACCEPTED),
+    ("question",): (REFUSED, REFUSED, REFUSED, REFUSED, ACCEPTED),
+    ("question", "stem"): (REFUSED, ACCEPTED, ACCEPTED, ACCEPTED, ACCEPTED),
+    ("question", "choices"): (REFUSED, REFUSED, REFUSED, REFUSED, ACCEPTED),
+    ("question", "choices", 0): (IF_ANSWER, REFUSED, REFUSED, REFUSED, REFUSED),
+    ("question", "choices", 0, "label"): (REFUSED, IF_ANSWER, IF_ANSWER, IF_ANSWER, ACCEPTED),
+    ("question", "choices", 0, "text"): (REFUSED, ACCEPTED, ACCEPTED, ACCEPTED, ACCEPTED),
+    ("answerKey",): (REFUSED, REFUSED, REFUSED, REFUSED, ACCEPTED),
+    ("task",): (IF_TASKED, IF_TASKED, IF_TASKED, IF_TASKED, ACCEPTED),
+}
+
+
+@pytest.mark.parametrize("path", FIELDS, ids=lambda p: ".".join(map(str, p)))
+def test_each_field_mutation_has_the_documented_outcome(path, tmp_path):
+    """The table above, through both readers (a task's split, where the task is known; a per-client file, where
+    each record names its own) and against the oracle ``expected_question``."""
+    folder = tmp_path / "arc_easy"
+    folder.mkdir()
+    path_ = folder / "train.jsonl"
+    for how, outcome in zip(["delete", "empty", "huge", "junk", "extra"], MUTATION_OUTCOMES[path], strict=True):
+        for at, task in itertools.product((0, 1), ("arc_easy", None)):
+            rec = mutate(answered(at), path, how, None)
+            refused = {ACCEPTED: False, REFUSED: True, IF_ANSWER: at == 0, IF_TASKED: task is None}[outcome]
+            assert isinstance(expected_question(rec, task), str) == refused, ("oracle", how, at, task)
+            path_.write_text(json.dumps(rec) + "\n")
+            try:
+                (load_split("arc_easy", "train", tmp_path) if task else read_jsonl(path_, None))
+            except DataError as exc:
+                assert refused and str(exc).startswith(f"{path_}:1: "), (how, at, task, str(exc))
+            else:
+                assert not refused, (how, at, task, "accepted")
 
 
 def spoil(line: bytes, how: str, at: float) -> bytes:
@@ -1081,6 +1163,7 @@ def expected_line(line: bytes, how: str, at: float, task: str | None) -> Questio
                                                "bom", "nul"]),
        at=st.floats(0, 1), where=st.integers(0, 4))
 def test_a_malformed_data_line_is_accepted_or_named_by_file_and_line(line, how, at, where, tmp_path):
+    done, line = line
     lines = [json.dumps(record(i)).encode() for i in range(4)]
     lines.insert(where, spoil(line, how, at))
     folder = tmp_path / "data" / "arc_easy"
@@ -1092,6 +1175,9 @@ def test_a_malformed_data_line_is_accepted_or_named_by_file_and_line(line, how, 
                        (None, lambda: read_jsonl(path, None))):
         expected = expected_line(line, how, at, task)
         event(f"{how}: {expected if isinstance(expected, str) else 'accepted'}")
+        if how == "as is":
+            event(f"{done} ({'per-client file' if task is None else 'a split'}): "
+                  f"{expected if isinstance(expected, str) else 'accepted'}")
         try:
             result = load()
         except DataError as exc:

@@ -138,7 +138,7 @@ def train_settings(cfg: Config, section: ModelSection, seed: int, epochs: int, m
     return TrainSettings(lr=lr or section.lr, batch_size=batch_size or section.batch_size, epochs=epochs,
                          max_steps=max_steps,
                          max_length=cfg.max_length, grad_clip=cfg.grad_clip, autocast_dtype=autocast_dtype(cfg),
-                         seed=seed, progress=progress, packed=cfg.packing)
+                         seed=seed, progress=progress, packed=cfg.packing, objective=cfg.train.objective)
 
 
 def kd_batch_size(cfg: Config) -> int:
@@ -209,8 +209,8 @@ def transfer_spec(cfg: Config) -> Transfer:
     """Step 4's losses from the config's ``kd`` section."""
     llm_weight, slm_weight = cfg.kd.weights()
     return Transfer(llm_weight=llm_weight, slm_weight=slm_weight, mix=cfg.kd.mix, select=cfg.kd.select,
-                    temperature=cfg.kd.temperature, top_k=cfg.kd.top_k,
-                    confidence=cfg.kd.confidence)
+                    temperature=cfg.kd.temperature, top_k=cfg.kd.top_k, confidence=cfg.kd.confidence,
+                    target=cfg.kd.target, token_ce=cfg.kd.token_ce)
 
 
 def peak_rss_mb() -> float:

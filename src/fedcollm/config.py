@@ -56,6 +56,8 @@ TransferDtype = Literal["float32", "bfloat16"]
 KDMix = Literal["add", "convex"]
 EvalSplit = Literal["dev", "test"]
 KDSelect = Literal["none", "greater", "gated"]
+KDTarget = Literal["tokens", "choices"]
+Objective = Literal["tokens", "choices"]
 Tracker = Literal["tensorboard", "mlflow"]
 Strategy = Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -208,6 +210,11 @@ class KDSection:
     mix: KDMix = "add"  # add: CE + w·KL (the paper); convex: (1 − w)·CE + w·KL (FedMKT, w = 0.1)
     select: KDSelect = "none"  # none: distil every sequence (the paper); greater: FedMKT's selective KD;
     # gated: the LLM distils toward the SLM only where the SLM is closer to the gold answer and the LLM is unsure
+    # tokens: each model's KL toward the other's next-token distribution on the gold answer's tokens (the paper);
+    # choices: toward the other's distribution over the question's answer choices, scored as the evaluator
+    # scores them, with CE on the gold choice (rank classification); README, "KD losses"
+    target: KDTarget = "tokens"
+    token_ce: bool = False  # choices: also each model's CE on the gold choice's tokens (the tokens target's CE)
     confidence: float = 0.5  # gated: the LLM's gold-answer probability (per token) at which it counts as sure
     temperature: float = 1.0  # τ
     top_k: int | None = 128  # teacher logits kept for the KL (None = full vocabulary)
@@ -241,6 +248,20 @@ class KDSection:
         require(self.top_k is None or self.top_k >= 1, f"{prefix}top_k must be >= 1 or null")
         require(self.epochs >= 1, f"{prefix}epochs must be >= 1")
         require(self.max_steps is None or self.max_steps >= 1, f"{prefix}max_steps must be >= 1 or null")
+        require(self.target == "choices" or not self.token_ce,
+                f"{prefix}token_ce needs {prefix}target=choices (the tokens target's CE is that CE already)")
+
+
+@dataclass
+class TrainSection:
+    """What a model trains on in a local step (clients, Standalone, Centralized): every method gets the same."""
+
+    # tokens: CE on the gold answer's tokens (the paper's ℓ_TA); choices: CE over the question's answer choices,
+    # each scored as the evaluator scores it (rank classification, T-Few's Liu et al. 2022)
+    objective: Objective = "tokens"
+
+    def check(self, prefix: str = "train.") -> None:
+        """Only the Literal's values; nothing else to check."""
 
 
 @dataclass
@@ -343,6 +364,7 @@ class Config:
     llm: ModelSection = field(default_factory=lambda: ModelSection("qwen2.5-coder-1.5b-instruct"))
     slm: ModelSection = field(default_factory=lambda: ModelSection("qwen2.5-coder-0.5b-instruct"))
     federation: FederationSection = field(default_factory=FederationSection)
+    train: TrainSection = field(default_factory=TrainSection)
     secagg: SecAggSection = field(default_factory=SecAggSection)
     dp: DPSection = field(default_factory=DPSection)
     kd: KDSection = field(default_factory=KDSection)
@@ -557,6 +579,7 @@ def validate(cfg: Config) -> None:
     for name, section in (("llm", cfg.llm), ("slm", cfg.slm)):
         section.check(f"{name}.")
     cfg.federation.check()
+    cfg.train.check()
     cfg.secagg.check()
     cfg.dp.check()
     cfg.kd.check()

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import MCRequest, Question, load_eval, mc_request
-from .data.prompts import TARGET_DELIMITER
+from .data import DataError, MCRequest, Question, load_eval, mc_request
+from .data.prompts import TARGET_DELIMITER, reported_metric
 from .memory import release
 from .models.anatomy import backbone_and_head, pad_id
 from .precision import autocast
@@ -66,14 +66,46 @@ def encode_request(tokenizer, req: MCRequest, max_length: int) -> Encoded:
     return Encoded(ctx, conts, req.choices, req.gold)
 
 
-def _pack(batch: Sequence[Encoded], pad_id: int, dtype: torch.dtype):
-    """Input ids, position ids, additive tree mask and the (row, position, token, choice) gather plan."""
+@dataclass
+class ChoiceBatch:
+    """Questions packed for scoring (see the module docstring): one row per question, a tree mask, and for each
+    choice token the row, the position that predicts it, its id and its (question, choice)."""
+
+    input_ids: torch.Tensor  # [questions, width]
+    position_ids: torch.Tensor  # [questions, width]
+    mask: torch.Tensor  # [questions, 1, width, width], additive: 0 where a token may attend, the dtype's min elsewhere
+    rows: torch.Tensor  # [choice tokens]
+    positions: torch.Tensor  # [choice tokens]
+    targets: torch.Tensor  # [choice tokens]
+    owner: torch.Tensor  # [choice tokens]: question * n_slots + choice (a flat index into ``[questions, n_slots]``)
+    n_choices: list[int]  # per question
+    gold: torch.Tensor  # [questions]
+    lengths: list[int]  # real (unpadded) tokens per row
+    divisors: torch.Tensor | None = None  # [questions, n_slots]: what a choice's sum is divided by (acc_norm's chars)
+
+    @property
+    def n_slots(self) -> int:
+        return max(self.n_choices)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(self.lengths)
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """``[questions, n_slots]``: which (question, choice) slots hold a choice."""
+        return torch.arange(self.n_slots)[None, :] < torch.tensor(self.n_choices)[:, None]
+
+
+def pack_choices(batch: Sequence[Encoded], pad_id: int, dtype: torch.dtype) -> ChoiceBatch:
+    """Input ids, position ids, additive tree mask and the gather plan of ``batch``'s questions."""
     lengths = [len(e.context) + sum(len(c) - 1 for c in e.choices) for e in batch]
     width = max(lengths)
+    slots = max(len(e.choices) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(batch), width), dtype=torch.long)
     allowed = torch.zeros((len(batch), width, width), dtype=torch.bool)
-    rows, src, tgt, owner = [], [], [], []  # owner indexes (question-in-batch, choice)
+    rows, src, tgt, owner = [], [], [], []
     for b, e in enumerate(batch):
         n_ctx = len(e.context)
         ids[b, :n_ctx] = torch.tensor(e.context)
@@ -93,12 +125,73 @@ def _pack(batch: Sequence[Encoded], pad_id: int, dtype: torch.dtype):
             rows += [b] * len(cont)
             src += preds
             tgt += cont
-            owner += [(b, j)] * len(cont)
+            owner += [b * slots + j] * len(cont)
             start = end
         for p in range(start, width):  # padding attends to itself only (keeps softmax finite)
             allowed[b, p, p] = True
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    return ids, pos, mask[:, None], (torch.tensor(rows), torch.tensor(src), torch.tensor(tgt)), owner
+    return ChoiceBatch(ids, pos, mask[:, None], torch.tensor(rows), torch.tensor(src), torch.tensor(tgt),
+                       torch.tensor(owner), [len(e.choices) for e in batch], torch.tensor([e.gold for e in batch]),
+                       lengths)
+
+
+def choice_token_logprobs(model, cb: ChoiceBatch) -> torch.Tensor:
+    """log p of every choice token given its context and earlier tokens, ``[choice tokens]`` (float32), with
+    autograd when the caller allows it: the scorer and choice-level KD read the same numbers."""
+    backbone, head = backbone_and_head(model)
+    device = head.weight.device  # batches are built on the CPU; the model may be on a GPU
+    hidden = backbone(input_ids=cb.input_ids.to(device), position_ids=cb.position_ids.to(device),
+                      attention_mask=cb.mask.to(device), use_cache=False).last_hidden_state
+    logits = head(hidden[cb.rows.to(device), cb.positions.to(device)])
+    return torch.log_softmax(logits.float(), dim=-1).gather(1, cb.targets.to(device)[:, None])[:, 0]
+
+
+def make_choice_batches(tokenizer, questions: Sequence[Question], batch_size: int, max_length: int, seed: int,
+                        epoch: int = 0, mask_dtype: torch.dtype = torch.float32) -> list[ChoiceBatch]:
+    """One epoch of questions packed for choice-level training, in ``train.make_batches``' seeded order (the same
+    questions in the same batches as the tokens objective's). Each choice is scored as the evaluator scores it:
+    lm-eval's context and continuation, the sum of its tokens' log-probs, divided by its length in characters
+    for a task reported by acc_norm (``prompts.reported_metric``). A question with fewer than two choices, or a
+    choice longer than ``max_length`` tokens, has no choice distribution to learn: a DataError names it."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(questions))
+    encoded, norms = [], []
+    for i in order:
+        q = questions[i]
+        if len(q.choices) < 2:
+            raise DataError(f"{q.task} question {q.id!r}: {len(q.choices)} choice(s); choice-level training needs >= 2")
+        e = encode_request(tokenizer, mc_request(q), max_length)
+        longest = max(len(c) for c in e.choices)
+        if longest > max_length:
+            raise DataError(f"{q.task} question {q.id!r}: a choice of {longest} tokens is longer than max_length "
+                            f"{max_length}; raise max_length or drop the question")
+        encoded.append(e)
+        norms.append(reported_metric(q.task) == "acc_norm")
+    batches = []
+    for start in range(0, len(encoded), batch_size):
+        part = encoded[start : start + batch_size]
+        cb = pack_choices(part, pad_id(tokenizer), mask_dtype)
+        div = torch.ones((len(part), cb.n_slots))
+        for b, (e, norm) in enumerate(zip(part, norms[start : start + batch_size])):
+            if norm:
+                div[b, : len(e.choice_texts)] = torch.tensor([float(len(c)) for c in e.choice_texts])
+        cb.divisors = div
+        batches.append(cb)
+    return batches
+
+
+def choice_scores(model, cb: ChoiceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each choice's score ``[questions, n_slots]``, each choice token's log-prob): the evaluator's numbers,
+    with autograd (``choice_token_logprobs``), for choice-level training."""
+    token_logp = choice_token_logprobs(model, cb)
+    sums = choice_sums(token_logp, cb)
+    return (sums if cb.divisors is None else sums / cb.divisors.to(sums.device)), token_logp
+
+
+def choice_sums(token_logp: torch.Tensor, cb: ChoiceBatch) -> torch.Tensor:
+    """Each choice's log-likelihood (the sum over its tokens), ``[questions, n_slots]``, in the dtype of
+    ``token_logp``; slots without a choice hold 0 (``cb.valid`` says which)."""
+    flat = torch.zeros(len(cb.n_choices) * cb.n_slots, dtype=token_logp.dtype, device=token_logp.device)
+    return flat.index_add(0, cb.owner.to(token_logp.device), token_logp).view(len(cb.n_choices), cb.n_slots)
 
 
 @torch.inference_mode()
@@ -107,7 +200,6 @@ def loglikelihoods(
     progress: bool = False, desc: str = "scoring",
 ) -> list[list[float]]:
     """Sum of log-probabilities of each choice's tokens given the context, per question."""
-    backbone, head = backbone_and_head(model)
     device = next(model.parameters()).device
     mask_dtype = autocast_dtype or next(model.parameters()).dtype
     order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i].context) + sum(map(len, encoded[i].choices))))
@@ -115,18 +207,12 @@ def loglikelihoods(
     bar = tqdm(total=len(encoded), desc=desc, disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = [encoded[i] for i in idx]
-        ids, pos, mask, (rows, src, tgt), owner = _pack(batch, pad_id, mask_dtype)
+        cb = pack_choices([encoded[i] for i in idx], pad_id, mask_dtype)
         with autocast(device.type, autocast_dtype):
-            hidden = backbone(input_ids=ids.to(device), position_ids=pos.to(device),
-                              attention_mask=mask.to(device), use_cache=False).last_hidden_state
-            logits = head(hidden[rows.to(device), src.to(device)])
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(1, tgt.to(device)[:, None])[:, 0].cpu().numpy()
-        sums: dict[tuple[int, int], float] = {}
-        for (b, j), lp in zip(owner, logp):
-            sums[(b, j)] = sums.get((b, j), 0.0) + float(lp)
+            token_logp = choice_token_logprobs(model, cb)
+        sums = choice_sums(token_logp.double(), cb).cpu().numpy()  # summed in float64, as lm-eval's Python floats
         for b, i in enumerate(idx):
-            out[i] = [sums[(b, j)] for j in range(len(encoded[i].choices))]
+            out[i] = [float(x) for x in sums[b, : cb.n_choices[b]]]
         bar.update(len(idx))
     bar.close()
     return out

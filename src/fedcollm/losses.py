@@ -58,3 +58,24 @@ def kd_kl(
     logits to cut the cost of a 150k vocabulary: a true KL on that support, >= 0 and 0 iff they agree.
     """
     return kd_kl_tokens(student, teacher, temperature, top_k).mean()
+
+
+def choice_log_probs(scores: torch.Tensor, valid: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log q, q = softmax(s / τ) over each question's own choices, ``[questions, slots]``; 0 in empty slots."""
+    s = (scores.float() / temperature).masked_fill(~valid, float("-inf"))
+    return torch.log_softmax(s, dim=-1).masked_fill(~valid, 0.0)
+
+
+def choice_ce(scores: torch.Tensor, gold: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """−log q(gold) per question, q = softmax(s) over its choices: rank classification (T-Few, Liu et al. 2022,
+    arXiv 2205.05638), the loss whose minimum is the evaluator's argmax on the gold choice. ``[questions]``."""
+    return -choice_log_probs(scores, valid).gather(1, gold.to(scores.device)[:, None])[:, 0]
+
+
+def choice_kl(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor,
+              temperature: float = 1.0) -> torch.Tensor:
+    """KL(q_teacher ‖ q_student) per question over its choices at temperature τ, times τ² (Hinton et al. 2015:
+    the gradients keep their scale as τ changes); the teacher is detached. ``[questions]``, 0 iff they agree."""
+    t = choice_log_probs(teacher.detach(), valid, temperature)
+    s = choice_log_probs(student, valid, temperature)
+    return (t.exp() * (t - s)).sum(-1) * temperature**2

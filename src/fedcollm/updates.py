@@ -14,7 +14,7 @@ Standalone, FedAvg and Centralized reuse these with the same loop (``train.run_l
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from .data import Question
-from .losses import answer_ce, kd_kl_tokens, proximal_term, sequence_ce
+from .evaluate import ChoiceBatch, choice_scores, make_choice_batches
+from .losses import answer_ce, choice_ce, choice_kl, kd_kl_tokens, proximal_term, sequence_ce
 from .models.lora import NamedArrays, get_adapter_arrays, load_adapter, save_adapter, set_adapter_arrays
 from .train import Batch, LoopState, answer_logits, make_batches, run_loop, sft_step, trainable
 
@@ -41,6 +42,7 @@ class TrainSettings:
     seed: int = 0
     progress: bool = True
     packed: bool = False  # each batch's sequences in one row instead of padded rows (``train`` says why)
+    objective: str = "tokens"  # tokens: CE on the gold answer's tokens; choices: CE over the answer choices
 
 
 class DivergedError(RuntimeError):
@@ -114,7 +116,7 @@ def local_update(model, tokenizer, theta: NamedArrays | None, data: Sequence[Que
     params = trainable(model)
     opt = torch.optim.AdamW(params, lr=settings.lr)
     start = checkpoint.resume(model, opt) if checkpoint is not None else None
-    step = sft_step(model)
+    step = sft_step(model) if settings.objective == "tokens" else choice_sft_step(model)
     if proximal_mu > 0:
         anchor = [p.detach().float().clone() for p in params]  # θ^t (or the resumed loop's adapter)
         sft = step
@@ -125,8 +127,7 @@ def local_update(model, tokenizer, theta: NamedArrays | None, data: Sequence[Que
             return {"loss": out["loss"] + prox, "task_loss": out["loss"], "proximal": prox}
 
     metrics = run_loop(
-        lambda e: make_batches(tokenizer, data, settings.batch_size, settings.max_length, settings.seed, e,
-                               settings.packed),
+        batches(tokenizer, data, settings, settings.objective, _mask_dtype(model, settings)),
         step,
         [opt], epochs=settings.epochs, max_steps=settings.max_steps, grad_clip=settings.grad_clip,
         autocast_dtype=settings.autocast_dtype, desc=desc, progress=settings.progress, start=start,
@@ -134,6 +135,33 @@ def local_update(model, tokenizer, theta: NamedArrays | None, data: Sequence[Que
     )
     model.eval()
     return finite_or_raise(get_adapter_arrays(model), desc, settings.lr, metrics["steps"]), metrics
+
+
+def batches(tokenizer, data: Sequence[Question], settings: TrainSettings, kind: str, mask_dtype: torch.dtype):
+    """The loop's batches for one epoch: the gold answer's tokens (``tokens``) or each question's choices packed
+    as the scorer packs them (``choices``); the same questions in the same seeded order either way."""
+    if kind == "tokens":
+        return lambda e: make_batches(tokenizer, data, settings.batch_size, settings.max_length, settings.seed, e,
+                                      settings.packed)
+    if kind == "choices":
+        return lambda e: make_choice_batches(tokenizer, data, settings.batch_size, settings.max_length,
+                                             settings.seed, e, mask_dtype)
+    raise ValueError(f"unknown training target {kind!r} (tokens or choices)")
+
+
+def _mask_dtype(model, settings: TrainSettings) -> torch.dtype:
+    """The additive attention mask's dtype for choice batches: what the model computes in."""
+    return settings.autocast_dtype or next(model.parameters()).dtype
+
+
+def choice_sft_step(model) -> Callable[[ChoiceBatch], dict[str, torch.Tensor]]:
+    """Supervised tuning on the choice distribution: CE on the gold choice (``losses.choice_ce``)."""
+
+    def step(cb: ChoiceBatch) -> dict[str, torch.Tensor]:
+        scores, _ = choice_scores(model, cb)
+        return {"loss": choice_ce(scores, cb.gold, cb.valid.to(scores.device)).mean()}
+
+    return step
 
 
 @dataclass(frozen=True)
@@ -155,6 +183,11 @@ class Transfer:
       generalization, Burns et al. 2023, and selective weak-to-strong's "only where the strong model
       cannot answer"); the SLM ← LLM direction distils every sequence, as in the paper.
     - ``temperature`` τ and ``top_k``: as in ``losses.kd_kl``.
+    - ``target``: ``tokens`` (the above: KL of next-token distributions on the gold answer's tokens) or
+      ``choices``: each model scores every choice of a D^a question as the evaluator does, q = softmax(s / τ);
+      its loss is CE(q, gold) + w·τ²·KL(q_other ‖ q) (``choice_kd_losses``), the KL carrying what the other
+      model thinks of every distractor, which the benchmark's ranking of the choices reads; ``token_ce`` adds
+      the gold choice's token CE. ``select`` and the weights act per question there.
     """
 
     llm_weight: float = 1.0
@@ -164,6 +197,8 @@ class Transfer:
     temperature: float = 1.0
     top_k: int | None = 128
     confidence: float = 0.5
+    target: str = "tokens"
+    token_ce: bool = False
 
 
 def _mixed(ce: torch.Tensor, kl: torch.Tensor, weight: float, mix: str) -> torch.Tensor:
@@ -199,24 +234,82 @@ def _distilled(student: torch.Tensor, teacher: torch.Tensor, batch: Batch, spec:
 def kd_losses(f: torch.Tensor, g: torch.Tensor, batch: Batch, spec: Transfer) -> dict[str, torch.Tensor]:
     """Both models' losses from their answer logits (f: the LLM's, g: the SLM's), each target detached."""
     ce_f, ce_g = answer_ce(f, batch.targets), answer_ce(g, batch.targets)
-    f_wins = g_wins = None
-    if spec.select in ("greater", "gated"):  # per sequence: which model is closer to the gold answer?
+    seq_f = seq_g = None
+    if spec.select != "none":  # per sequence: which model is closer to the gold answer?
         n = batch.n_sequences
         with torch.no_grad():
             seq_f = sequence_ce(f, batch.targets, batch.rows, n)
             seq_g = sequence_ce(g, batch.targets, batch.rows, n)
-        if spec.select == "greater":
-            g_wins, f_wins = seq_g < seq_f, seq_f < seq_g
-        else:
-            g_wins = gate(seq_f, seq_g, spec.confidence)
-    elif spec.select != "none":
-        raise ValueError(f"unknown KD selection {spec.select!r} (none, greater or gated)")
-    kl_f, frac_f = _distilled(f, g, batch, spec, g_wins, spec.llm_weight)  # LLM learns from the SLM (g detached)
-    kl_g, frac_g = _distilled(g, f, batch, spec, f_wins, spec.slm_weight)  # SLM learns from the LLM (f detached)
+    llm_distils, slm_distils = _selected(seq_f, seq_g, spec)
+    kl_f, frac_f = _distilled(f, g, batch, spec, llm_distils, spec.llm_weight)  # LLM learns from the SLM (g detached)
+    kl_g, frac_g = _distilled(g, f, batch, spec, slm_distils, spec.slm_weight)  # SLM learns from the LLM (f detached)
     loss_f = _mixed(ce_f, kl_f, spec.llm_weight, spec.mix)
     loss_g = _mixed(ce_g, kl_g, spec.slm_weight, spec.mix)
     return {"loss": loss_f + loss_g, "llm_loss": loss_f, "llm_ce": ce_f, "llm_kl": kl_f, "llm_kd_frac": frac_f,
             "slm_loss": loss_g, "slm_ce": ce_g, "slm_kl": kl_g, "slm_kd_frac": frac_g}
+
+
+Selection = torch.Tensor | None  # one bool per sequence or question: where a model distils; None: everywhere
+
+
+def _selected(ce_f: torch.Tensor | None, ce_g: torch.Tensor | None, spec: Transfer) -> tuple[Selection, Selection]:
+    """(where the LLM distils toward the SLM, where the SLM distils toward the LLM), from each model's CE on the
+    gold answer per sequence or question (``select``: none, greater or gated)."""
+    if spec.select == "none":
+        return None, None
+    ce_f, ce_g = ce_f.detach(), ce_g.detach()
+    if spec.select == "greater":
+        return ce_g < ce_f, ce_f < ce_g
+    if spec.select == "gated":
+        return gate(ce_f, ce_g, spec.confidence), None
+    raise ValueError(f"unknown KD selection {spec.select!r} (none, greater or gated)")
+
+
+def _choice_kl(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor, spec: Transfer,
+               select: torch.Tensor | None, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per batch, the mean over questions of the student's choice KL toward the detached teacher (the selected
+    questions' only, the others add 0) and the fraction selected; weight 0: not computed."""
+    if weight == 0:
+        zero = torch.zeros((), device=student.device)
+        return zero, zero
+    kl = choice_kl(student, teacher, valid, spec.temperature)
+    if select is None:
+        return kl.mean(), torch.ones((), device=kl.device)
+    return (kl * select.float()).mean(), select.float().mean()
+
+
+def _gold_token_ce(token_logp: torch.Tensor, cb: ChoiceBatch) -> torch.Tensor:
+    """Mean −log p over the gold choices' tokens: the tokens target's CE, read off the choice batch."""
+    gold_slot = torch.arange(len(cb.n_choices)) * cb.n_slots + cb.gold
+    on_gold = (cb.owner[:, None] == gold_slot[None, :]).any(1).to(token_logp.device)
+    return -token_logp[on_gold].mean()
+
+
+def choice_kd_losses(f: tuple[torch.Tensor, torch.Tensor], g: tuple[torch.Tensor, torch.Tensor], cb: ChoiceBatch,
+                     spec: Transfer) -> dict[str, torch.Tensor]:
+    """Both models' choice-level losses from their (scores, token log-probs): f the LLM's, g the SLM's."""
+    (s_f, tok_f), (s_g, tok_g) = f, g
+    valid, gold = cb.valid.to(s_f.device), cb.gold
+    q_ce_f, q_ce_g = choice_ce(s_f, gold, valid), choice_ce(s_g, gold, valid)  # per question
+    llm_distils, slm_distils = _selected(q_ce_f, q_ce_g, spec)
+    kl_f, frac_f = _choice_kl(s_f, s_g, valid, spec, llm_distils, spec.llm_weight)  # LLM toward the SLM
+    kl_g, frac_g = _choice_kl(s_g, s_f, valid, spec, slm_distils, spec.slm_weight)  # SLM toward the LLM
+    ce_f, ce_g = q_ce_f.mean(), q_ce_g.mean()
+    if spec.token_ce:
+        ce_f, ce_g = ce_f + _gold_token_ce(tok_f, cb), ce_g + _gold_token_ce(tok_g, cb)
+    loss_f = _mixed(ce_f, kl_f, spec.llm_weight, spec.mix)
+    loss_g = _mixed(ce_g, kl_g, spec.slm_weight, spec.mix)
+    return {"loss": loss_f + loss_g, "llm_loss": loss_f, "llm_ce": ce_f, "llm_kl": kl_f, "llm_kd_frac": frac_f,
+            "slm_loss": loss_g, "slm_ce": ce_g, "slm_kl": kl_g, "slm_kd_frac": frac_g}
+
+
+def mutual_choice_step(llm, slm, spec: Transfer):
+    """The joint step of ``mutual_kd_step`` on choice batches (``Transfer.target == "choices"``)."""
+
+    def step(cb: ChoiceBatch) -> dict[str, torch.Tensor]:
+        return choice_kd_losses(choice_scores(llm, cb), choice_scores(slm, cb), cb, spec)
+
+    return step
 
 
 def mutual_kd_step(llm, slm, spec: Transfer):
@@ -237,9 +330,8 @@ def mutual_transfer(llm, slm, tokenizer, theta: NamedArrays, aux: Sequence[Quest
     slm.train()
     opts = [torch.optim.AdamW(trainable(llm), lr=llm_lr), torch.optim.AdamW(trainable(slm), lr=settings.lr)]
     metrics = run_loop(
-        lambda e: make_batches(tokenizer, aux, settings.batch_size, settings.max_length, settings.seed, e,
-                               settings.packed),
-        mutual_kd_step(llm, slm, spec),
+        batches(tokenizer, aux, settings, spec.target, _mask_dtype(slm, settings)),
+        mutual_kd_step(llm, slm, spec) if spec.target == "tokens" else mutual_choice_step(llm, slm, spec),
         opts, epochs=settings.epochs, max_steps=settings.max_steps, grad_clip=settings.grad_clip,
         autocast_dtype=settings.autocast_dtype, desc="server KD", progress=settings.progress,
     )

@@ -49,6 +49,16 @@ def mc_request(q: Question) -> MCRequest:
     return MCRequest(context_of(q), choices_of(q), q.answer)
 
 
+#: the metric each task is reported by (the paper reports accuracy, lm-eval's ``acc``, on all four); a task
+#: reported by ``acc_norm`` has its choices compared length-normalised, in training as in scoring
+REPORTED_METRIC: dict[str, str] = {}
+
+
+def reported_metric(task: str) -> str:
+    """``acc`` or ``acc_norm``: which of the evaluator's two accuracies a task's results are reported by."""
+    return REPORTED_METRIC.get(task, "acc")
+
+
 def training_pair(q: Question) -> tuple[str, str]:
     """(prompt, answer) for supervised tuning: the evaluation context and the delimited gold choice."""
     return context_of(q), TARGET_DELIMITER + choices_of(q)[q.answer]

@@ -37,7 +37,7 @@ from ..precision import resolve_precision
 
 #: the modules whose code decides a local update's result: a change to any of them is a new key
 UPDATE_CODE = ("fedcollm.data.prompts", "fedcollm.train", "fedcollm.losses", "fedcollm.updates",
-               "fedcollm.models.lora")
+               "fedcollm.evaluate", "fedcollm.models.lora")
 
 
 @functools.cache
@@ -60,7 +60,7 @@ def update_key(cfg: Config, theta: NamedArrays, data: list[Question], seed: int)
         "lora": repr(s.lora), "lr": s.lr, "batch": s.batch_size, "epochs": f.local_epochs,
         "max_steps": f.local_max_steps, "max_length": cfg.max_length, "grad_clip": cfg.grad_clip,
         "precision": resolve_precision(cfg.precision), "device": str(device(cfg)), "proximal_mu": f.proximal_mu,
-        "seed": seed, "packing": cfg.packing,
+        "seed": seed, "packing": cfg.packing, "objective": cfg.train.objective,
     }, sort_keys=True).encode())
     for q in data:  # the questions as the model is trained on them: a prompt change is a new key
         h.update(repr((q.id, q.task, training_pair(q), q.choices, q.answer)).encode())

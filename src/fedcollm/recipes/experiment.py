@@ -38,7 +38,7 @@ METHODS = ("zero_shot", "standalone", "fedavg", "centralized", "no_kd", "fedcoll
 # Asked for by name (--methods): FedCoLLM with the paper's transfer (paper-faithful's kd) beside the config's
 # own, on the same splits and budget, so that one report states the claims for both.
 VARIANTS = ("fedcollm_paper",)
-PAPER_KD = ("weight", "llm_weight", "slm_weight", "mix", "select", "temperature", "top_k")
+PAPER_KD = ("weight", "llm_weight", "slm_weight", "mix", "select", "temperature", "top_k", "target", "token_ce")
 # The paper's numbers (accuracy %, its Tables 1 and 2), settings S1 GPT-2, S2 OPT, S3 LLaMA-2.
 PAPER_LLM = {  # Zero-Shot / Centralized / FedCoLLM
     "commonsense_qa": ((36.3, 54.7, 53.5), (48.7, 68.6, 68.1), (39.5, 69.0, 67.1)),

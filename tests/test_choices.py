@@ -1,0 +1,200 @@
+"""Choice-level training and distillation (``kd.target=choices``, ``train.objective=choices``) on tiny models:
+the choice scores are the evaluator's, the KL moves the student toward the teacher over the choices, and a
+question that has no choice distribution is named, never a NaN."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from test_updates import _peft  # a tiny model with a fresh LoRA adapter (no dropout)
+from transformers import AutoTokenizer
+
+from fedcollm.config import load_config
+from fedcollm.data import DataError, Question, load_split, mc_request
+from fedcollm.evaluate import (
+    choice_scores,
+    encode_request,
+    loglikelihoods,
+    make_choice_batches,
+    pack_choices,
+    score_questions,
+)
+from fedcollm.losses import choice_ce, choice_kl
+from fedcollm.models.anatomy import pad_id
+from fedcollm.updates import Transfer, choice_kd_losses, mutual_transfer
+
+
+def _models(tiny_models):
+    tok = AutoTokenizer.from_pretrained(tiny_models["slm"])
+    return {"llm": (_peft(tiny_models["llm"], seed=1), tok), "slm": (_peft(tiny_models["slm"]), tok)}
+
+
+def _questions(data_dir, n=6, task="arc_easy"):
+    return load_split(task, "train", data_dir)[:n]
+
+
+def _naive(model, tok, q: Question) -> list[float]:
+    """One sequence per choice, the whole LM head, as lm-eval computes a log-likelihood."""
+    e = encode_request(tok, mc_request(q), 2048)
+    out = []
+    for cont in e.choices:
+        ids = torch.tensor([e.context + cont])
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        out.append(float(sum(logp[len(e.context) - 1 + k, t] for k, t in enumerate(cont))))
+    return out
+
+
+def test_choice_scores_with_gradients_are_the_evaluators_and_a_naive_computation(tiny_models, data_dir):
+    model, tok = _models(tiny_models)["slm"]
+    model.eval()  # no dropout: the three computations must see one model
+    qs = _questions(data_dir, 6) + _questions(data_dir, 3, "commonsense_qa")  # 4 and 5 choices in one batch
+    (cb,) = make_choice_batches(tok, qs, batch_size=len(qs), max_length=256, seed=0)
+    scores, _ = choice_scores(model, cb)
+    assert scores.requires_grad
+    by_id = {}
+    order = np.random.default_rng([0, 0]).permutation(len(qs))  # the batch's order (make_batches' shuffle)
+    for b, i in enumerate(order):
+        by_id[qs[i].id] = scores[b, : len(qs[i].choices)].detach().numpy()
+    evaluator = {q.id: r.lls for q, r in zip(qs, score_questions(model, tok, qs, batch_size=4, max_length=256))}
+    with torch.no_grad():
+        naive = {q.id: _naive(model, tok, q) for q in qs}
+    for q in qs:
+        np.testing.assert_allclose(by_id[q.id], evaluator[q.id], atol=1e-5, err_msg=q.id)
+        np.testing.assert_allclose(by_id[q.id], naive[q.id], atol=1e-4, err_msg=q.id)
+    assert cb.valid.sum().item() == sum(len(q.choices) for q in qs)  # CSQA's fifth slot is empty for ARC
+
+
+def test_the_choice_kl_is_zero_for_equal_distributions_and_positive_otherwise():
+    valid = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    s = torch.tensor([[1.0, 2.0, 0.5, 0.0], [0.1, 0.2, 0.3, 0.4]])
+    for tau in (1.0, 2.0):
+        assert torch.allclose(choice_kl(s, s.clone(), valid, tau), torch.zeros(2), atol=1e-7)
+        other = s + torch.tensor([[0.0, -1.0, 1.0, 99.0], [1.0, 0.0, 0.0, 0.0]])  # the empty slot's value is ignored
+        kl = choice_kl(s, other, valid, tau)
+        assert (kl > 0).all() and torch.isfinite(kl).all()
+    shifted = s + 5.0  # a constant added to every choice's score is no change of distribution
+    assert torch.allclose(choice_kl(s, shifted, valid), torch.zeros(2), atol=1e-6)
+    ce = choice_ce(s, torch.tensor([1, 3]), valid)
+    want0 = -torch.log_softmax(torch.tensor([1.0, 2.0, 0.5]), 0)[1]
+    assert torch.isclose(ce[0], want0) and torch.isfinite(ce).all()
+
+
+def test_one_kd_step_moves_the_students_choice_distribution_toward_the_teachers(tiny_models, data_dir):
+    models = _models(tiny_models)
+    (llm, tok), (slm, _) = models["llm"], models["slm"]
+    for m in (llm, slm):
+        m.eval()
+    qs = _questions(data_dir, 4)
+    (cb,) = make_choice_batches(tok, qs, batch_size=4, max_length=256, seed=0)
+    spec = Transfer(llm_weight=0.0, slm_weight=1.0, target="choices", temperature=2.0)
+
+    def kl_now():
+        with torch.no_grad():
+            s_f, s_g = choice_scores(llm, cb)[0], choice_scores(slm, cb)[0]
+            return float(choice_kl(s_g, s_f, cb.valid, 2.0).mean())
+
+    before = kl_now()
+    opt = torch.optim.SGD([p for p in slm.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(3):  # a pure KL step (no CE): only the distance to the teacher moves it
+        opt.zero_grad()
+        out = choice_kd_losses(choice_scores(llm, cb), choice_scores(slm, cb), cb, spec)
+        out["slm_kl"].backward()
+        opt.step()
+    assert kl_now() < 0.9 * before, (kl_now(), before)
+
+
+def test_a_direction_of_weight_zero_computes_no_kl(tiny_models, data_dir, monkeypatch):
+    import fedcollm.updates as updates
+
+    models = _models(tiny_models)
+    (llm, tok), (slm, _) = models["llm"], models["slm"]
+    (cb,) = make_choice_batches(tok, _questions(data_dir, 4), batch_size=4, max_length=256, seed=0)
+    calls = []
+    real = updates.choice_kl
+    monkeypatch.setattr(updates, "choice_kl", lambda s, t, v, tau: calls.append(s) or real(s, t, v, tau))
+    s_f, s_g = choice_scores(llm, cb), choice_scores(slm, cb)
+    out = choice_kd_losses(s_f, s_g, cb, Transfer(llm_weight=0.0, slm_weight=1.0, target="choices"))
+    assert len(calls) == 1 and calls[0] is s_g[0]  # the SLM's KL only
+    assert float(out["llm_kl"]) == 0.0 and float(out["llm_kd_frac"]) == 0.0 and float(out["slm_kl"]) > 0
+    assert torch.isclose(out["llm_loss"], out["llm_ce"])  # the LLM: plain CE on the gold choice
+    calls.clear()
+    none = choice_kd_losses(s_f, s_g, cb, Transfer(llm_weight=0.0, slm_weight=0.0, target="choices"))
+    assert calls == [] and float(none["llm_kl"]) == float(none["slm_kl"]) == 0.0
+
+
+def test_selection_and_the_gold_token_ce_act_per_question(tiny_models, data_dir):
+    models = _models(tiny_models)
+    (llm, tok), (slm, _) = models["llm"], models["slm"]
+    (cb,) = make_choice_batches(tok, _questions(data_dir, 6), batch_size=6, max_length=256, seed=0)
+    f, g = choice_scores(llm, cb), choice_scores(slm, cb)
+    ce_f, ce_g = (choice_ce(x[0], cb.gold, cb.valid) for x in (f, g))
+    greater = choice_kd_losses(f, g, cb, Transfer(target="choices", select="greater"))
+    assert float(greater["llm_kd_frac"]) == pytest.approx(float((ce_g < ce_f).float().mean()))
+    assert float(greater["slm_kd_frac"]) == pytest.approx(float((ce_f < ce_g).float().mean()))
+    plain = choice_kd_losses(f, g, cb, Transfer(target="choices", llm_weight=0.0, slm_weight=0.0))
+    with_tokens = choice_kd_losses(f, g, cb, Transfer(target="choices", llm_weight=0.0, slm_weight=0.0,
+                                                      token_ce=True))
+    # the gold choice's token CE, computed here from the token log-probs: what the tokens target trains on
+    gold_slots = torch.arange(len(cb.n_choices)) * cb.n_slots + cb.gold
+    on_gold = (cb.owner[:, None] == gold_slots[None, :]).any(1)
+    want = -g[1][on_gold].mean()
+    assert torch.isclose(with_tokens["slm_ce"] - plain["slm_ce"], want, atol=1e-6)
+
+
+def test_questions_without_a_choice_distribution_are_named_in_one_line(tiny_models, data_dir):
+    _, tok = _models(tiny_models)["slm"]
+    q = _questions(data_dir, 1)[0]
+    one = dataclasses.replace(q, choices=q.choices[:1], labels=q.labels[:1], answer=0)
+    with pytest.raises(DataError, match=rf"question {q.id!r}: 1 choice\(s\); choice-level training needs >= 2"):
+        make_choice_batches(tok, [q, one], batch_size=2, max_length=256, seed=0)
+    long = dataclasses.replace(q, choices=(q.choices[0], " ".join(["water"] * 40)))
+    with pytest.raises(DataError, match=rf"question {q.id!r}: a choice of \d+ tokens is longer than max_length 16"):
+        make_choice_batches(tok, [long], batch_size=1, max_length=16, seed=0)
+    for err in ("1 choice", "longer"):
+        assert "\n" not in err
+
+
+def test_choice_kd_trains_both_models_and_the_choice_objective_trains_a_client(tiny_models, data_dir):
+    """End of the chain: ``mutual_transfer`` with ``target=choices`` and ``local_update`` with the choice
+    objective each move their adapters, stay finite and report their losses."""
+    from fedcollm.build import client_data, load_peft, load_splits, train_settings
+    from fedcollm.models.lora import get_adapter_arrays
+    from fedcollm.updates import local_update
+
+    cfg = load_config(None, [f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}",
+                             f"data_dir={data_dir}", "precision=fp32", "train.objective=choices",
+                             "kd.target=choices", "slm.lr=0.01", "llm.lr=0.01"])
+    slm, tok = load_peft(cfg.slm, cfg, "slm")
+    llm, _ = load_peft(cfg.llm, cfg, "llm")
+    theta = get_adapter_arrays(slm)
+    omega = get_adapter_arrays(llm)
+    s = train_settings(cfg, cfg.slm, 3, 1, 2, progress=False)
+    assert s.objective == "choices"
+    theta_k, m = local_update(slm, tok, theta, client_data(cfg, 0), s)
+    assert m["steps"] == 2 and np.isfinite(m["loss"])
+    assert any(not np.array_equal(a, b) for (_, a), (_, b) in zip(theta, theta_k))
+    out, km = mutual_transfer(llm, slm, tok, theta, load_splits(cfg).aux[:8], 0.01,
+                              train_settings(cfg, cfg.slm, 4, 1, 2, progress=False),
+                              Transfer(target="choices", llm_weight=1.0, slm_weight=1.0))
+    assert km["llm_kl"] > 0 and km["slm_kl"] > 0 and km["steps"] == 2
+    assert any(not np.array_equal(a, b) for (_, a), (_, b) in zip(theta, out))
+    assert any(not np.array_equal(a, b) for (_, a), (_, b) in zip(omega, get_adapter_arrays(llm)))
+
+
+def test_a_choice_batch_pads_and_masks_as_the_scorer_does(tiny_models, data_dir):
+    _, tok = _models(tiny_models)["slm"]
+    qs = _questions(data_dir, 3)
+    encoded = [encode_request(tok, mc_request(q), 256) for q in qs]
+    cb = pack_choices(encoded, pad_id(tok), torch.float32)
+    assert cb.n_tokens == sum(cb.lengths) == sum(len(e.context) + sum(len(c) - 1 for c in e.choices) for e in encoded)
+    assert cb.mask.shape == (3, 1, cb.input_ids.shape[1], cb.input_ids.shape[1])
+    model, _ = _models(tiny_models)["slm"]
+    model.eval()
+    with torch.no_grad():
+        lls = loglikelihoods(model, encoded, pad_id(tok), batch_size=3)
+        scores, _ = choice_scores(model, cb)
+    for b, e in enumerate(encoded):
+        np.testing.assert_allclose(scores[b, : len(e.choices)].numpy(), lls[b], atol=1e-5)
