@@ -26,12 +26,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import client_step, comm, eval_scorer, kd_step, memory, packing, sampling, scaling
+from bench import choice_kd, client_step, comm, eval_scorer, kd_step, memory, packing, sampling, scaling
 from bench.common import LLM, SLM, BackgroundLoad, Setup, choose_threads, machine
 
 # memory first (its child must not share pages with models this process holds); kd last (it releases them)
 BENCHMARKS = {"memory": memory, "eval": eval_scorer, "comm": comm, "client": client_step, "scaling": scaling,
-              "sampling": sampling, "packing": packing, "kd": kd_step}
+              "sampling": sampling, "packing": packing, "choice-kd": choice_kd, "kd": kd_step}
 console = Console(width=170)
 
 

@@ -237,3 +237,13 @@ def test_packing_bench_times_both_layouts_on_the_same_examples(setup):
         assert r["ours"] > 0 and r["baseline"] > 0 and r["ratio"] == pytest.approx(r["ours"] / r["baseline"], rel=1e-3)
     loss = f["first_batch_loss"]
     assert loss["packed"] == pytest.approx(loss["padded"], rel=1e-4)  # one objective in both layouts
+
+
+def test_choice_kd_bench_times_both_targets_on_the_same_questions(setup):
+    from bench import choice_kd
+
+    out = choice_kd.run(setup)
+    rows = _rows(out)
+    r = rows["KD step D^a examples/s, choices vs tokens (cpu-paper batches of 4)"]
+    assert r["ours"] > 0 and r["baseline"] > 0 and r["ratio"] == pytest.approx(r["ours"] / r["baseline"], rel=1e-3)
+    assert out["figures"]["examples"] == 8 and r["target"] == ">= 0.5"
