@@ -198,3 +198,50 @@ def test_a_choice_batch_pads_and_masks_as_the_scorer_does(tiny_models, data_dir)
         scores, _ = choice_scores(model, cb)
     for b, e in enumerate(encoded):
         np.testing.assert_allclose(scores[b, : len(e.choices)].numpy(), lls[b], atol=1e-5)
+
+
+def test_proxy_tuning_adds_alpha_times_the_slms_change_to_the_llms_logits(tiny_models, data_dir):
+    from fedcollm.evaluate import ProxyTuned, choice_logits
+    from fedcollm.models.lora import get_adapter_arrays, set_adapter_arrays
+
+    models = _models(tiny_models)
+    (llm, tok), (slm, _) = models["llm"], models["slm"]
+    rng = np.random.default_rng(0)
+    set_adapter_arrays(slm, [(k, rng.normal(size=v.shape).astype(np.float32)) for k, v in get_adapter_arrays(slm)])
+    for m in (llm, slm):
+        m.eval()
+    qs = _questions(data_dir, 4)
+    (cb,) = make_choice_batches(tok, qs, batch_size=4, max_length=256, seed=0)
+    with torch.no_grad():
+        f, g = choice_logits(llm, cb), choice_logits(slm, cb)
+        with slm.disable_adapter():
+            g0 = choice_logits(slm, cb)
+        assert not torch.allclose(g, g0)  # the SLM's adapter changes its logits
+        for alpha in (0.0, 0.5, 2.0):
+            got = choice_logits(ProxyTuned(llm, slm, alpha), cb)
+            torch.testing.assert_close(got, f + alpha * (g - g0))
+    zero = score_questions(ProxyTuned(llm, slm, 0.0), tok, qs, max_length=256)
+    alone = score_questions(llm, tok, qs, max_length=256)
+    np.testing.assert_allclose([x for r in zero for x in r.lls], [x for r in alone for x in r.lls], atol=1e-5)
+
+
+def test_eval_proxy_scores_the_steered_llm_and_names_what_it_used(tiny_models, data_dir, tmp_path, capsys):
+    import json
+
+    from fedcollm.cli import main
+    from fedcollm.models.lora import get_adapter_arrays, save_adapter, set_adapter_arrays
+
+    _, (slm, _) = _models(tiny_models)["llm"], _models(tiny_models)["slm"]
+    rng = np.random.default_rng(1)
+    set_adapter_arrays(slm, [(k, rng.normal(size=v.shape).astype(np.float32)) for k, v in get_adapter_arrays(slm)])
+    save_adapter(slm, tmp_path / "theta")
+    common = ["eval", "--model", str(tiny_models["llm"]), "--tasks", "arc_easy", "--limit", "4", "--split", "dev",
+              "--precision", "fp32", "--data-dir", str(data_dir)]
+    assert main([*common, "--proxy", str(tmp_path / "theta")]) == 2
+    assert "--proxy needs --proxy-model" in capsys.readouterr().err
+    out = tmp_path / "proxy.json"
+    assert main([*common, "--proxy", str(tmp_path / "theta"), "--proxy-model", str(tiny_models["slm"]),
+                 "--proxy-alpha", "0.5", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["proxy"] == {"slm": str(tiny_models["slm"]), "adapter": str(tmp_path / "theta"), "alpha": 0.5}
+    assert saved["metrics"]["arc_easy"]["n"] == 4

@@ -467,9 +467,8 @@ DOMAIN: dict[str, Rule] = {
 
 #: values where the config's behaviour and the documented domain disagree, and the config looks wrong: kept in
 #: the edges, left out of the checks until src decides (drop an entry when it is fixed, and the tests check it).
-#: device: the config's pattern takes leading zeros and non-ASCII digits, which torch.device refuses ("Invalid
-#: device string"): on a GPU machine such a run passes preflight and fails at its first .to(), with a traceback.
-DISPUTED: dict[str, tuple] = {"device": ("cuda:00", "cuda:01", "cuda:٣")}
+#: (device once took cuda:00, cuda:01 and cuda:٣, which torch.device refuses: fixed in config.DEVICE.)
+DISPUTED: dict[str, tuple] = {}
 
 
 def disputed(key: str, value: Any) -> bool:

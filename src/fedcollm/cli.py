@@ -97,9 +97,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from .data import load_eval
-    from .evaluate import evaluate_tasks
+    from .evaluate import ProxyTuned, evaluate_tasks
     from .models.lora import load_adapter_model, read_adapter_arrays, read_adapter_config
-    from .models.sources import check_model_files, load_model
+    from .models.sources import check_model_files, check_same_tokenizer, load_model, load_tokenizer
 
     # everything that can be checked before the weights are loaded first: arguments, output paths, the
     # model's files, the adapter's files, the data
@@ -111,23 +111,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.predictions:
         check_output_folder(args.predictions, "--predictions")
     check_model_files(args.model, args.cache)
-    if args.adapter:
-        read_adapter_config(args.adapter)
-        read_adapter_arrays(args.adapter)
+    for adapter in filter(None, (args.adapter, args.proxy)):
+        read_adapter_config(adapter)
+        read_adapter_arrays(adapter)
+    if args.proxy:
+        if not args.proxy_model:
+            raise ConfigError("--proxy needs --proxy-model: the SLM its adapter was trained on")
+        check_model_files(args.proxy_model, args.cache)
+        check_same_tokenizer(load_tokenizer(args.model, args.cache), load_tokenizer(args.proxy_model, args.cache),
+                             args.model, args.proxy_model)
     questions = {t: load_eval(t, args.data_dir, args.limit, args.split) for t in tasks}
     model, tok = load_model(args.model, dtype=precision.torch_dtype(args.precision), cache=args.cache)
     if args.adapter:  # the same key/shape/finite check as every federated update (PEFT would only warn)
         model = load_adapter_model(model, args.adapter)
+    if args.proxy:  # the LLM steered by the SLM's change: LLM + α·(SLM_θ − SLM_base)
+        slm, _ = load_model(args.proxy_model, dtype=precision.torch_dtype(args.precision), cache=args.cache)
+        model = ProxyTuned(model, load_adapter_model(slm, args.proxy), args.proxy_alpha)
     metrics = evaluate_tasks(model, tok, tasks, batch_size=args.batch_size,
                              autocast_dtype=precision.autocast_dtype(args.precision), out_dir=args.predictions,
                              questions=questions)
     title = args.model + (f" + {args.adapter}" if args.adapter else "")
+    if args.proxy:
+        title += f" + {args.proxy_alpha:g}·({args.proxy_model} + {args.proxy} − {args.proxy_model})"
     table = Table("task", "n", "acc", "acc_norm", "seconds", title=title)
     for task, m in metrics.items():
         table.add_row(task, str(m["n"]), f"{m['acc']:.4f}", f"{m['acc_norm']:.4f}", f"{m['seconds']:.1f}")
     Console().print(table)
     result = {"model": args.model, "adapter": args.adapter, "precision": args.precision, "limit": args.limit,
               "split": args.split, "metrics": metrics}
+    if args.proxy:
+        result["proxy"] = {"slm": args.proxy_model, "adapter": args.proxy, "alpha": args.proxy_alpha}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -386,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cache", default=None)
     e.add_argument("--out", default=None, help="write the metrics as JSON here")
     e.add_argument("--predictions", default=None, help="folder for per-question predictions (JSONL)")
+    e.add_argument("--proxy", default=None, help="an SLM adapter (θ) whose change proxy-tunes the model: "
+                                                 "logits + α·(SLM_θ − SLM_base) (Liu et al. 2024)")
+    e.add_argument("--proxy-model", default=None, help="the SLM that --proxy adapts (same tokenizer as --model)")
+    e.add_argument("--proxy-alpha", type=float, default=1.0, help="α, the weight of the SLM's change (choose on dev)")
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("run", help="run FedCoLLM (Flower simulation by default)")

@@ -60,7 +60,7 @@ KDTarget = Literal["tokens", "choices"]
 Objective = Literal["tokens", "choices"]
 Tracker = Literal["tensorboard", "mlflow"]
 Strategy = Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
-DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+DEVICE = re.compile(r"auto|cpu|cuda(:(0|[1-9][0-9]*))?")  # the indexes torch.device takes: ASCII, no leading 0
 
 
 def require(ok: bool, message: str) -> None:

@@ -135,15 +135,46 @@ def pack_choices(batch: Sequence[Encoded], pad_id: int, dtype: torch.dtype) -> C
                        lengths)
 
 
-def choice_token_logprobs(model, cb: ChoiceBatch) -> torch.Tensor:
-    """log p of every choice token given its context and earlier tokens, ``[choice tokens]`` (float32), with
-    autograd when the caller allows it: the scorer and choice-level KD read the same numbers."""
+def choice_logits(model, cb: ChoiceBatch) -> torch.Tensor:
+    """The LM head's logits at every position that predicts a choice token, ``[choice tokens, vocab]``."""
+    if isinstance(model, ProxyTuned):
+        return model.choice_logits(cb)
     backbone, head = backbone_and_head(model)
     device = head.weight.device  # batches are built on the CPU; the model may be on a GPU
     hidden = backbone(input_ids=cb.input_ids.to(device), position_ids=cb.position_ids.to(device),
                       attention_mask=cb.mask.to(device), use_cache=False).last_hidden_state
-    logits = head(hidden[cb.rows.to(device), cb.positions.to(device)])
-    return torch.log_softmax(logits.float(), dim=-1).gather(1, cb.targets.to(device)[:, None])[:, 0]
+    return head(hidden[cb.rows.to(device), cb.positions.to(device)])
+
+
+def choice_token_logprobs(model, cb: ChoiceBatch) -> torch.Tensor:
+    """log p of every choice token given its context and earlier tokens, ``[choice tokens]`` (float32), with
+    autograd when the caller allows it: the scorer and choice-level KD read the same numbers."""
+    logits = choice_logits(model, cb)
+    return torch.log_softmax(logits.float(), dim=-1).gather(1, cb.targets.to(logits.device)[:, None])[:, 0]
+
+
+class ProxyTuned(torch.nn.Module):
+    """The LLM steered by the clients' SLM: logits LLM(x) + α·(SLM_θ(x) − SLM_base(x)) (proxy-tuning, Liu et al.
+    2024, arXiv 2401.08565). What the federation changed in the SLM (θ against its base) is added to the LLM's
+    next-token logits, without training the LLM on the SLM's distribution (whose mistakes it would copy).
+
+    ``slm`` is a PEFT model: its base is the same model with the adapter switched off. The two models must share
+    a tokenizer and an output vocabulary (``models.sources.check_same_tokenizer``); the scorer sees this as one
+    causal LM (``choice_logits``)."""
+
+    def __init__(self, llm, slm, alpha: float) -> None:
+        super().__init__()
+        self.llm, self.slm, self.alpha = llm, slm, float(alpha)
+
+    def choice_logits(self, cb: ChoiceBatch) -> torch.Tensor:
+        f = choice_logits(self.llm, cb).float()
+        tuned = choice_logits(self.slm, cb).float()
+        with self.slm.disable_adapter():
+            base = choice_logits(self.slm, cb).float()
+        if tuned.shape[-1] != f.shape[-1]:
+            raise ValueError(f"proxy-tuning needs one output vocabulary: the LLM has {f.shape[-1]}, "
+                             f"the SLM {tuned.shape[-1]}")
+        return f + self.alpha * (tuned.to(f.device) - base.to(f.device))
 
 
 def make_choice_batches(tokenizer, questions: Sequence[Question], batch_size: int, max_length: int, seed: int,
