@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ("src", "tests", "bench", "configs", "pyproject.toml")
+COPIED = ("src", "tests", "bench", "configs", "pyproject.toml", "constraints.txt", "Makefile", "README.md")
+SHARED = "results"  # read by a few tests (committed records): linked into each copy, not copied
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,9 @@ BREAKS = [
 ]
 
 
-def scratch_copy(dest: Path, ref: str | None) -> None:
-    """The repository's files the suite needs: the working tree's, or ``ref``'s (``git archive``)."""
+def scratch_copy(dest: Path, ref: str | None, shared: Path) -> None:
+    """The repository's files the suite needs: the working tree's, or ``ref``'s (``git archive``); ``results/``
+    (only read) as a link to ``shared``."""
     if ref is None:
         for name in COPIED:
             src = ROOT / name
@@ -168,11 +170,21 @@ def scratch_copy(dest: Path, ref: str | None) -> None:
                 shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
             elif src.exists():
                 shutil.copy2(src, dest / name)
-        return
-    present = [n for n in COPIED if subprocess.run(["git", "cat-file", "-e", f"{ref}:{n}"], cwd=ROOT,
-                                                   capture_output=True).returncode == 0]
-    archive = subprocess.run(["git", "archive", ref, *present], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    else:
+        present = [n for n in COPIED if subprocess.run(["git", "cat-file", "-e", f"{ref}:{n}"], cwd=ROOT,
+                                                       capture_output=True).returncode == 0]
+        archive = subprocess.run(["git", "archive", ref, *present], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    (dest / SHARED).symlink_to(shared, target_is_directory=True)
+
+
+def shared_results(ref: str | None, where: Path) -> Path:
+    """``results/`` of the working tree, or ``ref``'s extracted once into ``where``."""
+    if ref is None:
+        return ROOT / SHARED
+    archive = subprocess.run(["git", "archive", ref, SHARED], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    return where / SHARED
 
 
 def apply(dest: Path, brk: Break) -> bool:
@@ -194,10 +206,10 @@ def first_failure(output: str) -> str:
     return ""
 
 
-def run_one(brk: Break | None, ref: str | None, timeout: float) -> dict:
+def run_one(brk: Break | None, ref: str | None, timeout: float, shared: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="fedcollm-mutant-") as tmp:
         dest = Path(tmp)
-        scratch_copy(dest, ref)
+        scratch_copy(dest, ref, shared)
         if brk is not None and not apply(dest, brk):
             return {"status": "n/a", "test": "", "seconds": 0.0}
         first = [t for t in (brk.tests if brk else ()) if (dest / t).exists()]
@@ -228,9 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="also write the table here")
     args = p.parse_args(argv)
     breaks = [b for b in BREAKS if args.only is None or b.name in args.only.split(",")]
+    keep = tempfile.TemporaryDirectory(prefix="fedcollm-mutant-results-")
+    shared = shared_results(args.ref, Path(keep.name))
     if args.list:
         with tempfile.TemporaryDirectory() as tmp:
-            scratch_copy(Path(tmp), args.ref)
+            scratch_copy(Path(tmp), args.ref, shared)
             for b in breaks:
                 print(f"{b.name:28} {'applies' if apply(Path(tmp), b) else 'n/a':8} {b.what}")
         return 0
@@ -242,12 +256,12 @@ def main(argv: list[str] | None = None) -> int:
              f"{', with uncommitted changes' if args.ref is None and _dirty() else ''})",
              "| break | what it breaks | outcome | first failing test | s |", "|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
-    clean = run_one(None, args.ref, args.timeout)  # the unbroken copy must pass, or no outcome below means much
+    clean = run_one(None, args.ref, args.timeout, shared)  # the unbroken copy must pass, or no outcome below means much
     lines.append(f"| (none) | the tree as it is | {clean['status']} | {clean['test']} | {clean['seconds']:.0f} |")
     print(lines[-1], flush=True)
     missed = 0
     for b in breaks:
-        r = run_one(b, args.ref, args.timeout)
+        r = run_one(b, args.ref, args.timeout, shared)
         missed += r["status"] == "missed"
         line = f"| {b.name} | {b.what} | {r['status']} | {r['test']} | {r['seconds']:.0f} |"
         lines.append(line)
