@@ -162,3 +162,22 @@ def test_dev_splits_are_official_validation_or_a_fixed_carve_of_train_disjoint_f
     assert len(dev) == round(0.1 * len(raw)) and len(dev) + len(train) == len(raw)
     assert not {q.id for q in dev} & {q.id for q in train} and not {q.id for q in dev} & {q.id for q in test}
     assert [q.id for q in load_eval("commonsense_qa", data_dir, split="dev")] == [q.id for q in dev]  # fixed
+
+
+def test_split_seed_keeps_the_questions_while_seed_changes_the_training(tiny_models, data_dir):
+    import numpy as np
+
+    from fedcollm.build import load_peft, load_splits
+    from fedcollm.config import load_config
+    from fedcollm.models.lora import get_adapter_arrays
+
+    def cfg(*extra):
+        return load_config(None, [f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}", "precision=fp32", *extra])
+
+    def ids(c):
+        s = load_splits(c)
+        return [q.id for q in s.aux], [[q.id for q in k] for k in s.clients]
+
+    assert ids(cfg("seed=1", "split_seed=0")) == ids(cfg("seed=0")) != ids(cfg("seed=1"))
+    a, b = (get_adapter_arrays(load_peft(c.slm, c, "slm")[0]) for c in (cfg("seed=0"), cfg("seed=1", "split_seed=0")))
+    assert any(not np.array_equal(x, y) for (_, x), (_, y) in zip(a, b))  # another LoRA init

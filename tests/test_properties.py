@@ -388,6 +388,7 @@ DOMAIN: dict[str, Rule] = {
     "output_dir": nonblank(("runs", "/abs", "..")),
     "run_name": optional(text(run_name_ok, RUN_NAMES)),
     "seed": integer(ge=0),
+    "split_seed": optional(integer(ge=0)),
     "precision": choice("auto", "bf16", "fp32"),
     "device": text(device_ok, DEVICES),
     "max_length": integer(ge=8),

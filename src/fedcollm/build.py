@@ -52,7 +52,7 @@ def load_splits(cfg: Config) -> Splits:
     """D^a and every D^k, deterministic in the config (each process recomputes it; nothing is sent)."""
     f = cfg.federation
     return _splits(tuple(cfg.tasks), cfg.data_dir, f.num_clients, f.aux_fraction, f.aux_size, f.client_size,
-                   f.partition, f.alpha, cfg.seed, f.train_size)
+                   f.partition, f.alpha, cfg.seed if cfg.split_seed is None else cfg.split_seed, f.train_size)
 
 
 def client_data(cfg: Config, partition_id: int) -> list[Question]:

@@ -353,7 +353,10 @@ class Config:
     data_dir: str | None = None  # None: $FEDCOLLM_DATA_DIR, else the HF hub
     output_dir: str = "runs"
     run_name: str | None = None  # a folder name inside output_dir (no path separators, not . or ..)
-    seed: int = 0
+    seed: int = 0  # LoRA init, batch order, dropout, client sampling, DP noise; and the data split unless split_seed
+    # The seed of the D^a / D^k cut (null: seed): fixed while seed varies, runs differ only in their training's
+    # randomness, on the same questions (several seeds of one experiment)
+    split_seed: int | None = None
     precision: Precision = "auto"  # auto: bf16 where the hardware has fast bf16, else fp32
     device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
     max_length: int = 256
@@ -393,6 +396,7 @@ class Config:
         require(DEVICE.fullmatch(self.device) is not None,
                 f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         require(self.seed >= 0, "seed must be >= 0 (numpy's generators take no negative seed)")
+        require(self.split_seed is None or self.split_seed >= 0, "split_seed must be >= 0 or null (seed)")
         require(self.max_length >= 8, "max_length must be >= 8")
         require(self.grad_clip >= 0, "grad_clip must be >= 0 (0 = no clipping; a negative norm trains uphill)")
 
