@@ -14,14 +14,20 @@ export FEDCOLLM_SEAL_TEST=1
 export FEDCOLLM_DATA_DIR=${FEDCOLLM_DATA_DIR:-../shared/data}
 OUT=results/dev-sweep/cpu-paper
 COMMON="federation.train_size=500 eval.every_round=false packing=false federation.update_cache=$OUT/update-cache"
+# The second block (issue 27): the transfer over the answer choices (kd.target=choices, README "KD losses"),
+# with the LLM direction off (the first block's winner) at tau 1 and 2, and with it gated (weight 1, select=gated).
+# The preset now holds the first block's winner (kd.llm_weight=0): each variant states every kd knob it sets.
 declare -A VARIANTS=(
   [paper]=""
   [llm-weight-0]="kd.llm_weight=0"
   [select-greater]="kd.select=greater"
   [select-gated]="kd.select=gated"
+  [choices-llm-0]="kd.target=choices kd.llm_weight=0 kd.temperature=1"
+  [choices-llm-0-t2]="kd.target=choices kd.llm_weight=0 kd.temperature=2"
+  [choices-gated]="kd.target=choices kd.llm_weight=1 kd.select=gated kd.temperature=1"
 )
 declare -A METHODS=([paper]="zero_shot,fedcollm")
-for name in ${NAMES:-paper llm-weight-0 select-greater select-gated}; do
+for name in ${NAMES:-paper llm-weight-0 select-greater select-gated choices-llm-0 choices-gated choices-llm-0-t2}; do
   [ -f "$OUT/$name/methods/fedcollm.dev.json" ] && continue
   start=$(date +%s)
   # shellcheck disable=SC2086
