@@ -195,3 +195,23 @@ def test_a_folder_keeps_the_precision_it_was_created_in(tiny_models, data_dir, t
     assert snapshot() == before
     monkeypatch.undo()
     experiment.run_experiment(cfg, out, methods=["zero_shot"], dev_only=True)  # where fp32 is picked it goes on
+
+
+def test_a_bit_identical_adapter_is_scored_once_and_said_to_be_identical(tiny_models, data_dir, tmp_path, monkeypatch):
+    """With kd.llm_weight=0 FedCoLLM's LLM is no_kd's, bit for bit: its test result is no_kd's, not rescored."""
+    from fedcollm.recipes import final_test
+
+    cfg = load_config(None, [
+        f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data_dir}", "precision=fp32",
+        "federation.num_clients=2", "federation.rounds=1", "federation.client_size=4", "federation.aux_size=4",
+        "tasks=arc_easy", "eval.limit=3", "kd.top_k=8", "tracking=[]", "kd.llm_weight=0"])
+    scored = []
+    real = final_test.evaluate_model
+    monkeypatch.setattr(final_test, "evaluate_model", lambda *a, **k: scored.append(1) or real(*a, **k))
+    out = experiment.run_experiment(cfg, tmp_path / "exp", ("no_kd", "fedcollm"))
+    no_kd, fed = (json.loads((out / "methods" / f"{m}.json").read_text()) for m in ("no_kd", "fedcollm"))
+    assert final_test.adapter_digest(out / "adapters/fedcollm/llm") == final_test.adapter_digest(out / "adapters/no_kd/llm")
+    assert fed["identical_to"] == {"llm": "no_kd"} and fed["llm"] == no_kd["llm"] and "identical_to" not in no_kd
+    assert len(scored) == 3  # no_kd's LLM and SLM, FedCoLLM's SLM: FedCoLLM's LLM was not scored again
+    assert fed["slm"] != no_kd["slm"] or final_test.adapter_digest(out / "adapters/fedcollm/slm") != \
+        final_test.adapter_digest(out / "adapters/no_kd/slm")

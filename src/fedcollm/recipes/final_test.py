@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -60,8 +62,30 @@ def keep_run_adapters(run: RunDir, folder: Path) -> None:
             shutil.copytree(last / part, folder / role)
 
 
+def adapter_digest(folder: Path) -> str | None:
+    """sha256 of an adapter's weights file (None without one): equal digests, bit-identical adapters."""
+    weights = folder / "adapter_model.safetensors"
+    return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+
+
+def scored_twin(out: Path, method: str, role: str) -> tuple[str, dict] | None:
+    """(another method, its test result for ``role``) whose saved ``role`` adapter is bit-identical to
+    ``method``'s (FedCoLLM's LLM is no_kd's when its KL toward the SLM has weight 0): scored once, reused."""
+    mine = adapter_digest(adapters_dir(out, method) / role)
+    if mine is None:
+        return None
+    for other in sorted(p.stem for p in (out / "methods").glob("*.json") if not p.name.endswith(".dev.json")):
+        if other != method and adapter_digest(adapters_dir(out, other) / role) == mine:
+            result = json.loads((out / "methods" / f"{other}.json").read_text())
+            if role in result:
+                return other, result[role]
+    return None
+
+
 def score_on_test(cfg: Config, out: Path, method: str) -> dict:
-    """The method's test accuracy: the base models (Zero-Shot) or its saved adapters, scored once."""
+    """The method's test accuracy: the base models (Zero-Shot) or its saved adapters, scored once. An adapter
+    bit-identical to one already scored in this folder is not scored again: its result is reused, and said to
+    be (``identical_to``)."""
     test = on_split(cfg, "test")
     if method == "zero_shot":
         return baselines.zero_shot(test)
@@ -72,6 +96,11 @@ def score_on_test(cfg: Config, out: Path, method: str) -> dict:
         saved = sorted(folder.glob(f"{role}-client-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
         single = folder / role
         if not saved and not single.is_dir():
+            continue
+        twin = None if saved else scored_twin(out, method, role)
+        if twin is not None:
+            result[role] = twin[1]
+            result.setdefault("identical_to", {})[role] = twin[0]
             continue
         model, tok = load_peft(section, test, role)
         per = []
