@@ -210,8 +210,8 @@ def test_a_bit_identical_adapter_is_scored_once_and_said_to_be_identical(tiny_mo
     monkeypatch.setattr(final_test, "evaluate_model", lambda *a, **k: scored.append(1) or real(*a, **k))
     out = experiment.run_experiment(cfg, tmp_path / "exp", ("no_kd", "fedcollm"))
     no_kd, fed = (json.loads((out / "methods" / f"{m}.json").read_text()) for m in ("no_kd", "fedcollm"))
-    assert final_test.adapter_digest(out / "adapters/fedcollm/llm") == final_test.adapter_digest(out / "adapters/no_kd/llm")
+    digest = final_test.adapter_digest
+    assert digest(out / "adapters/fedcollm/llm") == digest(out / "adapters/no_kd/llm")
     assert fed["identical_to"] == {"llm": "no_kd"} and fed["llm"] == no_kd["llm"] and "identical_to" not in no_kd
     assert len(scored) == 3  # no_kd's LLM and SLM, FedCoLLM's SLM: FedCoLLM's LLM was not scored again
-    assert fed["slm"] != no_kd["slm"] or final_test.adapter_digest(out / "adapters/fedcollm/slm") != \
-        final_test.adapter_digest(out / "adapters/no_kd/slm")
+    assert digest(out / "adapters/fedcollm/slm") != digest(out / "adapters/no_kd/slm")  # the SLM did distil
