@@ -96,3 +96,41 @@ def test_cli_writes_rows(tmp_path, capsys):
     assert saved["a_round"] == saved["b_round"] == 2
     assert rows[0]["model"] == "llm vs slm" and rows[0]["diff"] == pytest.approx(100.0)
     assert "A better" in capsys.readouterr().out
+
+
+def _seed_result(bits: dict[str, str]) -> dict:
+    return {"slm": {t: {"acc": s.count("1") / len(s), "correct": s, "ids_sha1": f"ids-{t}-{len(s)}", "n": len(s)}
+                    for t, s in bits.items()}}
+
+
+def test_several_seeds_of_one_method_are_paired_seed_by_seed(tmp_path, capsys):
+    import json
+
+    from fedcollm.cli import main
+    from fedcollm.recipes.compare import load_results
+
+    a = [_seed_result({"arc_easy": "1101", "openbookqa": "1110"}),
+         _seed_result({"arc_easy": "1111", "openbookqa": "0110"})]
+    b = [_seed_result({"arc_easy": "0101", "openbookqa": "1010"}),
+         _seed_result({"arc_easy": "0111", "openbookqa": "0010"})]
+    rows = {r.task: r for r in compare_results(a, ["slm"], b, ["slm"])}
+    assert rows["arc_easy"].stats.seeds == 2 and rows["arc_easy"].stats.n == 4
+    assert rows["arc_easy"].stats.diff == pytest.approx(100 * ((3 - 2) / 4 + (4 - 3) / 4) / 2)
+    assert rows["all"].stats.diff == pytest.approx(100 * (12 - 8) / 16)  # pooled over tasks and seeds
+    ref = _seed_result({"arc_easy": "0000", "openbookqa": "0000"})  # one reference for every seed
+    assert {r.task: r.stats.seeds for r in compare_results(a, ["slm"], ref, ["slm"])}["all"] == 2
+    with pytest.raises(DataError, match="2 seeds against 3"):
+        compare_results(a, ["slm"], [ref, ref, ref], ["slm"])
+    other = [a[0], _seed_result({"arc_easy": "11011", "openbookqa": "1110"})]  # seed 2 scored other questions
+    notes = {r.task: r.note for r in compare_results(other, ["slm"], b, ["slm"])}
+    assert notes["arc_easy"] == "not comparable: different questions"
+    for i, (x, y) in enumerate(zip(a, b)):
+        (tmp_path / f"a{i}.json").write_text(json.dumps(x))
+        (tmp_path / f"b{i}.json").write_text(json.dumps(y))
+    assert len(load_results(f"{tmp_path / 'a0.json'},{tmp_path / 'a1.json'}")[0]) == 2
+    out = tmp_path / "cmp.json"
+    assert main(["compare", f"{tmp_path / 'a0.json'},{tmp_path / 'a1.json'}",
+                 f"{tmp_path / 'b0.json'},{tmp_path / 'b1.json'}", "--out", str(out)]) == 0
+    assert "2 seeds and questions" in capsys.readouterr().out
+    saved = {r["task"]: r for r in json.loads(out.read_text())["rows"]}
+    assert saved["all"]["seeds"] == 2 and saved["all"]["diff"] == pytest.approx(100 * 4 / 16)

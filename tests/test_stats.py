@@ -53,3 +53,27 @@ def test_verdicts():
     level = compare(a, swapped)
     assert level.diff == 0 and level.lo < 0 < level.hi and level.verdict("better") == "not shown: no difference"
     assert compare(a, a).verdict("better") == "not shown: no difference"
+
+
+def test_the_seed_interval_holds_the_seeds_spread_as_well_as_the_questions():
+    import numpy as np
+
+    from fedcollm.stats import compare, compare_seeds
+
+    rng = np.random.default_rng(3)
+    a = (rng.random(400) < 0.6).astype(float)
+    b = (rng.random(400) < 0.5).astype(float)
+    one = compare_seeds(a[None], b[None])
+    assert one == compare(a, b) and one.seeds == 1  # one seed: the plain paired bootstrap, McNemar included
+    same = compare_seeds(np.stack([a] * 3), np.stack([b] * 3))  # three seeds that agree: no seed spread
+    assert same.seeds == 3 and same.p is None and same.n == 400
+    assert abs(same.diff - one.diff) < 1e-9 and abs((same.hi - same.lo) - (one.hi - one.lo)) < 1.5
+    # three seeds that disagree (one gains 20 points, two gain nothing): the mean is as pooled, the interval wider
+    zeros = np.flatnonzero(b == 0)[:80]
+    lucky = b.copy()
+    lucky[zeros] = 1.0
+    gains = np.stack([lucky, b, b])
+    spread = compare_seeds(gains, np.stack([b, b, b]))
+    pooled = compare(gains.ravel(), np.tile(b, 3))
+    assert abs(spread.diff - pooled.diff) < 1e-9
+    assert spread.hi - spread.lo > 2 * (pooled.hi - pooled.lo)

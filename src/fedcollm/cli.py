@@ -276,15 +276,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .recipes.compare import compare_results, load_result, verdict
+    from .recipes.compare import compare_results, load_results, verdict
 
     if args.out:
         check_output_file(args.out, "--out")
-    (a, roles_a), (b, roles_b) = load_result(args.a), load_result(args.b)
-    rows = compare_results(a, roles_a, b, roles_b)
+    (a_all, roles_a), (b_all, roles_b) = load_results(args.a), load_results(args.b)
+    a, b = a_all[0], b_all[0]
+    rows = compare_results(a_all, roles_a, b_all, roles_b)
     at = {s: f" (round {r['round']})" if "round" in r else "" for s, r in ((args.a, a), (args.b, b))}
+    over = "questions" if max(len(a_all), len(b_all)) == 1 else f"{max(len(a_all), len(b_all))} seeds and questions"
     table = Table("model", "task", "n", "acc A", "acc B", "A − B (points)", "95% interval", "McNemar p", "verdict",
-                  title=f"A = {args.a}{at[args.a]}   B = {args.b}{at[args.b]}   (paired bootstrap over questions)")
+                  title=f"A = {args.a}{at[args.a]}   B = {args.b}{at[args.b]}   (paired bootstrap over {over})")
     for r in rows:
         if r.stats is None:
             table.add_row(r.role, r.task, "-", "-", "-", "-", "-", "-", r.note)
@@ -295,8 +297,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     Console(width=max(120, Console().width)).print(table)
     if args.out:
         data = [{"model": r.role, "task": r.task, "acc_a": r.acc_a, "acc_b": r.acc_b, "note": r.note,
-                 **({"n": r.stats.n, "diff": r.stats.diff, "lo": r.stats.lo, "hi": r.stats.hi, "p": r.stats.p}
-                    if r.stats else {})} for r in rows]
+                 **({"n": r.stats.n, "seeds": r.stats.seeds, "diff": r.stats.diff, "lo": r.stats.lo,
+                     "hi": r.stats.hi, "p": r.stats.p} if r.stats else {})} for r in rows]
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"a": args.a, "a_round": a.get("round"), "b": args.b,
                                               "b_round": b.get("round"), "rows": data}, indent=1) + "\n")

@@ -34,6 +34,26 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], iters: int = 10_000
     return float(d.mean()), float(lo), float(hi)
 
 
+def paired_bootstrap_seeds(a: np.ndarray, b: np.ndarray, iters: int = 10_000, seed: int = 0,
+                           level: float = 0.95) -> tuple[float, float, float]:
+    """``paired_bootstrap`` for several training seeds: ``a`` and ``b`` are ``[seeds, questions]``, row s of
+    each the same seed's run on the same questions. The mean of ``a - b`` over seeds and questions, and its
+    two-level percentile interval: each resample draws seeds with replacement and questions with replacement
+    (the same questions for every seed drawn), so the interval holds the seed-to-seed spread as well as the
+    questions'. With one seed it is ``paired_bootstrap``'s interval."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.ndim != 2 or d.size == 0:
+        raise ValueError("paired_bootstrap_seeds needs [seeds, questions] outcomes")
+    n_seeds, n_q = d.shape
+    rng = np.random.default_rng(seed)
+    means = np.empty(iters)
+    for i in range(iters):
+        per_seed = d[:, rng.integers(0, n_q, n_q)].mean(axis=1)
+        means[i] = per_seed[rng.integers(0, n_seeds, n_seeds)].mean()
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(lo), float(hi)
+
+
 def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Two-sided exact McNemar p-value; None when an outcome is not 0/1 (e.g. a mean over clients)."""
     a, b = np.asarray(a), np.asarray(b)
@@ -69,6 +89,7 @@ class Comparison:
     lo: float
     hi: float
     p: float | None
+    seeds: int = 1  # training seeds pooled (each seed's run on the same n questions)
 
     def verdict(self, expect: str, margin: float = EQUIVALENCE_MARGIN) -> str:
         """Plain words for a claim ``a > b`` (``expect="better"``), ``a ≈ b`` (``expect="same"``) or ``a ≥ b``
@@ -97,3 +118,13 @@ class Comparison:
 def compare(a: Sequence[float], b: Sequence[float], iters: int = 10_000, seed: int = 0) -> Comparison:
     diff, lo, hi = paired_bootstrap(a, b, iters, seed)
     return Comparison(len(a), 100 * diff, 100 * lo, 100 * hi, mcnemar_exact(a, b))
+
+
+def compare_seeds(a: np.ndarray, b: np.ndarray, iters: int = 10_000, seed: int = 0) -> Comparison:
+    """``compare`` over ``[seeds, questions]`` outcomes (``paired_bootstrap_seeds``); with one seed, ``compare``.
+    McNemar's test assumes independent pairs, which one question's runs under several seeds are not: no p."""
+    a, b = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
+    if a.shape[0] == 1:
+        return compare(a[0], b[0], iters, seed)
+    diff, lo, hi = paired_bootstrap_seeds(a, b, iters, seed)
+    return Comparison(a.shape[1], 100 * diff, 100 * lo, 100 * hi, None, seeds=a.shape[0])

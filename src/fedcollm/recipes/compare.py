@@ -11,6 +11,11 @@ anything. A result is one of:
 - a ``fedcollm eval --out`` file: one role, ``model``.
 
 ``PATH:ROLE`` picks one role of a result, e.g. ``runs/a:llm`` against ``results/zero_shot/1.5b.json``.
+
+Several training seeds of one method are given as a comma-separated list, ``S0,S1,S2`` (``load_results``):
+seed i of A is paired with seed i of B (one result on a side is the reference of every seed of the other),
+each pair on the same questions; the difference is the mean over seeds and questions, its interval a
+two-level bootstrap over seeds and questions (``stats.paired_bootstrap_seeds``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 
 from ..data import DataError
 from ..runlog import RunDir
-from ..stats import Comparison, compare, outcomes
+from ..stats import Comparison, compare_seeds, outcomes
 
 
 def outcome_vector(result: dict, role: str, task: str) -> tuple[np.ndarray, str] | None:
@@ -93,12 +98,36 @@ class Row:
     note: str = ""
 
 
-def compare_results(a: dict, roles_a: list[str], b: dict, roles_b: list[str],
+def load_results(spec: str) -> tuple[list[dict], list[str]]:
+    """``PATH[:ROLE][,PATH[:ROLE]...]``: several seeds of one method (their roles must agree), or one result."""
+    loaded = [load_result(part) for part in spec.split(",") if part]
+    if not loaded:
+        raise DataError(f"{spec!r} names no result")
+    roles = loaded[0][1]
+    if any(r != roles for _, r in loaded):
+        raise DataError(f"{spec}: the seeds' roles differ ({', '.join('/'.join(r) for _, r in loaded)})")
+    return [result for result, _ in loaded], roles
+
+
+def _seeded(results: dict | Sequence[dict]) -> list[dict]:
+    return [results] if isinstance(results, dict) else list(results)
+
+
+def compare_results(a: dict | Sequence[dict], roles_a: list[str], b: dict | Sequence[dict], roles_b: list[str],
                     tasks: Sequence[str] | None = None) -> list[Row]:
     """Pair roles (the only one of each, else the same names), then compare task by task and pooled.
 
-    ``tasks`` restricts and orders the tasks (default: A's tasks that B has too).
+    ``a`` and ``b`` are one result each, or one per training seed (paired by position; a single result on one
+    side is paired with every seed of the other). ``tasks`` restricts and orders the tasks (default: A's tasks
+    that B has too).
     """
+    seeds_a, seeds_b = _seeded(a), _seeded(b)
+    if len(seeds_a) == 1 < len(seeds_b):
+        seeds_a = seeds_a * len(seeds_b)
+    if len(seeds_b) == 1 < len(seeds_a):
+        seeds_b = seeds_b * len(seeds_a)
+    if len(seeds_a) != len(seeds_b):
+        raise DataError(f"{len(seeds_a)} seeds against {len(seeds_b)}: pair seed by seed, or give one reference")
     if len(roles_a) == 1 and len(roles_b) == 1:
         pairs = [(roles_a[0], roles_b[0])]
     else:
@@ -106,23 +135,27 @@ def compare_results(a: dict, roles_a: list[str], b: dict, roles_b: list[str],
     if not pairs:
         raise DataError(f"nothing to pair: roles {roles_a} vs {roles_b}; pick one of each with PATH:ROLE")
     rows: list[Row] = []
+    first_a = seeds_a[0]
     for ra, rb in pairs:
         label = ra if ra == rb else f"{ra} vs {rb}"
-        both = [t for t in (a.get(ra, {}) if tasks is None else tasks) if t in a.get(ra, {}) and t in b.get(rb, {})]
+        both = [t for t in (first_a.get(ra, {}) if tasks is None else tasks)
+                if all(t in x.get(ra, {}) for x in seeds_a) and all(t in x.get(rb, {}) for x in seeds_b)]
         pooled_a, pooled_b = [], []
         for t in both:
-            oa, ob = outcome_vector(a, ra, t), outcome_vector(b, rb, t)
-            if oa is None or ob is None:
+            oa = [outcome_vector(x, ra, t) for x in seeds_a]
+            ob = [outcome_vector(x, rb, t) for x in seeds_b]
+            if any(o is None for o in oa + ob):
                 rows.append(Row(label, t, note="per-question outcomes not kept"))
-            elif oa[1] != ob[1]:
+            elif len({o[1] for o in oa + ob}) != 1:
                 rows.append(Row(label, t, note="not comparable: different questions"))
             else:
-                pooled_a.append(oa[0])
-                pooled_b.append(ob[0])
-                rows.append(Row(label, t, float(oa[0].mean()), float(ob[0].mean()), compare(oa[0], ob[0])))
+                ma, mb = np.stack([o[0] for o in oa]), np.stack([o[0] for o in ob])
+                pooled_a.append(ma)
+                pooled_b.append(mb)
+                rows.append(Row(label, t, float(ma.mean()), float(mb.mean()), compare_seeds(ma, mb)))
         if len(pooled_a) > 1:
-            xa, xb = np.concatenate(pooled_a), np.concatenate(pooled_b)
-            rows.append(Row(label, "all", float(xa.mean()), float(xb.mean()), compare(xa, xb)))
+            xa, xb = np.concatenate(pooled_a, axis=1), np.concatenate(pooled_b, axis=1)
+            rows.append(Row(label, "all", float(xa.mean()), float(xb.mean()), compare_seeds(xa, xb)))
     return rows
 
 
