@@ -70,3 +70,44 @@ def test_fedcollm_report_rebuilds_an_experiment_folder_from_its_saved_results(tm
     assert (run / "accuracy_per_round.png").is_file() and "accuracy_per_round.png" in (run / "report.md").read_text()
     assert main(["report", str(tmp_path)]) == 2  # not a run or experiment folder: one line
     assert "no config.yaml" in capsys.readouterr().err
+
+
+def test_a_seeded_experiment_gets_one_report_with_each_seed_the_mean_and_claims_over_seeds(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from fedcollm.cli import main
+
+    rng = np.random.default_rng(0)
+
+    def scored(p: float, n: int = 40) -> dict:
+        bits = "".join("1" if x else "0" for x in rng.random(n) < p)
+        return {"acc": bits.count("1") / n, "n": n, "correct": bits, "correct_norm": bits, "ids_sha1": f"q{n}"}
+
+    for seed in range(3):
+        methods = tmp_path / "seeded" / f"seed-{seed}" / "methods"
+        methods.mkdir(parents=True)
+        no_kd_llm = {t: scored(0.5) for t in ("arc_easy", "openbookqa")}
+        for name, llm, slm in (("fedavg", None, 0.3), ("no_kd", no_kd_llm, 0.35), ("fedcollm", no_kd_llm, 0.6)):
+            result = {"slm": {t: scored(slm) for t in ("arc_easy", "openbookqa")}, "split": "test"}
+            if llm is not None:
+                result["llm"] = llm
+            if name == "fedcollm":
+                result["identical_to"] = {"llm": "no_kd"}
+            (methods / f"{name}.json").write_text(json.dumps(result))
+            (methods / f"{name}.dev.json").write_text("{}")  # dev files are not test results
+        extra = methods.parent / "extra"
+        extra.mkdir()
+        (extra / "proxy.json").write_text(json.dumps({"metrics": {t: scored(0.9) for t in ("arc_easy", "openbookqa")}}))
+    assert main(["report", str(tmp_path / "seeded")]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {tmp_path / 'seeded' / 'report.md'}"
+    report = (tmp_path / "seeded" / "report.md").read_text()
+    assert "3 training seeds (0, 1, 2)" in report
+    assert "| fedcollm (= no_kd: bit-identical adapter, scored once) | LLM | 2 |" in report
+    assert any(line.startswith("| fedcollm | SLM | 3 | ") and "±" in line for line in report.splitlines())
+    rows = {line.split("|")[1].strip() + "/" + line.split("|")[2].strip(): line for line in report.splitlines()
+            if line.startswith("| SLM: ") or line.startswith("| LLM: ")}
+    assert "| 80 × 3 |" in rows["SLM: fedcollm > fedavg/**all**"] and "holds" in rows["SLM: fedcollm > fedavg/**all**"]
+    assert "+0.0 | [+0.0, +0.0]" in rows["LLM: fedcollm ≥ no_kd/**all**"]  # the same adapter: no difference
+    assert "holds (significant)" in rows["LLM: proxy > no_kd/**all**"]

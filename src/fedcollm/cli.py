@@ -252,10 +252,15 @@ def cmd_flower_app(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """Rebuild report.md, results and plots from a folder's saved results alone (no model is loaded)."""
     from .config import load_config
+    from .recipes.seeds import is_seeded, write_seeds_report
 
     folder = Path(args.folder)
+    if not (folder / "config.yaml").is_file() and is_seeded(folder):  # seed-N/ experiment folders
+        print(f"report: {write_seeds_report(folder)}")
+        return 0
     if not (folder / "config.yaml").is_file():
-        raise ConfigError(f"{folder} is neither a run folder nor an experiment folder (no config.yaml)")
+        raise ConfigError(f"{folder} is neither a run folder, an experiment folder (no config.yaml) nor a folder "
+                          "of seed-N/ experiments")
     cfg = load_config(folder / "config.yaml")
     if (folder / "methods").is_dir():
         from .recipes.experiment import write_report
