@@ -139,7 +139,7 @@ BREAKS = [
           '        require(self.temperature >= 0, f"{prefix}temperature must be > 0")',
           ("tests/test_properties.py", "tests/test_config.py"), "kd.temperature = 0 accepted (a softmax over 0)"),
     Break("no-parent-death-signal", "federation/deploy.py",
-          "            _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)", "            pass",
+          "            _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM))", "            pass",
           ("tests/test_federation.py",), "Flower's processes do not die with a SIGKILLed launcher"),
     Break("launcher-watch-off", "federation/server_app.py", "        end_with(int(rc[\"launcher-pid\"]))",
           "        pass", ("tests/test_federation.py",), "the ServerApp trains on after its launcher is gone"),

@@ -45,17 +45,23 @@ class PortTaken(DeployError):
     """The SuperLink could not bind its port (another process holds it): try another."""
 
 
-def _libc():
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _prctl():
+    """libc's ``prctl``, resolved here, once: the child between fork and exec only calls it (no lookup, no
+    import), as little as may run in a child of a process with threads. None off Linux."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
+        fn = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
         return None
+    fn.argtypes, fn.restype = [ctypes.c_int, ctypes.c_ulong], ctypes.c_int
+    return fn
 
 
-_LIBC = _libc()
-PR_SET_PDEATHSIG = 1  # prctl(2)
+_PRCTL = _prctl()
 
 
 def child_kwargs() -> dict:
@@ -68,8 +74,8 @@ def child_kwargs() -> dict:
     launcher = os.getpid()
 
     def in_the_child() -> None:  # between fork and exec
-        if _LIBC is not None:
-            _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM))
         if os.getppid() != launcher:  # the launcher died before the prctl
             os._exit(1)
 
