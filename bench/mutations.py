@@ -160,12 +160,12 @@ BREAKS = [
 ]
 
 
-def scratch_copy(dest: Path, ref: str | None, shared: Path) -> None:
-    """The repository's files the suite needs: the working tree's, or ``ref``'s (``git archive``); ``results/``
-    (only read) as a link to ``shared``."""
-    if ref is None:
+def scratch_copy(dest: Path, ref: str | Path | None, shared: Path) -> None:
+    """The repository's files the suite needs: the working tree's (or a snapshot folder's), or ``ref``'s (``git
+    archive``); ``results/`` (only read) as a link to ``shared``."""
+    if ref is None or isinstance(ref, Path):
         for name in COPIED:
-            src = ROOT / name
+            src = (ref or ROOT) / name
             if src.is_dir():
                 shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
             elif src.exists():
@@ -206,7 +206,7 @@ def first_failure(output: str) -> str:
     return ""
 
 
-def run_one(brk: Break | None, ref: str | None, timeout: float, shared: Path) -> dict:
+def run_one(brk: Break | None, ref: str | Path | None, timeout: float, shared: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="fedcollm-mutant-") as tmp:
         dest = Path(tmp)
         scratch_copy(dest, ref, shared)
@@ -242,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     breaks = [b for b in BREAKS if args.only is None or b.name in args.only.split(",")]
     keep = tempfile.TemporaryDirectory(prefix="fedcollm-mutant-results-")
     shared = shared_results(args.ref, Path(keep.name))
+    source: str | Path | None = args.ref
+    if args.ref is None:  # the working tree as it is now: edits made while the breaks run do not leak in
+        source = Path(keep.name) / "snapshot"
+        source.mkdir()
+        scratch_copy(source, None, shared)
     if args.list:
         with tempfile.TemporaryDirectory() as tmp:
             scratch_copy(Path(tmp), args.ref, shared)
@@ -256,12 +261,12 @@ def main(argv: list[str] | None = None) -> int:
              f"{', with uncommitted changes' if args.ref is None and _dirty() else ''})",
              "| break | what it breaks | outcome | first failing test | s |", "|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
-    clean = run_one(None, args.ref, args.timeout, shared)  # the unbroken copy must pass, or no outcome below means much
+    clean = run_one(None, source, args.timeout, shared)  # the unbroken copy must pass, or no outcome below means much
     lines.append(f"| (none) | the tree as it is | {clean['status']} | {clean['test']} | {clean['seconds']:.0f} |")
     print(lines[-1], flush=True)
     missed = 0
     for b in breaks:
-        r = run_one(b, args.ref, args.timeout, shared)
+        r = run_one(b, source, args.timeout, shared)
         missed += r["status"] == "missed"
         line = f"| {b.name} | {b.what} | {r['status']} | {r['test']} | {r['seconds']:.0f} |"
         lines.append(line)
