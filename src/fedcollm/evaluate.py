@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import DataError, MCRequest, Question, load_eval, mc_request
-from .data.prompts import TARGET_DELIMITER, reported_metric
+from .data.prompts import reported_metric
 from .memory import release
 from .models.anatomy import backbone_and_head, pad_id
 from .precision import autocast
@@ -58,7 +58,7 @@ def encode_request(tokenizer, req: MCRequest, max_length: int) -> Encoded:
     ctx = tokenizer(context)["input_ids"]
     conts = []
     for choice in req.choices:
-        whole = tokenizer(context + prefix + TARGET_DELIMITER + choice)["input_ids"]
+        whole = tokenizer(context + prefix + req.delimiter + choice)["input_ids"]
         conts.append(whole[len(ctx) :])
     longest = max(len(c) for c in conts)
     if len(ctx) + longest > max_length + 1:  # lm-eval keeps the last max_length+1 tokens of each pair

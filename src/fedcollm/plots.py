@@ -31,8 +31,12 @@ def _pyplot():
     return plt
 
 
-def _name(task: str) -> str:
-    return TASK_NAMES.get(task, task)
+def task_label(task: str) -> str:
+    """A task's short name in tables and plots: the paper's abbreviation for the built-in four, else the last
+    part of a path (a folder or file of the user's own), else the name itself."""
+    if task in TASK_NAMES:
+        return TASK_NAMES[task]
+    return Path(task).stem or task if ("/" in task or task.endswith((".yaml", ".yml"))) else task
 
 
 def accuracy_per_round(path: Path, curves: dict[str, list[RoundRecord]], references: dict[str, dict], tasks: list[str],
@@ -76,7 +80,7 @@ def accuracy_figure(curves: dict[str, list[RoundRecord]], references: dict[str, 
                                color=COLOURS.get(method), label=LABELS.get(method, method))
             ax.set_xticks(range(0, last + 1))
             ax.set_xlim(-0.2, last + 0.2)
-            ax.set_title(f"{role.upper()} · {_name(task)}", fontsize=9)
+            ax.set_title(f"{role.upper()} · {task_label(task)}", fontsize=9)
             ax.tick_params(labelsize=8)
             if col == 0:
                 ax.set_ylabel("accuracy %", fontsize=8)
@@ -125,7 +129,7 @@ def final_accuracy_bars(path: Path, results: dict[str, dict], tasks: list[str]) 
                 hi.append(100 * (b - acc))
             ax.bar(xs, ys, width * 0.95, yerr=[lo, hi], capsize=2, color=COLOURS.get(method),
                    label=LABELS.get(method, method), error_kw={"lw": 0.8})
-        ax.set_xticks(range(len(tasks)), [_name(t) for t in tasks], fontsize=8)
+        ax.set_xticks(range(len(tasks)), [task_label(t) for t in tasks], fontsize=8)
         ax.set_title(f"{role.upper()}: final accuracy (95% interval)", fontsize=9)
         ax.set_ylabel("accuracy %", fontsize=8)
         ax.legend(fontsize=7)

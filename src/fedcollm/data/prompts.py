@@ -23,10 +23,13 @@ class MCRequest:
     context: str
     choices: tuple[str, ...]
     gold: int
+    delimiter: str = TARGET_DELIMITER
 
 
 def context_of(q: Question) -> str:
-    """The task's ``doc_to_text``."""
+    """The task's ``doc_to_text``: the question's own rendered prompt, else the built-in task's template."""
+    if q.prompt is not None:
+        return q.prompt
     if q.task in ("arc_easy", "arc_challenge"):
         return f"Question: {q.question}\nAnswer:"
     if q.task == "openbookqa":
@@ -40,13 +43,13 @@ def context_of(q: Question) -> str:
 
 def choices_of(q: Question) -> tuple[str, ...]:
     """The task's ``doc_to_choice``: choice texts, or the letters A-E for CommonsenseQA."""
-    if q.task == "commonsense_qa":
+    if q.task == "commonsense_qa" and q.prompt is None:
         return _CSQA_LETTERS[: len(q.choices)]
     return q.choices
 
 
 def mc_request(q: Question) -> MCRequest:
-    return MCRequest(context_of(q), choices_of(q), q.answer)
+    return MCRequest(context_of(q), choices_of(q), q.answer, q.delimiter)
 
 
 #: the metric each task is reported by (the paper reports accuracy, lm-eval's ``acc``, on all four); a task
@@ -61,4 +64,4 @@ def reported_metric(task: str) -> str:
 
 def training_pair(q: Question) -> tuple[str, str]:
     """(prompt, answer) for supervised tuning: the evaluation context and the delimited gold choice."""
-    return context_of(q), TARGET_DELIMITER + choices_of(q)[q.answer]
+    return context_of(q), q.delimiter + choices_of(q)[q.answer]

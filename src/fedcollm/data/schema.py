@@ -39,7 +39,11 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Question:
-    """A multiple-choice question: ``choices[answer]`` is the gold choice text."""
+    """A multiple-choice question: ``choices[answer]`` is the gold choice text.
+
+    ``prompt`` is the context as the model reads it, already rendered (a task of lm-eval's format or a JSONL file
+    with a template); None: the built-in task's own template (``prompts.context_of``). ``delimiter`` goes between
+    the context and a choice (lm-eval's ``target_delimiter``)."""
 
     id: str
     task: str
@@ -47,11 +51,21 @@ class Question:
     choices: tuple[str, ...]
     labels: tuple[str, ...]
     answer: int
+    prompt: str | None = None
+    delimiter: str = " "
+
+
+def is_builtin(task: str) -> bool:
+    return task in TASKS
 
 
 def check_task(task: str, where: str = "") -> str:
-    if task not in TASKS:
-        raise DataError(f"unknown task {task!r}{f' in {where}' if where else ''}; choose from {', '.join(ALL_TASKS)}")
+    """``task`` if it names a task: a built-in one, or a folder of the user's own JSONL files (``jsonl_task``)."""
+    from .jsonl_task import is_jsonl_task
+
+    if task not in TASKS and not is_jsonl_task(task):
+        raise DataError(f"unknown task {task!r}{f' in {where}' if where else ''}: neither a built-in task "
+                        f"({', '.join(ALL_TASKS)}) nor a folder of JSONL files (train.jsonl, dev.jsonl, test.jsonl)")
     return task
 
 
@@ -66,8 +80,8 @@ def check_tasks(names: Iterable[str], where: str = "tasks") -> list[str]:
 
 
 def eval_split(task: str) -> str:
-    """The split lm-eval scores the task on (test, or validation for CommonsenseQA)."""
-    return TASKS[check_task(task)]["eval_split"]
+    """The split lm-eval scores the task on (test, or validation for CommonsenseQA; a folder's test.jsonl)."""
+    return TASKS[check_task(task)]["eval_split"] if is_builtin(task) else "test"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
@@ -94,7 +108,10 @@ def _record_to_question(rec: dict, task: str, where: str) -> Question:
         labels = tuple(str(c["label"]) for c in q["choices"])
         texts = tuple(str(c["text"]) for c in q["choices"])
         answer = labels.index(str(rec["answerKey"]).strip())
-        return Question(str(rec["id"]), task, str(q["stem"]), texts, labels, answer)
+        prompt, delimiter = rec.get("prompt"), rec.get("delimiter", " ")
+        if not (prompt is None or isinstance(prompt, str)) or not isinstance(delimiter, str):
+            raise TypeError("prompt and delimiter must be strings")
+        return Question(str(rec["id"]), task, str(q["stem"]), texts, labels, answer, prompt, delimiter)
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{where}: not a multiple-choice record ({type(exc).__name__}: {exc})") from None
 
@@ -126,10 +143,15 @@ def read_jsonl(path: Path, task: str | None) -> list[Question]:
             raise DataError(f"{path}:{lineno}: malformed JSON ({type(exc).__name__}: {str(exc)[:120]})") from None
         where = f"{path}:{lineno}"
         rec_task = task if task is not None else (rec.get("task") if isinstance(rec, dict) else None)
-        if not isinstance(rec_task, str) or rec_task not in TASKS:  # a list or dict is not even hashable
+        if not isinstance(rec_task, str) or not (rec_task in TASKS or (task is None and _names_own_task(rec))):
             raise DataError(f"{where}: record names no known task ({rec_task!r})")
         out.append(_record_to_question(rec, rec_task, where))
     return out
+
+
+def _names_own_task(rec) -> bool:
+    """A per-client record of a task of the user's own carries its rendered prompt: no folder needed to read it."""
+    return isinstance(rec, dict) and isinstance(rec.get("prompt"), str)
 
 
 def write_jsonl(path: Path, questions: list[Question]) -> None:
@@ -140,6 +162,8 @@ def write_jsonl(path: Path, questions: list[Question]) -> None:
             choices = [{"label": lab, "text": txt} for lab, txt in zip(q.labels, q.choices)]
             rec = {"id": q.id, "task": q.task, "question": {"stem": q.question, "choices": choices},
                    "answerKey": q.labels[q.answer]}
+            if q.prompt is not None:  # a task of the user's own: the prompt as rendered, and its delimiter
+                rec["prompt"], rec["delimiter"] = q.prompt, q.delimiter
             fh.write(json.dumps(rec) + "\n")
 
 
@@ -174,18 +198,27 @@ def _hf_choices(row: dict) -> list[dict]:
 #: their dev set is carved from train instead, a fixed tenth of it (the questions with the smallest
 #: sha1 of their id: the same on every machine and for every seed), and it is never in D^a or any D^k.
 DEV_FROM_TRAIN = {"commonsense_qa": 0.1}
+DEV_SHARE = 0.1  # the same carve for a task folder without dev.jsonl
 #: Set (to anything) while tuning: reading a test split then fails, so no test question can steer a choice.
 SEAL_ENV = "FEDCOLLM_SEAL_TEST"
 
 
 def dev_split(task: str) -> str:
-    """The split that choices are made on: the official validation split, or (CSQA) the ``dev`` carve."""
-    return "dev" if check_task(task) in DEV_FROM_TRAIN else "validation"
+    """The split that choices are made on: the official validation split (a folder's dev.jsonl), or the ``dev``
+    carve of train (CSQA; a folder without dev.jsonl)."""
+    if not is_builtin(check_task(task)):
+        return "validation" if (Path(task).expanduser() / "dev.jsonl").is_file() else "dev"
+    return "dev" if task in DEV_FROM_TRAIN else "validation"
+
+
+def _carved(task: str) -> bool:
+    """Is ``task``'s dev set carved from its train split?"""
+    return task in DEV_FROM_TRAIN or (not is_builtin(task) and dev_split(task) == "dev")
 
 
 def _carve(task: str, train: list[Question]) -> tuple[list[Question], list[Question]]:
     """(dev, rest) of a task's train split, per ``DEV_FROM_TRAIN``."""
-    n = max(1, round(DEV_FROM_TRAIN[task] * len(train)))
+    n = max(1, round(DEV_FROM_TRAIN.get(task, DEV_SHARE) * len(train)))
     dev = {q.id for q in sorted(train, key=lambda q: hashlib.sha1(q.id.encode()).hexdigest())[:n]}
     return [q for q in train if q.id in dev], [q for q in train if q.id not in dev]
 
@@ -194,8 +227,8 @@ def load_split(task: str, split: str, data_dir: str | os.PathLike | None = None)
     """All questions of ``task``'s ``split``: "train" (without a carved dev set), "validation", "test",
     or "dev" (a carve of train, for the tasks in ``DEV_FROM_TRAIN``)."""
     check_task(task)
-    if split == "dev" or (split == "train" and task in DEV_FROM_TRAIN):
-        if task not in DEV_FROM_TRAIN:
+    if split == "dev" or (split == "train" and _carved(task)):
+        if not _carved(task):
             raise DataError(f"{task} has an official validation split: ask for 'validation', not 'dev'")
         dev, rest = _carve(task, _read_split(task, "train", data_dir))
         return dev if split == "dev" else rest
@@ -208,6 +241,13 @@ def load_split(task: str, split: str, data_dir: str | os.PathLike | None = None)
 def _read_split(task: str, split: str, data_dir: str | os.PathLike | None) -> list[Question]:
     if split not in _LOCAL_SPLIT:
         raise DataError(f"unknown split {split!r}; choose from train, validation, test, dev")
+    if not is_builtin(task):  # a folder of the user's JSONL files: its own files, no data_dir
+        from .jsonl_task import read_task_file
+
+        path = Path(task).expanduser() / f"{_LOCAL_SPLIT[split]}.jsonl"
+        if not path.is_file():
+            raise DataError(f"task {task}: no {path.name} for its {split} split")
+        return read_task_file(path, task)
     root = resolve_data_dir(data_dir)
     if root is None:
         qs, where = _load_hub(task, split), f"HF hub dataset {TASKS[task]['hub']} [{split}]"

@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import plots
 from ..build import preflight
 from ..config import Config, ConfigError, KDSection, config_differences, load_config, save_config
-from ..plots import TASK_NAMES
+from ..plots import task_label
 from ..precision import cpu_info, resolve_precision
 from ..reporting import header
 from ..rounds import RoundRecord, mean_bytes_per_client, records_of
@@ -286,7 +286,7 @@ def claims_section(results: dict, tasks: list[str], split: str = "test") -> list
     for role, a, b, expect in CLAIMS + (VARIANT_CLAIMS if "fedcollm_paper" in results else ()):
         claim = f"{role.upper()}: {a} {SYMBOL[expect]} {b}"
         for r in compare_results(results.get(a, {}), [role], results.get(b, {}), [role], tasks):
-            task = "**all**" if r.task == "all" else TASK_NAMES[r.task]
+            task = "**all**" if r.task == "all" else task_label(r.task)
             if r.stats is not None:
                 lines.append(_claim_row(claim, task, r.stats, expect))
             elif "different questions" in r.note:  # a method without per-question outcomes is left out
@@ -308,7 +308,7 @@ def write_report(out: Path, cfg: Config) -> None:
     n = {t: shown.get("fedcollm", shown.get("zero_shot", {})).get("slm", {}).get(t, {}).get("n", "?")
          for t in tasks}
     lines = header(f"FedCoLLM experiment `{out.name}`", cfg, f"{split} questions per task: "
-                   + ", ".join(f"{TASK_NAMES[t]} {n[t]}" for t in tasks) + ". Accuracy in %.")
+                   + ", ".join(f"{task_label(t)} {n[t]}" for t in tasks) + ". Accuracy in %.")
     if split == "dev":
         lines += ["", "**Dev only**: every method here was trained and evaluated on the dev split with the test "
                   "splits sealed, and nothing was scored on test. Tables 1-2 and the claims below are dev "
@@ -337,14 +337,14 @@ def accuracy_tables(results: dict, tasks: list[str]) -> list[str]:
     for t in tasks:
         paper = " / ".join("(" + ", ".join(map(str, s)) + ")" for s in PAPER_LLM[t])
         cells = [_cell(results, m, "llm", t) for m in ("zero_shot", "centralized", "fedcollm")]
-        lines.append(f"| {TASK_NAMES[t]} | " + " | ".join(cells) + f" | {paper} |")
+        lines.append(f"| {task_label(t)} | " + " | ".join(cells) + f" | {paper} |")
     lines += ["", "## Table 2: client SLM (Standalone: mean over clients)", "",
               "| task | Zero-Shot | Standalone | FedAvg | FedCoLLM | paper S1 / S2 / S3 (ZS, SA, FedAvg, FedCoLLM) |",
               "|---|---|---|---|---|---|"]
     for t in tasks:
         paper = " / ".join("(" + ", ".join(map(str, s)) + ")" for s in PAPER_SLM[t])
         cells = [_cell(results, m, "slm", t) for m in ("zero_shot", "standalone", "fedavg", "fedcollm")]
-        lines.append(f"| {TASK_NAMES[t]} | " + " | ".join(cells) + f" | {paper} |")
+        lines.append(f"| {task_label(t)} | " + " | ".join(cells) + f" | {paper} |")
     if "fedcollm_paper" in results:
         lines += ["", "FedCoLLM with the paper's transfer (`fedcollm_paper`: paper-faithful's `kd`, the rest of "
                   "this config), beside FedCoLLM with this config's:", "",
@@ -352,7 +352,7 @@ def accuracy_tables(results: dict, tasks: list[str]) -> list[str]:
                   "|---|---|---|---|---|"]
         for t in tasks:
             cells = [_cell(results, m, role, t) for role in ("llm", "slm") for m in ("fedcollm_paper", "fedcollm")]
-            lines.append(f"| {TASK_NAMES[t]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {task_label(t)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -368,7 +368,7 @@ def owes_table(results: dict, tasks: list[str]) -> list[str]:
     cells = (("llm", "zero_shot"), ("llm", "no_kd"), ("llm", "fedcollm"), ("slm", "fedavg"), ("slm", "no_kd"),
              ("slm", "fedcollm"))
     for t in tasks:
-        lines.append(f"| {TASK_NAMES[t]} | " + " | ".join(_cell(results, m, role, t) for role, m in cells) + " |")
+        lines.append(f"| {task_label(t)} | " + " | ".join(_cell(results, m, role, t) for role, m in cells) + " |")
     return lines
 
 
@@ -403,7 +403,7 @@ def dev_table(dev: dict, tasks: list[str]) -> list[str]:
     if not dev:
         return []
     lines = ["", "## Dev split (choices are made here, never on test)", "",
-             "| model | method | " + " | ".join(TASK_NAMES[t] for t in tasks) + " |",
+             "| model | method | " + " | ".join(task_label(t) for t in tasks) + " |",
              "|---|---|" + "---|" * len(tasks)]
     for role in ("llm", "slm"):
         for m in METHODS + VARIANTS:

@@ -15,7 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
-from ..plots import TASK_NAMES
+from ..plots import TASK_NAMES, task_label
 from .compare import compare_results
 
 #: (model, a, b, expectation): the claims of a seeded run of FedCoLLM against its baselines
@@ -64,9 +64,10 @@ def write_seeds_report(folder: str | Path) -> Path:
     seeds = seed_folders(folder)
     results = {s: load_seed(p) for s, p in seeds}
     methods = sorted({m for r in results.values() for m in r}, key=_order)
-    tasks = [t for t in TASK_NAMES if any(t in r.get(m, {}).get(role, {}) for r in results.values() for m in r
-                                          for role in ("llm", "slm"))]
-    cols = [*(TASK_NAMES[t] for t in tasks), "pooled"]
+    found = {t for r in results.values() for m in r.values() for role in ("llm", "slm")
+             if isinstance(m.get(role), dict) for t in m[role]}
+    tasks = [t for t in TASK_NAMES if t in found] + sorted(found - set(TASK_NAMES))
+    cols = [*(task_label(t) for t in tasks), "pooled"]
     listed = ", ".join(str(s) for s, _ in seeds)
     lines = [f"# Seeded experiment `{folder.name}`: {len(seeds)} training seeds ({listed})",
              "", "Each seed is an experiment folder (`seed-N/`) on the same splits and test questions; the seed "
@@ -109,7 +110,7 @@ def write_seeds_report(folder: str | Path) -> Path:
             continue
         claim = f"{role.upper()}: {a} {symbol[expect]} {b}"
         for r in compare_results([g[a] for g in got], [role], [g[b] for g in got], [role], tasks):
-            task = "**all**" if r.task == "all" else TASK_NAMES[r.task]
+            task = "**all**" if r.task == "all" else task_label(r.task)
             if r.stats is None:
                 lines.append(f"| {claim} | {task} | - | - | - | {r.note} |")
                 continue

@@ -1,0 +1,111 @@
+"""A task of the user's own: a folder of JSONL files in one plain schema.
+
+The folder holds ``train.jsonl`` (what clients and the server train on), and ``dev.jsonl`` and ``test.jsonl``
+(what choices are made on, and what is reported; without ``dev.jsonl`` a fixed tenth of train is carved out,
+as for CommonsenseQA). One question per line::
+
+    {"id": "q1", "question": "Which drug ...?", "choices": ["aspirin", "ibuprofen", "codeine"], "answer": 1}
+    {"id": "q2", "question": "...", "choices": ["...", "..."], "answer": "B", "context": "A passage ..."}
+
+``answer`` is the gold choice's index (0-based) or its label (``A``, ``B``, ... unless the line gives its own
+``labels``); ``context`` is optional. The prompt is lm-eval's multiple-choice default, ``Question: ...\\nAnswer:``
+(the context on the lines before it), or ``template`` (Python ``str.format`` with ``{question}``, ``{context}``
+and ``{choices}``, the choices one per line as ``A. ...``), and each choice is scored as `` choice`` after it.
+
+A line that cannot be a question is refused with the file and line: no answer or one out of range, fewer than
+two choices, an id seen before, an empty question, bytes that are not UTF-8.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .schema import DataError, Question
+
+DEFAULT_TEMPLATE = "Question: {question}\nAnswer:"
+CONTEXT_TEMPLATE = "{context}\nQuestion: {question}\nAnswer:"
+FILES = {"train": "train.jsonl", "dev": "dev.jsonl", "test": "test.jsonl"}
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def is_jsonl_task(name: str) -> bool:
+    """Does ``name`` name a folder holding a task's JSONL files?"""
+    path = Path(name).expanduser()
+    try:
+        return path.is_dir() and any((path / f).is_file() for f in FILES.values())
+    except OSError:
+        return False
+
+
+def render(rec: dict, template: str | None) -> str:
+    choices = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(rec["choices"]) if i < len(LETTERS))
+    fmt = template or (CONTEXT_TEMPLATE if rec.get("context") else DEFAULT_TEMPLATE)
+    return fmt.format(question=rec["question"], context=rec.get("context") or "", choices=choices)
+
+
+def _question(rec, task: str, where: str, template: str | None) -> Question:
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: not a question (a JSON object with id, question, choices, answer)")
+    for key in ("id", "question", "choices", "answer"):
+        if key not in rec:
+            raise DataError(f"{where}: no {key!r}")
+    qid, text, choices, answer = rec["id"], rec["question"], rec["choices"], rec["answer"]
+    if not isinstance(qid, (str, int)) or isinstance(qid, bool) or not str(qid).strip():
+        raise DataError(f"{where}: id must be a non-empty string or an integer, got {qid!r}"[:300])
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: the question is empty")
+    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+        raise DataError(f"{where}: choices must be a list of strings")
+    if len(choices) < 2:
+        raise DataError(f"{where}: {len(choices)} choice(s); a multiple-choice question needs at least 2")
+    if "context" in rec and rec["context"] is not None and not isinstance(rec["context"], str):
+        raise DataError(f"{where}: context must be a string")
+    labels = rec.get("labels", list(LETTERS[: len(choices)]))
+    if not isinstance(labels, list) or len(labels) != len(choices) or len(set(map(str, labels))) != len(labels):
+        raise DataError(f"{where}: labels must be one distinct label per choice")
+    labels = [str(x) for x in labels]
+    if isinstance(answer, bool) or not isinstance(answer, (int, str)):
+        raise DataError(f"{where}: answer must be a choice's index or label, got {answer!r}"[:300])
+    if isinstance(answer, int):
+        if not 0 <= answer < len(choices):
+            raise DataError(f"{where}: answer {answer} is out of range for {len(choices)} choices (0-based)")
+        gold = answer
+    elif answer.strip() in labels:
+        gold = labels.index(answer.strip())
+    else:
+        raise DataError(f"{where}: answer {answer!r} is none of the labels {', '.join(labels)}"[:300])
+    try:
+        prompt = render(rec, template)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise DataError(f"{where}: the template cannot be filled ({type(exc).__name__}: {exc})") from None
+    return Question(str(qid), task, text, tuple(choices), tuple(labels), gold, prompt=prompt, delimiter=" ")
+
+
+def read_task_file(path: Path, task: str, template: str | None = None) -> list[Question]:
+    """Every question of one JSONL file of a task folder; the first bad line ends it, named by file and line."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"data file {path} cannot be read ({exc.strerror or exc})") from None
+    out, seen = [], {}
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{where}: not UTF-8 text (byte {exc.start} of the line)") from None
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise DataError(f"{where}: malformed JSON ({str(exc)[:120]})") from None
+        q = _question(rec, task, where, template)
+        if q.id in seen:
+            raise DataError(f"{where}: id {q.id!r} is already the question of line {seen[q.id]}"[:300])
+        seen[q.id] = lineno
+        out.append(q)
+    if not out:
+        raise DataError(f"{path}: no questions")
+    return out

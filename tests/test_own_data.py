@@ -1,0 +1,119 @@
+"""Bring your own data: a folder of JSONL files in the plain schema (``data/jsonl_task.py``) is a task like the
+built-in four: it trains, it is scored, it is refused line by line when a line cannot be a question."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from fedcollm.config import load_config
+from fedcollm.data import DataError, load_eval, load_split, mc_request
+from fedcollm.data.schema import read_jsonl, write_jsonl
+
+WORDS = "drug dose fever pain liver kidney heart blood lung skin bone nerve".split()
+
+
+def write_task(folder, n_train=40, n_dev=8, n_test=8, seed=0, dev=True):
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev if dev else 0), ("test", n_test)):
+        if not n:
+            continue
+        lines = []
+        for i in range(n):
+            k = rng.randint(2, 5)
+            rec = {"id": f"{split}-{i}", "question": " ".join(rng.choice(WORDS) for _ in range(6)) + "?",
+                   "choices": [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3))) for _ in range(k)],
+                   "answer": rng.randrange(k) if i % 2 else "ABCDE"[rng.randrange(k)]}
+            if i % 3 == 0:
+                rec["context"] = "A passage about " + rng.choice(WORDS) + "."
+            lines.append(json.dumps(rec))
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_a_folder_of_jsonl_files_is_a_task_with_lm_evals_default_prompt(tmp_path):
+    task = str(write_task(tmp_path / "med"))
+    train, dev, test = load_split(task, "train"), load_eval(task, split="dev"), load_eval(task, split="test")
+    assert (len(train), len(dev), len(test)) == (40, 8, 8) and {q.task for q in train} == {task}
+    q = next(q for q in train if q.id == "train-1")  # an index answer, no context
+    raw = json.loads((tmp_path / "med" / "train.jsonl").read_text().splitlines()[1])
+    req = mc_request(q)
+    assert req.context == f"Question: {raw['question']}\nAnswer:" and req.choices == tuple(raw["choices"])
+    assert req.gold == raw["answer"] and req.delimiter == " "
+    with_context = next(q for q in train if q.id == "train-0")  # a label answer and a context
+    raw0 = json.loads((tmp_path / "med" / "train.jsonl").read_text().splitlines()[0])
+    assert mc_request(with_context).context == f"{raw0['context']}\nQuestion: {raw0['question']}\nAnswer:"
+    assert with_context.answer == "ABCDE".index(raw0["answer"])
+
+
+def test_without_dev_jsonl_a_fixed_tenth_of_train_is_the_dev_set(tmp_path):
+    task = str(write_task(tmp_path / "nodev", n_train=50, dev=False))
+    dev, train = load_eval(task, split="dev"), load_split(task, "train")
+    assert len(dev) == 5 and len(train) == 45 and not {q.id for q in dev} & {q.id for q in train}
+
+
+def test_per_client_files_keep_the_rendered_prompt(tmp_path):
+    task = str(write_task(tmp_path / "med"))
+    qs = load_split(task, "train")[:5]
+    write_jsonl(tmp_path / "client-0.jsonl", qs)
+    assert read_jsonl(tmp_path / "client-0.jsonl", None) == qs
+
+
+def test_a_run_on_the_users_task_trains_and_scores_it(tiny_models, tmp_path):
+    from fedcollm.recipes.fedcollm import run_fedcollm
+
+    task = str(write_task(tmp_path / "med"))
+    cfg = load_config(None, [
+        f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"tasks=[{task}]", "precision=fp32",
+        f"output_dir={tmp_path / 'runs'}", "run_name=med", "federation.rounds=1", "federation.num_clients=2",
+        "eval.split=dev", "kd.top_k=16"])
+    run = run_fedcollm(cfg, progress=False)
+    last = run.metrics()[-1]
+    assert set(last.eval["llm"]) == {task} and last.eval["slm"][task]["n"] == 8
+    assert "med" in (run.path / "report.md").read_text()  # the folder's name labels it in tables
+
+
+BAD = {
+    "no answer": ({"id": "x", "question": "q?", "choices": ["a", "b"]}, "no 'answer'"),
+    "answer out of range": ({"id": "x", "question": "q?", "choices": ["a", "b"], "answer": 2}, "out of range"),
+    "answer of no label": ({"id": "x", "question": "q?", "choices": ["a", "b"], "answer": "C"}, "none of the labels"),
+    "one choice": ({"id": "x", "question": "q?", "choices": ["a"], "answer": 0}, "needs at least 2"),
+    "empty question": ({"id": "x", "question": " ", "choices": ["a", "b"], "answer": 0}, "the question is empty"),
+    "null question": ({"id": "x", "question": None, "choices": ["a", "b"], "answer": 0}, "the question is empty"),
+    "choices not strings": ({"id": "x", "question": "q?", "choices": ["a", 2], "answer": 0}, "list of strings"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_a_bad_line_is_named_by_file_and_line_exit_2_and_nothing_written(case, tiny_models, tmp_path, capsys):
+    from fedcollm.cli import main
+
+    task = write_task(tmp_path / "med")
+    rec, needle = BAD[case]
+    lines = (task / "train.jsonl").read_text().splitlines()
+    lines.insert(2, json.dumps(rec))
+    (task / "train.jsonl").write_text("\n".join(lines) + "\n")
+    argv = ["run", f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"tasks=[{task}]",
+            "precision=fp32", f"output_dir={tmp_path / 'runs'}", "run_name=r", "federation.num_clients=2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"fedcollm: error: {task / 'train.jsonl'}:3: ") and needle in err and "\n" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_duplicate_ids_non_utf8_and_unknown_tasks_are_refused_in_one_line(tmp_path):
+    task = write_task(tmp_path / "med")
+    lines = (task / "test.jsonl").read_text().splitlines()
+    (task / "test.jsonl").write_text("\n".join([*lines, lines[0]]) + "\n")
+    with pytest.raises(DataError, match=r"test.jsonl:9: id 'test-0' is already the question of line 1"):
+        load_eval(str(task), split="test")
+    (task / "dev.jsonl").write_bytes(b'{"id": "d", "question": "\xff", "choices": ["a", "b"], "answer": 0}\n')
+    with pytest.raises(DataError, match=r"dev.jsonl:1: not UTF-8 text"):
+        load_eval(str(task), split="dev")
+    from fedcollm.build import preflight
+
+    with pytest.raises(DataError, match=r"unknown task 'no/such/folder' in tasks: neither a built-in task"):
+        preflight(load_config(None, ["tasks=[no/such/folder]"]))
