@@ -244,7 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="list the breaks and whether each applies, then stop")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds one suite run may take")
     p.add_argument("--out", default=None, help="also write the table here")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows --out already holds for the same tree (a killed pass goes on where it stopped)")
+    p.add_argument("--no-clean", action="store_true",
+                   help="skip the unbroken tree's run (where a fresh-clone run of the same tree is on record)")
     args = p.parse_args(argv)
+    if args.resume and not args.out:
+        p.error("--resume needs --out")
     breaks = [b for b in BREAKS if args.only is None or b.name in args.only.split(",")]
     keep = tempfile.TemporaryDirectory(prefix="fedcollm-mutant-results-")
     shared = shared_results(args.ref, Path(keep.name))
@@ -266,25 +272,48 @@ def main(argv: list[str] | None = None) -> int:
              f"{' --only ' + args.only if args.only else ''}: {len(breaks)} breaks on {rev} ({head}"
              f"{', with uncommitted changes' if args.ref is None and _dirty() else ''})",
              "| break | what it breaks | outcome | first failing test | s |", "|---|---|---|---|---|"]
+    done = _finished_rows(Path(args.out), head) if args.resume else {}
     print("\n".join(lines), flush=True)
-    clean = run_one(None, source, args.timeout, shared)  # the unbroken copy must pass, or no outcome below means much
-    lines.append(f"| (none) | the tree as it is | {clean['status']} | {clean['test']} | {clean['seconds']:.0f} |")
+    if args.no_clean:
+        lines.append("| (none) | the tree as it is | not run here (--no-clean) | | |")
+    elif "(none)" in done:
+        lines.append(done["(none)"])
+    else:  # the unbroken copy must pass, or no outcome below means much
+        clean = run_one(None, source, args.timeout, shared)
+        lines.append(f"| (none) | the tree as it is | {clean['status']} | {clean['test']} | {clean['seconds']:.0f} |")
     print(lines[-1], flush=True)
-    missed = 0
     for b in breaks:
-        r = run_one(b, source, args.timeout, shared)
-        missed += r["status"] == "missed"
-        line = f"| {b.name} | {b.what} | {r['status']} | {r['test']} | {r['seconds']:.0f} |"
+        if b.name in done:
+            line = done[b.name]
+        else:
+            r = run_one(b, source, args.timeout, shared)
+            line = f"| {b.name} | {b.what} | {r['status']} | {r['test']} | {r['seconds']:.0f} |"
         lines.append(line)
         print(line, flush=True)
         if args.out:
             Path(args.out).write_text("\n".join(lines) + "\n")
     caught = sum(" | caught | " in line for line in lines)
+    missed = sum(" | missed | " in line for line in lines)
     lines.append(f"\n{caught} caught, {missed} missed, {len(breaks) - caught - missed} other of {len(breaks)}")
     print(lines[-1])
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
     return 1 if missed else 0
+
+
+def _finished_rows(out: Path, head: str) -> dict[str, str]:
+    """The rows of an earlier pass over the same commit, by break name; a timeout or an error is run again."""
+    if not out.exists():
+        return {}
+    text = out.read_text().splitlines()
+    if not text or f"({head}" not in text[0]:
+        raise SystemExit(f"{out}: written for another tree than {head}; move it away or drop --resume")
+    rows = {}
+    for line in text[3:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[2] in ("caught", "missed", "n/a", "clean"):
+            rows[cells[0]] = line
+    return rows
 
 
 def _dirty() -> bool:
