@@ -57,26 +57,26 @@ def test_sampled_epsilon_shrinks_with_the_sample_and_grows_with_rounds():
     assert 0.8 * loose < everyone <= loose
 
 
-def test_a_hundred_clients_ten_per_round_in_flowers_simulation(tiny_models, tmp_path):
+def test_twenty_clients_four_per_round_sampled_afresh_with_the_sampled_accountant(tiny_models, tmp_path):
     from fedcollm.recipes.fedcollm import run_fedcollm
 
-    data = write_data_dir(tmp_path / "data", n_train=260, n_eval=8)  # 208 questions after D^a: 2 per client
+    data = write_data_dir(tmp_path / "data", n_train=100, n_eval=8)  # 80 questions after D^a: 4 per client
     cfg = load_config(None, [
         f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"data_dir={data}", "precision=fp32",
-        f"output_dir={tmp_path}", "run_name=hundred", "method=fedavg", "federation.num_clients=100",
-        "federation.clients_per_round=10", "federation.rounds=2", "eval.limit=4", "eval.every_round=false",
+        f"output_dir={tmp_path}", "run_name=twenty", "method=fedavg", "federation.num_clients=20",
+        "federation.clients_per_round=4", "federation.rounds=2", "eval.limit=4", "eval.every_round=false",
         "dp.enabled=true", "dp.clipping_norm=1.0", "dp.noise_multiplier=0.5", "slm.lr=0.01"])
     run = run_fedcollm(cfg, progress=False)
     chosen = []
     for t in (1, 2):
         record = run.metrics()[t]
-        assert record.sampled == {"clients": 10, "of": 100}
+        assert record.sampled == {"clients": 4, "of": 20}
         contributors = record.clients["contributors"]
-        assert len(contributors) == 10 and len(record.comm.bytes_sent_per_client) == 10
+        assert len(contributors) == 4 and len(record.comm.bytes_sent_per_client) == 4
         chosen.append({c["partition-id"] for c in contributors})
         dp = record.privacy["dp"]
-        assert dp["clients_averaged"] == 10 and dp["accountant"] == SAMPLED
-        assert dp["epsilon"] == pytest.approx(epsilon_sampled(0.5, t, 1e-5, 100, 10))
+        assert dp["clients_averaged"] == 4 and dp["accountant"] == SAMPLED
+        assert dp["epsilon"] == pytest.approx(epsilon_sampled(0.5, t, 1e-5, 20, 4))
     assert chosen[0] != chosen[1]  # a fresh sample each round
     assert ALL_CLIENTS != SAMPLED
 
