@@ -85,3 +85,20 @@ def run_lm_eval(
             for s in sorted(out["samples"][name], key=lambda s: s["doc_id"])
         ]
     return metrics, samples, timing
+
+
+def run_lm_eval_tasks(model_dir: str, specs: Sequence[str], batch_size: int = 8, dtype: str = "float32",
+                      limit: int | None = None) -> dict[str, list[dict]]:
+    """lm-eval's own run of tasks named by YAML path or name, unchanged: per task name, each scored document's
+    lls, acc and acc_norm in document order."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    lm = HFLM(pretrained=model_dir, batch_size=batch_size, dtype=dtype, device="cpu")
+    manager = TaskManager(include_defaults=not all(s.endswith(".yaml") for s in specs))  # paths: no index needed
+    out = lm_eval.simple_evaluate(model=lm, tasks=list(specs), log_samples=True, task_manager=manager,
+                                  bootstrap_iters=0, limit=limit)
+    return {name: [{"lls": [float(r[0]) for r in s["filtered_resps"]], "acc": s["acc"], "acc_norm": s.get("acc_norm")}
+                   for s in sorted(samples, key=lambda s: s["doc_id"])]
+            for name, samples in out["samples"].items()}

@@ -1,4 +1,5 @@
-"""One schema for the four multiple-choice tasks, read from local JSONL or the HF hub.
+"""One schema for every multiple-choice task: the four built-in ones (local JSONL or the HF hub), a folder of the
+user's JSONL files (``jsonl_task``), a task in lm-eval's format (``lm_eval_task``).
 
 Every loader returns ``list[Question]`` so prompts, partitions, training and scoring never care where
 the data came from. Local files use the original ARC/CommonsenseQA layout
@@ -60,13 +61,25 @@ def is_builtin(task: str) -> bool:
 
 
 def check_task(task: str, where: str = "") -> str:
-    """``task`` if it names a task: a built-in one, or a folder of the user's own JSONL files (``jsonl_task``)."""
+    """``task`` if it names a task: a built-in one, a folder of the user's own JSONL files (``jsonl_task``), or a
+    task in lm-eval's format (``lm_eval_task``: a name lm-eval knows, or a task YAML's path)."""
+    from .jsonl_task import is_jsonl_task
+    from .lm_eval_task import is_lm_eval_task, unknown_hint
+
+    if task not in TASKS and not is_jsonl_task(task) and not is_lm_eval_task(task):
+        raise DataError(f"unknown task {task!r}{f' in {where}' if where else ''}: neither a built-in task "
+                        f"({', '.join(ALL_TASKS)}), nor a folder of JSONL files (train.jsonl, dev.jsonl, test.jsonl), "
+                        f"nor a multiple_choice task of lm-eval (a name it knows, or a task YAML){unknown_hint(task)}")
+    return task
+
+
+def _kind(task: str) -> str:
+    """builtin, folder (our JSONL schema) or lm_eval (a name or a YAML)."""
     from .jsonl_task import is_jsonl_task
 
-    if task not in TASKS and not is_jsonl_task(task):
-        raise DataError(f"unknown task {task!r}{f' in {where}' if where else ''}: neither a built-in task "
-                        f"({', '.join(ALL_TASKS)}) nor a folder of JSONL files (train.jsonl, dev.jsonl, test.jsonl)")
-    return task
+    if is_builtin(task):
+        return "builtin"
+    return "folder" if is_jsonl_task(check_task(task)) else "lm_eval"
 
 
 def check_tasks(names: Iterable[str], where: str = "tasks") -> list[str]:
@@ -80,8 +93,16 @@ def check_tasks(names: Iterable[str], where: str = "tasks") -> list[str]:
 
 
 def eval_split(task: str) -> str:
-    """The split lm-eval scores the task on (test, or validation for CommonsenseQA; a folder's test.jsonl)."""
-    return TASKS[check_task(task)]["eval_split"] if is_builtin(task) else "test"
+    """The split lm-eval scores the task on (test, or validation for CommonsenseQA; a folder's test.jsonl; an
+    lm-eval task's test split, else its validation split, as lm-eval's ``eval_docs``)."""
+    kind = _kind(task)
+    if kind == "builtin":
+        return TASKS[task]["eval_split"]
+    if kind == "folder":
+        return "test"
+    from .lm_eval_task import splits
+
+    return "test" if "test" in splits(task) else "validation"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
@@ -206,8 +227,13 @@ SEAL_ENV = "FEDCOLLM_SEAL_TEST"
 def dev_split(task: str) -> str:
     """The split that choices are made on: the official validation split (a folder's dev.jsonl), or the ``dev``
     carve of train (CSQA; a folder without dev.jsonl)."""
-    if not is_builtin(check_task(task)):
+    kind = _kind(task)
+    if kind == "folder":
         return "validation" if (Path(task).expanduser() / "dev.jsonl").is_file() else "dev"
+    if kind == "lm_eval":  # its validation split, unless that is what it is scored on
+        from .lm_eval_task import splits
+
+        return "validation" if eval_split(task) == "test" and "validation" in splits(task) else "dev"
     return "dev" if task in DEV_FROM_TRAIN else "validation"
 
 
@@ -241,7 +267,12 @@ def load_split(task: str, split: str, data_dir: str | os.PathLike | None = None)
 def _read_split(task: str, split: str, data_dir: str | os.PathLike | None) -> list[Question]:
     if split not in _LOCAL_SPLIT:
         raise DataError(f"unknown split {split!r}; choose from train, validation, test, dev")
-    if not is_builtin(task):  # a folder of the user's JSONL files: its own files, no data_dir
+    kind = _kind(task)
+    if kind == "lm_eval":  # lm-eval builds the requests; the YAML names its own data files
+        from .lm_eval_task import read_split
+
+        return read_split(task, split)
+    if kind == "folder":  # a folder of the user's JSONL files: its own files, no data_dir
         from .jsonl_task import read_task_file
 
         path = Path(task).expanduser() / f"{_LOCAL_SPLIT[split]}.jsonl"
