@@ -117,3 +117,24 @@ def test_duplicate_ids_non_utf8_and_unknown_tasks_are_refused_in_one_line(tmp_pa
 
     with pytest.raises(DataError, match=r"unknown task 'no/such/folder' in tasks: neither a built-in task"):
         preflight(load_config(None, ["tasks=[no/such/folder]"]))
+
+
+def test_the_folders_template_renders_every_prompt(tmp_path):
+    task = write_task(tmp_path / "med")
+    (task / "template.txt").write_text("Case: {context}\nAsked: {question}\nOptions:\n{choices}\nPick:\n")
+    q = load_eval(str(task))[0]
+    assert q.prompt.startswith("Case: ") and "\nOptions:\nA. " in q.prompt and q.prompt.endswith("\nPick:")
+    assert mc_request(q).context == q.prompt and q.delimiter == " "
+
+
+@pytest.mark.parametrize("template,needle", [
+    ("Q: {question} {topic}", "unknown field {topic}; a template may use {question}, {context} and {choices}"),
+    ("Q: {question} {", "not a str.format template"),
+    ("Answer the following.", "the template never shows the question ({question})"),
+])
+def test_a_bad_template_is_refused_naming_its_file(tmp_path, template, needle):
+    task = write_task(tmp_path / "med")
+    (task / "template.txt").write_text(template)
+    with pytest.raises(DataError) as err:
+        load_eval(str(task))
+    assert str(err.value).startswith(f"{task / 'template.txt'}: ") and needle in str(err.value)

@@ -9,8 +9,10 @@ as for CommonsenseQA). One question per line::
 
 ``answer`` is the gold choice's index (0-based) or its label (``A``, ``B``, ... unless the line gives its own
 ``labels``); ``context`` is optional. The prompt is lm-eval's multiple-choice default, ``Question: ...\\nAnswer:``
-(the context on the lines before it), or ``template`` (Python ``str.format`` with ``{question}``, ``{context}``
-and ``{choices}``, the choices one per line as ``A. ...``), and each choice is scored as `` choice`` after it.
+(the context on the lines before it), or the folder's ``template.txt`` (Python ``str.format`` with ``{question}``,
+``{context}`` and ``{choices}``, the choices one per line as ``A. ...``), and each choice is scored as `` choice``
+after it. The template lives with the data, not in a run's config: a task's prompt is part of the task, so every
+run, every client and every scoring of the folder reads the same prompts.
 
 A line that cannot be a question is refused with the file and line: no answer or one out of range, fewer than
 two choices, an id seen before, an empty question, bytes that are not UTF-8.
@@ -36,6 +38,31 @@ def is_jsonl_task(name: str) -> bool:
         return path.is_dir() and any((path / f).is_file() for f in FILES.values())
     except OSError:
         return False
+
+
+TEMPLATE_FILE = "template.txt"
+FIELDS = ("question", "context", "choices")
+
+
+def folder_template(folder: Path) -> str | None:
+    """The folder's ``template.txt`` (its trailing newline dropped), checked once; None: lm-eval's default."""
+    path = folder / TEMPLATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        template = path.read_text(encoding="utf-8").rstrip("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
+    try:
+        template.format(**{f: "" for f in FIELDS})
+    except KeyError as exc:
+        raise DataError(f"{path}: unknown field {{{exc.args[0]}}}; a template may use {{question}}, {{context}} "
+                        "and {choices} (write {{ and }} for literal braces)") from None
+    except (IndexError, ValueError) as exc:
+        raise DataError(f"{path}: not a str.format template ({exc})") from None
+    if "{question}" not in template:
+        raise DataError(f"{path}: the template never shows the question ({{question}})")
+    return template
 
 
 def render(rec: dict, template: str | None) -> str:

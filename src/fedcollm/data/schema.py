@@ -273,12 +273,12 @@ def _read_split(task: str, split: str, data_dir: str | os.PathLike | None) -> li
 
         return read_split(task, split)
     if kind == "folder":  # a folder of the user's JSONL files: its own files, no data_dir
-        from .jsonl_task import read_task_file
+        from .jsonl_task import folder_template, read_task_file
 
         path = Path(task).expanduser() / f"{_LOCAL_SPLIT[split]}.jsonl"
         if not path.is_file():
             raise DataError(f"task {task}: no {path.name} for its {split} split")
-        return read_task_file(path, task)
+        return read_task_file(path, task, folder_template(path.parent))
     root = resolve_data_dir(data_dir)
     if root is None:
         qs, where = _load_hub(task, split), f"HF hub dataset {TASKS[task]['hub']} [{split}]"
