@@ -1189,6 +1189,127 @@ def test_a_malformed_data_line_is_accepted_or_named_by_file_and_line(line, how, 
         assert result == (good if expected == SKIPPED else [*good[:where], expected, *good[where:]])
 
 
+# --- a task folder of the user's own: the plain schema (data/jsonl_task.py) -----------------------------------
+
+
+def plain_record(i: int = 0) -> dict:
+    return {"id": f"q{i}", "question": f"Which organ filters the blood ({i})?", "choices": ["liver", "kidney", "lung"],
+            "answer": 1, "context": "A passage.", "labels": ["A", "B", "C"]}
+
+
+PLAIN_FIELDS = field_paths(plain_record())
+PLAIN_LINES = st.one_of(
+    st.builds(lambda path, how, junk: (f"{'.'.join(map(str, path))} {how}",
+                                       json.dumps(mutate(plain_record(9), path, how, junk)).encode()),
+              st.sampled_from(PLAIN_FIELDS), st.sampled_from(MUTATIONS), JUNK),
+    st.builds(lambda t: ("not a record", json.dumps(t).encode()), JUNK),
+)
+
+
+def scalar_label(x: Any) -> bool:
+    return isinstance(x, (str, int)) and not isinstance(x, bool)
+
+
+def expected_plain(rec: Any, task: str) -> Question | str:
+    """The oracle for one parsed line of a task folder, from ``jsonl_task``'s docstring: an object with ``id`` (a
+    non-blank string or an integer), a non-blank ``question``, ``choices`` (two or more strings), ``answer`` (an
+    integer index in range, or one of the labels as text); an optional ``context`` (a string or null) and
+    ``labels`` (null, or one distinct non-blank string or integer per choice; by default A, B, ..., past 26 choices
+    the indices). The prompt is lm-eval's default, the context on the line before it."""
+    if not isinstance(rec, dict):
+        return "not a question"
+    for key in ("id", "question", "choices", "answer"):
+        if key not in rec:
+            return f"no {key!r}"
+    qid, text, choices, answer = rec["id"], rec["question"], rec["choices"], rec["answer"]
+    if not scalar_label(qid) or not str(qid).strip():
+        return "id must be"
+    if not isinstance(text, str) or not text.strip():
+        return "the question is empty"
+    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+        return "choices must be a list of strings"
+    if len(choices) < 2:
+        return f"{len(choices)} choice(s)"
+    context = rec.get("context")
+    if context is not None and not isinstance(context, str):
+        return "context must be a string"
+    labels = rec.get("labels")
+    if labels is None:
+        labels = list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:len(choices)]) if len(choices) <= 26 else \
+            [str(i) for i in range(len(choices))]
+    if not (isinstance(labels, list) and len(labels) == len(choices) and all(map(scalar_label, labels))):
+        return "labels must be"
+    labels = [str(x).strip() for x in labels]
+    if len(set(labels)) != len(labels) or not all(labels):
+        return "labels must be"
+    if not scalar_label(answer):
+        return "answer must be"
+    if isinstance(answer, int):
+        if not 0 <= answer < len(choices):
+            return f"answer {answer} is out of range"
+        gold = answer
+    elif answer.strip() in labels:
+        gold = labels.index(answer.strip())
+    else:
+        return f"answer {answer!r} is none of the labels"[:60]
+    prompt = (f"{context}\n" if context else "") + f"Question: {text}\nAnswer:"
+    return Question(str(qid), task, text, tuple(choices), tuple(labels), gold, prompt=prompt, delimiter=" ")
+
+
+def expected_plain_file(lines: list[bytes], task: str) -> list[Question] | tuple[int, str]:
+    """The whole file: its questions, or (line number, why) for the first line that is refused (an id seen on an
+    earlier line included; blank lines are skipped)."""
+    out, seen = [], {}
+    for n, line in enumerate(lines, 1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return n, "not UTF-8 text"
+        if not text.strip():
+            continue
+        try:
+            rec = json.loads(text)
+        except (ValueError, RecursionError):
+            return n, "malformed JSON"
+        q = expected_plain(rec, task)
+        if isinstance(q, str):
+            return n, q
+        if q.id in seen:
+            return n, f"id {q.id!r} is already the question of line {seen[q.id]}"
+        seen[q.id] = n
+        out.append(q)
+    return out
+
+
+@settings(PROPERTY, max_examples=80 * SCALE)
+@given(line=PLAIN_LINES, how=st.sampled_from(["as is", "as is", "as is", "truncated", "bad byte", "deep", "long int",
+                                              "bom", "nul"]),
+       at=st.floats(0, 1), where=st.integers(0, 4), dup=st.integers(0, 4).map(lambda k: k == 0))
+def test_a_line_of_a_task_folder_is_accepted_as_the_schema_says_or_named_by_file_and_line(line, how, at, where, dup,
+                                                                                         tmp_path):
+    done, line = line
+    if dup:  # the same line twice: its id is seen before on the second
+        line = json.dumps(plain_record(1)).encode()
+    lines = [json.dumps(plain_record(i)).encode() for i in range(4)]
+    lines.insert(where, spoil(line, how, at))
+    folder = tmp_path / f"task-{where}"
+    folder.mkdir(exist_ok=True)
+    (folder / "train.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (folder / "dev.jsonl").write_text(json.dumps(plain_record(7)) + "\n")  # so that no dev set is carved from train
+    path = folder / "train.jsonl"
+    expected = expected_plain_file(lines, str(folder))
+    event(f"{'dup' if dup else done} {how}: {expected[1] if isinstance(expected, tuple) else 'accepted'}"[:80])
+    try:
+        result = load_split(str(folder), "train")
+    except DataError as exc:
+        message = one_line_message(exc)
+        assert isinstance(expected, tuple), f"refused, but the file is good: {message}"
+        assert message.startswith(f"{path}:{expected[0]}: {expected[1]}"), (expected, message)
+        return
+    assert not isinstance(expected, tuple), f"accepted, but expected line {expected[0]}: {expected[1]}"
+    assert result == expected
+
+
 @pytest.mark.parametrize("hosts", ["\x80", "é.example", "a" * 65])
 def test_certs_refuses_a_host_a_certificate_cannot_hold(hosts, tmp_path):
     out = tmp_path / "certs"

@@ -7,12 +7,13 @@ as for CommonsenseQA). One question per line::
     {"id": "q1", "question": "Which drug ...?", "choices": ["aspirin", "ibuprofen", "codeine"], "answer": 1}
     {"id": "q2", "question": "...", "choices": ["...", "..."], "answer": "B", "context": "A passage ..."}
 
-``answer`` is the gold choice's index (0-based) or its label (``A``, ``B``, ... unless the line gives its own
-``labels``); ``context`` is optional. The prompt is lm-eval's multiple-choice default, ``Question: ...\\nAnswer:``
-(the context on the lines before it), or the folder's ``template.txt`` (Python ``str.format`` with ``{question}``,
-``{context}`` and ``{choices}``, the choices one per line as ``A. ...``), and each choice is scored as `` choice``
-after it. The template lives with the data, not in a run's config: a task's prompt is part of the task, so every
-run, every client and every scoring of the folder reads the same prompts.
+``answer`` is the gold choice's index (0-based) or its label (``A``, ``B``, ..., past 26 choices the indices as
+text, unless the line gives its own ``labels``); ``context`` is optional. The prompt is lm-eval's multiple-choice
+default, ``Question: ...\\nAnswer:`` (the context on the lines before it), or the folder's ``template.txt``
+(Python ``str.format`` with ``{question}``, ``{context}`` and ``{choices}``, the choices one per line as
+``A. ...``), and each choice is scored as `` choice`` after it. The template lives with the data, not in a run's
+config: a task's prompt is part of the task, so every run, every client and every scoring of the folder reads the
+same prompts.
 
 A line that cannot be a question is refused with the file and line: no answer or one out of range, fewer than
 two choices, an id seen before, an empty question, bytes that are not UTF-8.
@@ -65,8 +66,13 @@ def folder_template(folder: Path) -> str | None:
     return template
 
 
-def render(rec: dict, template: str | None) -> str:
-    choices = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(rec["choices"]) if i < len(LETTERS))
+def default_labels(n: int) -> list[str]:
+    """A, B, ... for up to 26 choices; past Z, the choices' 0-based indices as text."""
+    return list(LETTERS[:n]) if n <= len(LETTERS) else [str(i) for i in range(n)]
+
+
+def render(rec: dict, labels: list[str], template: str | None) -> str:
+    choices = "\n".join(f"{label}. {c}" for label, c in zip(labels, rec["choices"]))
     fmt = template or (CONTEXT_TEMPLATE if rec.get("context") else DEFAULT_TEMPLATE)
     return fmt.format(question=rec["question"], context=rec.get("context") or "", choices=choices)
 
@@ -88,10 +94,14 @@ def _question(rec, task: str, where: str, template: str | None) -> Question:
         raise DataError(f"{where}: {len(choices)} choice(s); a multiple-choice question needs at least 2")
     if "context" in rec and rec["context"] is not None and not isinstance(rec["context"], str):
         raise DataError(f"{where}: context must be a string")
-    labels = rec.get("labels", list(LETTERS[: len(choices)]))
-    if not isinstance(labels, list) or len(labels) != len(choices) or len(set(map(str, labels))) != len(labels):
-        raise DataError(f"{where}: labels must be one distinct label per choice")
-    labels = [str(x) for x in labels]
+    labels = rec.get("labels")
+    if labels is None:
+        labels = default_labels(len(choices))
+    if (not isinstance(labels, list) or len(labels) != len(choices)
+            or not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in labels)
+            or len({str(x).strip() for x in labels}) != len(labels) or not all(str(x).strip() for x in labels)):
+        raise DataError(f"{where}: labels must be one distinct, non-empty string or integer per choice")
+    labels = [str(x).strip() for x in labels]
     if isinstance(answer, bool) or not isinstance(answer, (int, str)):
         raise DataError(f"{where}: answer must be a choice's index or label, got {answer!r}"[:300])
     if isinstance(answer, int):
@@ -103,7 +113,7 @@ def _question(rec, task: str, where: str, template: str | None) -> Question:
     else:
         raise DataError(f"{where}: answer {answer!r} is none of the labels {', '.join(labels)}"[:300])
     try:
-        prompt = render(rec, template)
+        prompt = render(rec, labels, template)
     except (KeyError, IndexError, ValueError) as exc:
         raise DataError(f"{where}: the template cannot be filled ({type(exc).__name__}: {exc})") from None
     return Question(str(qid), task, text, tuple(choices), tuple(labels), gold, prompt=prompt, delimiter=" ")
