@@ -54,6 +54,7 @@ class InProcessGrid(Grid):
         self.dead: set[int] = set()
         self.gone: set[int] = set()  # nodes that left the federation (no longer listed)
         self.delivered: list[Message] = []  # every instruction message as its node received it
+        self.at: int | None = None  # the partition whose ClientApp runs now (None: the server's code)
         self._run = SimpleNamespace(run_id=1)
 
     # --- Grid's abstract interface ------------------------------------------------------------------------
@@ -104,6 +105,7 @@ class InProcessGrid(Grid):
         node = msg.metadata.dst_node_id
         if node in self.dead:
             return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason="the client's worker died"), reply_to=msg)
+        self.at = self.partition[node]
         try:
             return self.app(msg, self.contexts[node])
         except WorkerDied:
@@ -112,6 +114,8 @@ class InProcessGrid(Grid):
         except Exception as exc:  # what Flower's runtime does with a ClientApp that raises
             reason = f"{type(exc)}:<'{exc}'>\n{traceback.format_exc(limit=2)}"
             return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+        finally:
+            self.at = None
 
 
 class Spy:

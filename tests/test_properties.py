@@ -360,6 +360,26 @@ RUN_NAMES = ("run", "run 1", ".x", "..x", " x", ".", "..", "a/b", "a\\b", "/abs"
 MOMENTS = ("fedadam", "fedyogi")
 
 
+def unlabeled_ok(unlabeled: list[str], c: Context) -> bool:
+    """``data.aux_unlabeled``: tasks D^a is cut from (``data.aux_tasks``, else ``tasks``), and only with the
+    choices target (the tokens target teacher-forces an answer)."""
+    aux = c["data.aux_tasks"] if c["data.aux_tasks"] is not None else c["tasks"]
+    return all(t in aux for t in unlabeled) and (not unlabeled or c["kd.target"] == "choices")
+
+
+def with_unlabeled(rule: Rule, key: str) -> Rule:
+    """A task list whose value decides whether ``data.aux_unlabeled`` still names tasks D^a is cut from."""
+    def ok(xs: Any, c: Context) -> bool:
+        return rule.ok(xs, c) and unlabeled_ok(c["data.aux_unlabeled"], {**c, key: xs})
+
+    return dataclasses.replace(rule, ok=ok, needs=(*rule.needs, "data.aux_unlabeled", "data.aux_tasks", "tasks",
+                                                   "kd.target"))
+
+
+def files_fit(files: list[str] | None, num_clients: int) -> bool:
+    return files is None or len(files) == num_clients
+
+
 def model_domain(role: str) -> dict[str, Rule]:
     return {f"{role}.name": nonblank(("q/model", "/abs/path")), f"{role}.lora.r": integer(ge=1),
             f"{role}.lora.alpha": integer(ge=1), f"{role}.lora.dropout": real(ge=0, lt=1),
@@ -383,7 +403,7 @@ DEFAULTS = config_defaults(Config())
 #: strategy fedavg, mix add, dp off, transfer float32)
 DOMAIN: dict[str, Rule] = {
     "method": choice("fedcollm", "fedavg"),
-    "tasks": items(nonblank(TASK_NAMES), min_len=1),
+    "tasks": with_unlabeled(items(nonblank(TASK_NAMES), min_len=1), "tasks"),
     "data_dir": optional(text(edges=("hub", "/abs", "rel/dir"))),
     "output_dir": nonblank(("runs", "/abs", "..")),
     "run_name": optional(text(run_name_ok, RUN_NAMES)),
@@ -396,7 +416,8 @@ DOMAIN: dict[str, Rule] = {
     "packing": flag(),
     **model_domain("llm"),
     **model_domain("slm"),
-    NUM_CLIENTS: integer(ge=1),
+    NUM_CLIENTS: dataclasses.replace(integer(ge=1), ok=lambda x, c: x >= 1 and files_fit(c["data.client_files"], x),
+                                     needs=("data.client_files",)),
     "federation.rounds": integer(ge=1),
     "federation.local_epochs": integer(ge=1),
     "federation.local_max_steps": optional(integer(ge=1)),
@@ -442,7 +463,8 @@ DOMAIN: dict[str, Rule] = {
     "kd.slm_weight": optional(real(ge=0)),
     "kd.mix": choice("add", "convex", ok=convex_ok, needs=("kd.weight", "kd.llm_weight", "kd.slm_weight")),
     "kd.select": choice("none", "greater", "gated"),
-    "kd.target": choice("tokens", "choices"),
+    "kd.target": choice("tokens", "choices", ok=lambda x, c: x == "choices" or not c["data.aux_unlabeled"],
+                        needs=("data.aux_unlabeled",)),
     "kd.token_ce": flag(lambda x, c: not x or c["kd.target"] == "choices", ("kd.target",)),  # the choices' CE only
     "kd.confidence": real(gt=0, le=1),
     "kd.temperature": real(gt=0),
@@ -459,6 +481,13 @@ DOMAIN: dict[str, Rule] = {
     "eval.batch_size": integer(ge=1),
     "eval.every_round": flag(),
     "eval.zero_shot": flag(),
+    "data.aux_tasks": with_unlabeled(optional(items(nonblank(TASK_NAMES), min_len=1)), "data.aux_tasks"),
+    "data.aux_unlabeled": dataclasses.replace(
+        items(nonblank(TASK_NAMES)), needs=("tasks", "data.aux_tasks", "kd.target"),
+        ok=lambda xs, c: all(x.strip() for x in xs) and unlabeled_ok(xs, c)),
+    "data.client_files": dataclasses.replace(
+        optional(items(nonblank(("a.jsonl", "/abs/c.jsonl")), min_len=1)), needs=(NUM_CLIENTS,),
+        ok=lambda xs, c: xs is None or (bool(xs) and all(x.strip() for x in xs) and files_fit(xs, c[NUM_CLIENTS]))),
     "tracking": items(choice("tensorboard", "mlflow"), edges=("tensorboard,tensorboard", ["mlflow", "tensorboard"])),
     "mlflow.uri": optional(nonblank(("sqlite:///x.db", "file:./mlruns"))),
     "mlflow.experiment": nonblank(("fedcollm",)),

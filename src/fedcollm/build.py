@@ -19,7 +19,7 @@ import torch
 from . import precision
 from .config import Config, ConfigError, ModelSection, check_output_folder
 from .data import Question, Splits, check_tasks, load_eval, load_split, split_train
-from .data.schema import DataError, write_jsonl
+from .data.schema import DataError, read_jsonl, write_jsonl
 from .models.lora import attach_lora
 from .models.sources import load_model
 from .updates import TrainSettings, Transfer
@@ -42,24 +42,59 @@ def derive_seed(*parts: object) -> int:
 @functools.lru_cache(maxsize=4)
 def _splits(tasks: tuple[str, ...], data_dir: str | None, num_clients: int, aux_fraction: float,
             aux_size: int | None, client_size: int | None, partition: str, alpha: float, seed: int,
-            train_size: int | None) -> Splits:
+            train_size: int | None, aux_tasks: tuple[str, ...], client_tasks: tuple[str, ...],
+            unlabeled: tuple[str, ...]) -> Splits:
     per_task = {t: load_split(t, "train", data_dir) for t in tasks}
     return split_train(per_task, num_clients, aux_fraction, aux_size, client_size, partition, alpha, seed,
-                       train_size)
+                       train_size, aux_tasks, client_tasks, unlabeled)
+
+
+def _cut(cfg: Config) -> Splits:
+    """D^a, and every D^k unless the clients have their own files (then each D^k here is empty)."""
+    f, d = cfg.federation, cfg.data
+    aux_tasks = tuple(d.aux_tasks if d.aux_tasks is not None else cfg.tasks)
+    client_tasks = () if d.client_files is not None else tuple(cfg.tasks)
+    tasks = tuple(sorted(set(aux_tasks) | set(client_tasks)))
+    return _splits(tasks, cfg.data_dir, f.num_clients, f.aux_fraction, f.aux_size, f.client_size, f.partition,
+                   f.alpha, cfg.seed if cfg.split_seed is None else cfg.split_seed, f.train_size, aux_tasks,
+                   client_tasks, tuple(d.aux_unlabeled))
+
+
+def load_aux(cfg: Config) -> list[Question]:
+    """The server's D^a alone: what the server reads, never a client's file."""
+    return _cut(cfg).aux
 
 
 def load_splits(cfg: Config) -> Splits:
-    """D^a and every D^k, deterministic in the config (each process recomputes it; nothing is sent)."""
-    f = cfg.federation
-    return _splits(tuple(cfg.tasks), cfg.data_dir, f.num_clients, f.aux_fraction, f.aux_size, f.client_size,
-                   f.partition, f.alpha, cfg.seed if cfg.split_seed is None else cfg.split_seed, f.train_size)
+    """D^a and every D^k, deterministic in the config (each process recomputes it; nothing is sent). With
+    ``data.client_files`` each D^k is its client's file: only what pools every client's data (Standalone and
+    Centralized, ``fedcollm split-data``) calls this then; the federation's server reads ``load_aux``."""
+    splits = _cut(cfg)
+    if cfg.data.client_files is None:
+        return splits
+    return Splits(aux=splits.aux, clients=[client_file(cfg, k) for k in range(cfg.federation.num_clients)])
+
+
+def client_file(cfg: Config, partition_id: int) -> list[Question]:
+    """Client ``partition_id``'s own file (``data.client_files``), in the per-client layout of ``split-data``."""
+    path = Path(cfg.data.client_files[partition_id]).expanduser()
+    return _capped(cfg, read_jsonl(path, None))
+
+
+def _capped(cfg: Config, qs: list[Question]) -> list[Question]:
+    """``federation.client_size`` caps a client's own file as it caps a dealt D^k."""
+    cap = cfg.federation.client_size
+    return qs if cap is None else qs[:cap]
 
 
 def client_data(cfg: Config, partition_id: int) -> list[Question]:
-    clients = load_splits(cfg).clients
-    if not 0 <= partition_id < len(clients):
-        raise DataError(f"partition-id {partition_id} is outside 0..{len(clients) - 1} (num_clients={len(clients)})")
-    return clients[partition_id]
+    """Client ``partition_id``'s D^k: its own file (``data.client_files``), else its part of the split."""
+    n = cfg.federation.num_clients
+    if not 0 <= partition_id < n:
+        raise DataError(f"partition-id {partition_id} is outside 0..{n - 1} (num_clients={n})")
+    if cfg.data.client_files is not None:
+        return client_file(cfg, partition_id)
+    return load_splits(cfg).clients[partition_id]
 
 
 def export_splits(cfg: Config, out_dir: str | Path) -> list[Path]:
@@ -98,11 +133,21 @@ def preflight(cfg: Config) -> None:
     check_device(cfg)
     check_trackers(cfg)
     check_output_folder(cfg.output_dir, "output_dir")
-    splits = load_splits(cfg)
-    empty = [k for k, qs in enumerate(splits.clients) if not qs]
-    if empty:
-        raise DataError(f"clients {empty} would get no training data ({sum(map(len, splits.clients))} questions "
-                        f"for {cfg.federation.num_clients} clients); lower federation.num_clients")
+    if cfg.data.aux_tasks is not None:
+        check_tasks(cfg.data.aux_tasks, "data.aux_tasks")
+    if cfg.data.client_files is not None:  # each file is its client's to open: here only that it is there
+        for k, name in enumerate(cfg.data.client_files):
+            if not Path(name).expanduser().is_file():
+                raise DataError(f"data.client_files[{k}]: {name} is not a file (client {k}'s D^k)")
+    splits = _cut(cfg)
+    if cfg.data.client_files is None:
+        empty = [k for k, qs in enumerate(splits.clients) if not qs]
+        if empty:
+            raise DataError(f"clients {empty} would get no training data ({sum(map(len, splits.clients))} "
+                            f"questions for {cfg.federation.num_clients} clients); lower federation.num_clients")
+    if cfg.method == "fedcollm" and not splits.aux:
+        raise DataError("D^a is empty: the server has nothing to distil on (federation.aux_size / aux_fraction, "
+                        "data.aux_tasks)")
     eval_questions(cfg)
     roles = [("slm", cfg.slm), *([("llm", cfg.llm)] if cfg.method == "fedcollm" else [])]
     for role, section in roles:  # every model file readable, every LoRA target a module it has
@@ -202,7 +247,8 @@ def budget(cfg: Config, splits: Splits | None = None) -> Budget:
                                for c in splits.clients),
                   kd=_seen(len(splits.aux), kd.epochs, kd.max_steps, kd_batch_size(cfg)),
                   client_loop=(f.local_epochs, f.local_max_steps), kd_loop=(kd.epochs, kd.max_steps),
-                  pooled=sum(map(len, splits.clients)) + len(splits.aux), llm_batch=cfg.llm.batch_size)
+                  pooled=sum(map(len, splits.clients)) + sum(q.answer is not None for q in splits.aux),
+                  llm_batch=cfg.llm.batch_size)
 
 
 def transfer_spec(cfg: Config) -> Transfer:

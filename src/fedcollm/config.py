@@ -333,6 +333,31 @@ class EvalSection:
 
 
 @dataclass
+class DataSection:
+    """Who holds what: where the server's D^a comes from, and the clients' own files.
+
+    By default D^a is a slice of each of ``tasks``' training splits and the rest is dealt to the clients. With
+    ``aux_tasks`` the server's D^a is cut from those tasks instead: one that is also in ``tasks`` is cut as by
+    default (D^a and the clients' pool disjoint), one only in ``aux_tasks`` is the server's alone, and a task only in
+    ``tasks`` goes to the clients whole. D^a questions of an ``aux_unlabeled`` task keep no answer: the server has
+    its users' questions but no labels, so they get the KD terms only, never a CE. With ``client_files`` (one path
+    per client) client k trains on its file alone, as a deployed SuperNode does with ``data-file``; no other
+    process reads it."""
+
+    aux_tasks: list[str] | None = None  # the tasks D^a is cut from (null: tasks)
+    aux_unlabeled: list[str] = field(default_factory=list)  # tasks whose D^a questions have no answers
+    client_files: list[str] | None = None  # client k's D^k is the k-th file (the per-client layout of split-data)
+
+    def check(self, prefix: str = "data.") -> None:
+        if self.aux_tasks is not None:
+            _check_tasks(self.aux_tasks, f"{prefix}aux_tasks")
+        require(all(n.strip() for n in self.aux_unlabeled), f"{prefix}aux_unlabeled holds a blank task name")
+        if self.client_files is not None:
+            require(bool(self.client_files), f"{prefix}client_files is empty: one file per client, or null")
+            require(all(f.strip() for f in self.client_files), f"{prefix}client_files holds a blank path")
+
+
+@dataclass
 class MlflowSection:
     """Where ``tracking: [mlflow]`` logs (tracking.py): a local store, no server needed."""
 
@@ -372,6 +397,7 @@ class Config:
     dp: DPSection = field(default_factory=DPSection)
     kd: KDSection = field(default_factory=KDSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    data: DataSection = field(default_factory=DataSection)
     # where each round's figures go besides metrics.jsonl: TensorBoard event files in the run folder and/or
     # an MLflow store on local disk (tracking.py); [] for neither
     tracking: list[Tracker] = field(default_factory=lambda: ["tensorboard"])
@@ -588,7 +614,19 @@ def validate(cfg: Config) -> None:
     cfg.dp.check()
     cfg.kd.check()
     cfg.eval.check()
+    cfg.data.check()
     cfg.mlflow.check()
+    d = cfg.data
+    aux = d.aux_tasks if d.aux_tasks is not None else cfg.tasks
+    stray = [t for t in d.aux_unlabeled if t not in aux]
+    require(not stray, f"data.aux_unlabeled names {', '.join(stray)}, which D^a is not cut from "
+                       "(data.aux_tasks, else tasks)")
+    require(not d.aux_unlabeled or cfg.kd.target == "choices",
+            "data.aux_unlabeled needs kd.target=choices: the tokens target teacher-forces the gold answer, which "
+            "an unlabeled question does not have")
+    require(d.client_files is None or len(d.client_files) == cfg.federation.num_clients,
+            f"data.client_files holds {len(d.client_files or [])} files for federation.num_clients="
+            f"{cfg.federation.num_clients}: one file per client")
     require(not cfg.dp.enabled or cfg.federation.transfer_dtype == "float32",
             "dp.enabled needs federation.transfer_dtype=float32: rounding clipped updates to bf16 can push them "
             "past dp.clipping_norm")

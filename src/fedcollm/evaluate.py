@@ -46,7 +46,7 @@ class Encoded:
     context: list[int]
     choices: list[list[int]]
     choice_texts: tuple[str, ...]
-    gold: int
+    gold: int | None  # None: unlabeled
 
 
 def encode_request(tokenizer, req: MCRequest, max_length: int) -> Encoded:
@@ -79,7 +79,7 @@ class ChoiceBatch:
     targets: torch.Tensor  # [choice tokens]
     owner: torch.Tensor  # [choice tokens]: question * n_slots + choice (a flat index into ``[questions, n_slots]``)
     n_choices: list[int]  # per question
-    gold: torch.Tensor  # [questions]
+    gold: torch.Tensor  # [questions]; -1 where a question is unlabeled (``labeled``)
     lengths: list[int]  # real (unpadded) tokens per row
     divisors: torch.Tensor | None = None  # [questions, n_slots]: what a choice's sum is divided by (acc_norm's chars)
 
@@ -90,6 +90,11 @@ class ChoiceBatch:
     @property
     def n_tokens(self) -> int:
         return sum(self.lengths)
+
+    @property
+    def labeled(self) -> torch.Tensor:
+        """``[questions]``: which questions have a gold choice (the others get KD terms only)."""
+        return self.gold >= 0
 
     @property
     def valid(self) -> torch.Tensor:
@@ -130,8 +135,9 @@ def pack_choices(batch: Sequence[Encoded], pad_id: int, dtype: torch.dtype) -> C
         for p in range(start, width):  # padding attends to itself only (keeps softmax finite)
             allowed[b, p, p] = True
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    gold = torch.tensor([-1 if e.gold is None else e.gold for e in batch])  # -1: unlabeled
     return ChoiceBatch(ids, pos, mask[:, None], torch.tensor(rows), torch.tensor(src), torch.tensor(tgt),
-                       torch.tensor(owner), [len(e.choices) for e in batch], torch.tensor([e.gold for e in batch]),
+                       torch.tensor(owner), [len(e.choices) for e in batch], gold,
                        lengths)
 
 

@@ -68,8 +68,11 @@ def choice_log_probs(scores: torch.Tensor, valid: torch.Tensor, temperature: flo
 
 def choice_ce(scores: torch.Tensor, gold: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """−log q(gold) per question, q = softmax(s) over its choices: rank classification (T-Few, Liu et al. 2022,
-    arXiv 2205.05638), the loss whose minimum is the evaluator's argmax on the gold choice. ``[questions]``."""
-    return -choice_log_probs(scores, valid).gather(1, gold.to(scores.device)[:, None])[:, 0]
+    arXiv 2205.05638), the loss whose minimum is the evaluator's argmax on the gold choice. ``[questions]``; 0 for
+    an unlabeled question (gold −1)."""
+    gold = gold.to(scores.device)
+    ce = -choice_log_probs(scores, valid).gather(1, gold.clamp(min=0)[:, None])[:, 0]
+    return ce * (gold >= 0)
 
 
 def choice_kl(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor,

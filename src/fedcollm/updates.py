@@ -159,7 +159,7 @@ def choice_sft_step(model) -> Callable[[ChoiceBatch], dict[str, torch.Tensor]]:
 
     def step(cb: ChoiceBatch) -> dict[str, torch.Tensor]:
         scores, _ = choice_scores(model, cb)
-        return {"loss": choice_ce(scores, cb.gold, cb.valid.to(scores.device)).mean()}
+        return {"loss": _labeled_mean(choice_ce(scores, cb.gold, cb.valid.to(scores.device)), cb)}
 
     return step
 
@@ -278,11 +278,20 @@ def _choice_kl(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor
     return (kl * select.float()).mean(), select.float().mean()
 
 
+def _labeled_mean(per_question: torch.Tensor, cb: ChoiceBatch) -> torch.Tensor:
+    """The mean over the batch's labeled questions (0, still in the graph, where none is labeled)."""
+    if bool(cb.labeled.all()):
+        return per_question.mean()
+    labeled = cb.labeled.to(per_question.device)
+    return (per_question * labeled).sum() / labeled.sum().clamp(min=1)
+
+
 def _gold_token_ce(token_logp: torch.Tensor, cb: ChoiceBatch) -> torch.Tensor:
-    """Mean −log p over the gold choices' tokens: the tokens target's CE, read off the choice batch."""
-    gold_slot = torch.arange(len(cb.n_choices)) * cb.n_slots + cb.gold
+    """Mean −log p over the gold choices' tokens: the tokens target's CE, read off the choice batch (labeled
+    questions only)."""
+    gold_slot = (torch.arange(len(cb.n_choices)) * cb.n_slots + cb.gold)[cb.labeled]
     on_gold = (cb.owner[:, None] == gold_slot[None, :]).any(1).to(token_logp.device)
-    return -token_logp[on_gold].mean()
+    return -token_logp[on_gold].mean() if bool(on_gold.any()) else token_logp.sum() * 0
 
 
 def choice_kd_losses(f: tuple[torch.Tensor, torch.Tensor], g: tuple[torch.Tensor, torch.Tensor], cb: ChoiceBatch,
@@ -290,11 +299,17 @@ def choice_kd_losses(f: tuple[torch.Tensor, torch.Tensor], g: tuple[torch.Tensor
     """Both models' choice-level losses from their (scores, token log-probs): f the LLM's, g the SLM's."""
     (s_f, tok_f), (s_g, tok_g) = f, g
     valid, gold = cb.valid.to(s_f.device), cb.gold
-    q_ce_f, q_ce_g = choice_ce(s_f, gold, valid), choice_ce(s_g, gold, valid)  # per question
+    q_ce_f, q_ce_g = choice_ce(s_f, gold, valid), choice_ce(s_g, gold, valid)  # per question (0 if unlabeled)
     llm_distils, slm_distils = _selected(q_ce_f, q_ce_g, spec)
+    if not bool(cb.labeled.all()) and spec.select != "none":
+        # no gold, no evidence that the SLM is right: the LLM does not distil an unlabeled question toward it,
+        # and the SLM distils every unlabeled question toward the LLM (the paper's direction, unselected)
+        labeled = cb.labeled.to(s_f.device)
+        llm_distils = llm_distils & labeled
+        slm_distils = None if slm_distils is None else slm_distils | ~labeled
     kl_f, frac_f = _choice_kl(s_f, s_g, valid, spec, llm_distils, spec.llm_weight)  # LLM toward the SLM
     kl_g, frac_g = _choice_kl(s_g, s_f, valid, spec, slm_distils, spec.slm_weight)  # SLM toward the LLM
-    ce_f, ce_g = q_ce_f.mean(), q_ce_g.mean()
+    ce_f, ce_g = _labeled_mean(q_ce_f, cb), _labeled_mean(q_ce_g, cb)
     if spec.token_ce:
         ce_f, ce_g = ce_f + _gold_token_ce(tok_f, cb), ce_g + _gold_token_ce(tok_g, cb)
     loss_f = _mixed(ce_f, kl_f, spec.llm_weight, spec.mix)

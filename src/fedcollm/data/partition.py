@@ -8,14 +8,17 @@ The paper leaves the split open; our choice (documented in README):
   else the gold answer position (label skew, the usual Dirichlet benchmark);
 - ``client_size`` optionally caps each client's set (for small CPU budgets);
 - ``train_size`` optionally subsamples each task's training split uniformly first, so that a CPU-sized
-  run keeps ``aux_fraction``'s D^a : D^k proportion per task (1 : 4 at the paper's 20 %).
+  run keeps ``aux_fraction``'s D^a : D^k proportion per task (1 : 4 at the paper's 20 %);
+- who holds what (``DataSection``): D^a may be cut from other tasks than the clients' (``aux_tasks``; a task
+  the clients do not hold is the server's alone), and the D^a questions of ``unlabeled`` tasks keep no answer.
 Everything is a pure function of the questions and the seed, so every process (server, simulated and
 deployed clients) computes the same split without exchanging data.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -52,14 +55,23 @@ def split_train(
     alpha: float = 0.5,
     seed: int = 0,
     train_size: int | None = None,
+    aux_tasks: Collection[str] | None = None,
+    client_tasks: Collection[str] | None = None,
+    unlabeled: Collection[str] = (),
 ) -> Splits:
-    """Cut D^a and K client sets out of each task's training questions; disjoint and seed-deterministic."""
+    """Cut D^a and K client sets out of each task's training questions; disjoint and seed-deterministic.
+
+    D^a is cut from ``aux_tasks`` and the rest of ``client_tasks`` is dealt to the clients (each: every task of
+    ``per_task``). ``client_tasks`` empty: the clients' data come from elsewhere (their own files), every D^k here
+    is empty. D^a questions of ``unlabeled`` tasks have ``answer=None``."""
     if num_clients < 1:
         raise DataError(f"num_clients must be >= 1, got {num_clients}")
     if partition not in ("iid", "dirichlet"):
         raise DataError(f"partition must be 'iid' or 'dirichlet', got {partition!r}")
     if not 0.0 <= aux_fraction < 1.0:
         raise DataError(f"aux_fraction must be in [0, 1), got {aux_fraction}")
+    aux_from = set(per_task) if aux_tasks is None else set(aux_tasks)
+    to_clients = set(per_task) if client_tasks is None else set(client_tasks)
     rng = np.random.default_rng(seed)
     aux: list[Question] = []
     pool: list[Question] = []
@@ -69,9 +81,15 @@ def split_train(
         if train_size is not None:  # a uniform subsample: the first train_size of the shuffled order
             qs = [qs[i] for i in order[:train_size]]
             order = rng.permutation(len(qs))
-        n_aux = min(aux_size, len(qs)) if aux_size is not None else int(round(aux_fraction * len(qs)))
-        aux += [qs[i] for i in order[:n_aux]]
-        pool += [qs[i] for i in order[n_aux:]]
+        n_aux = 0
+        if task in aux_from:
+            n_aux = min(aux_size, len(qs)) if aux_size is not None else int(round(aux_fraction * len(qs)))
+        cut = [qs[i] for i in order[:n_aux]]
+        aux += [replace(q, answer=None) for q in cut] if task in unlabeled else cut
+        if task in to_clients:
+            pool += [qs[i] for i in order[n_aux:]]
+    if not to_clients:
+        return Splits(aux=aux, clients=[[] for _ in range(num_clients)])
     if len(pool) < num_clients:
         raise DataError(f"{len(pool)} training questions left after D^a cannot be dealt to {num_clients} clients")
     if partition == "iid":

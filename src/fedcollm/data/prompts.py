@@ -22,7 +22,7 @@ class MCRequest:
 
     context: str
     choices: tuple[str, ...]
-    gold: int
+    gold: int | None  # None: an unlabeled question
     delimiter: str = TARGET_DELIMITER
 
 
@@ -64,4 +64,6 @@ def reported_metric(task: str) -> str:
 
 def training_pair(q: Question) -> tuple[str, str]:
     """(prompt, answer) for supervised tuning: the evaluation context and the delimited gold choice."""
+    if q.answer is None:
+        raise ValueError(f"{q.task} question {q.id!r} is unlabeled: it has no answer to train on")
     return context_of(q), q.delimiter + choices_of(q)[q.answer]

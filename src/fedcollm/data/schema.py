@@ -40,7 +40,8 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Question:
-    """A multiple-choice question: ``choices[answer]`` is the gold choice text.
+    """A multiple-choice question: ``choices[answer]`` is the gold choice text; ``answer`` None: unlabeled (a
+    server's D^a question nobody answered, ``DataSection.aux_unlabeled``), which only KD terms may use.
 
     ``prompt`` is the context as the model reads it, already rendered (a task of lm-eval's format or a JSONL file
     with a template); None: the built-in task's own template (``prompts.context_of``). ``delimiter`` goes between
@@ -51,7 +52,7 @@ class Question:
     question: str
     choices: tuple[str, ...]
     labels: tuple[str, ...]
-    answer: int
+    answer: int | None
     prompt: str | None = None
     delimiter: str = " "
 
@@ -182,7 +183,7 @@ def write_jsonl(path: Path, questions: list[Question]) -> None:
         for q in questions:
             choices = [{"label": lab, "text": txt} for lab, txt in zip(q.labels, q.choices)]
             rec = {"id": q.id, "task": q.task, "question": {"stem": q.question, "choices": choices},
-                   "answerKey": q.labels[q.answer]}
+                   "answerKey": None if q.answer is None else q.labels[q.answer]}
             if q.prompt is not None:  # a task of the user's own: the prompt as rendered, and its delimiter
                 rec["prompt"], rec["delimiter"] = q.prompt, q.delimiter
             fh.write(json.dumps(rec) + "\n")

@@ -15,7 +15,7 @@ from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 
 from ..build import derive_seed, load_splits, peak_rss_mb
-from ..config import Config, Engine, dump_config
+from ..config import Config, ConfigError, Engine, dump_config
 from ..reporting import print_round, progress_line, write_run_report
 from ..rounds import Comm, RoundRecord
 from ..runlog import RoundError, RunDir
@@ -63,13 +63,21 @@ def min_clients(cfg: Config) -> int:
     return cfg.federation.min_clients or cfg.federation.per_round()
 
 
+def largest_client(cfg: Config) -> int:
+    """The largest n_k, from the split: the server never reads the clients' own files to learn it."""
+    if cfg.data.client_files is not None:
+        raise ConfigError("SecAgg+ with data.client_files needs secagg.max_weight (a bound on any client's number "
+                          "of examples): the server does not read the clients' files to learn their sizes")
+    return max(len(c) for c in load_splits(cfg).clients)
+
+
 def make_aggregation(cfg: Config, engine: Engine) -> Aggregation:
     """Plain or secure aggregation, as the config asks or (secagg.enabled unset) the engine implies."""
     policy = PrivacyPolicy.of(cfg, engine)
     if not policy.secure:
         return PlainAggregation(cfg, policy)
     # SecAgg+ weights client k by w_k / max_weight: the largest weight keeps every one <= 1 (no clipping)
-    max_weight = policy.max_weight(lambda: cfg.secagg.max_weight or max(len(c) for c in load_splits(cfg).clients))
+    max_weight = policy.max_weight(lambda: cfg.secagg.max_weight or largest_client(cfg))
     return SecureAggregation(cfg, policy, max_weight)
 
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 import logging
 
 from ..build import (
-    budget,
     derive_seed,
     eval_questions,
     evaluate_model,
     kd_batch_size,
+    load_aux,
     load_peft,
-    load_splits,
     train_settings,
     transfer_spec,
 )
@@ -37,7 +36,7 @@ class CoTuningServer:
             check_same_tokenizer(llm_tok, self.tokenizer, cfg.llm.name, cfg.slm.name,
                                  self.llm.get_output_embeddings().weight.shape[0],
                                  self.slm.get_output_embeddings().weight.shape[0])
-        self.aux = load_splits(cfg).aux
+        self.aux = load_aux(cfg)
         self.eval_sets = eval_questions(cfg)
 
     @property
@@ -56,7 +55,7 @@ class CoTuningServer:
         if self.llm is None:
             self.set_theta(theta_avg)
             return {}
-        epochs, max_steps = budget(cfg).kd_loop
+        epochs, max_steps = cfg.kd.epochs, cfg.kd.max_steps  # Budget.kd_loop, without reading any D^k
         settings = train_settings(cfg, cfg.slm, derive_seed(cfg.seed, "server", server_round), epochs, max_steps,
                                   self.progress, batch_size=kd_batch_size(cfg), lr=cfg.kd.slm_lr)
         _, metrics = mutual_transfer(self.llm, self.slm, self.tokenizer, theta_avg, self.aux,

@@ -71,11 +71,11 @@ def client_mean(per_client: list[Metrics]) -> Metrics:
 
 
 def centralized(cfg: Config, save_to: Path | None = None) -> dict[str, Metrics]:
-    """The LLM adapter on all the data the federation has (every D^k and D^a), same number of passes
-    (its final adapter to ``save_to/llm`` when given)."""
+    """The LLM adapter on all the data the federation has (every D^k and D^a's labeled questions), same number of
+    passes (its final adapter to ``save_to/llm`` when given)."""
     model, tok = load_peft(cfg.llm, cfg, "llm")
     splits = load_splits(cfg)
-    data = [q for client in splits.clients for q in client] + splits.aux
+    data = [q for client in splits.clients for q in client] + [q for q in splits.aux if q.answer is not None]
     epochs, max_steps = budget(cfg, splits).centralized_loop()
     settings = train_settings(cfg, cfg.llm, derive_seed(cfg.seed, "centralized"), epochs, max_steps)
     checkpoint = None
