@@ -102,3 +102,16 @@ def run_lm_eval_tasks(model_dir: str, specs: Sequence[str], batch_size: int = 8,
     return {name: [{"lls": [float(r[0]) for r in s["filtered_resps"]], "acc": s["acc"], "acc_norm": s.get("acc_norm")}
                    for s in sorted(samples, key=lambda s: s["doc_id"])]
             for name, samples in out["samples"].items()}
+
+
+def builtin_as_yaml(task: str, questions: Sequence[Question], folder: Path) -> Path:
+    """A task YAML for a built-in task: lm-eval's own definition of it (``task_config``) over ``questions``
+    written in the hub's layout, so that lm-eval's path (``fedcollm.data.lm_eval_task``) can be diffed with ours."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / f"{task}.json"
+    data.write_text("".join(json.dumps(_hub_layout(q)) + "\n" for q in questions))
+    cfg = task_config(task, data)
+    cfg["task"] = f"fedcollm_builtin_{task}"
+    path = folder / f"{task}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

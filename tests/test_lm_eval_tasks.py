@@ -178,3 +178,11 @@ def test_names_lm_eval_knows_and_names_nobody_knows():
         check_task("no_such_task_anywhere")
     with pytest.raises(DataError, match=r"/nowhere/t.yaml is no file"):
         check_task("/nowhere/t.yaml")
+
+
+def test_a_builtin_task_read_through_lm_evals_own_yaml_gives_the_same_requests(data_dir, tmp_path):
+    from bench.builtin_via_lm_eval import diff
+    from fedcollm.data import ALL_TASKS
+
+    for task in ALL_TASKS:
+        assert diff(task, load_eval(task, data_dir), tmp_path / task) == [], task
