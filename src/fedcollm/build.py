@@ -19,7 +19,7 @@ import torch
 from . import precision
 from .config import Config, ConfigError, ModelSection, check_output_folder
 from .data import Question, Splits, check_tasks, load_eval, load_split, split_train
-from .data.schema import DataError, read_jsonl, write_jsonl
+from .data.schema import DataError, is_instructions, read_jsonl, write_jsonl
 from .models.lora import attach_lora
 from .models.sources import load_model
 from .updates import TrainSettings, Transfer
@@ -135,6 +135,11 @@ def preflight(cfg: Config) -> None:
     check_output_folder(cfg.output_dir, "output_dir")
     if cfg.data.aux_tasks is not None:
         check_tasks(cfg.data.aux_tasks, "data.aux_tasks")
+    trained = sorted({*cfg.tasks, *(cfg.data.aux_tasks or [])})
+    prose = [t for t in trained if is_instructions(t)]
+    if prose and "choices" in (cfg.kd.target, cfg.train.objective):
+        raise DataError(f"{prose[0]} is instruction data (one response a prompt): kd.target=choices and "
+                        "train.objective=choices need questions with two or more choices; use tokens")
     if cfg.data.client_files is not None:  # each file is its client's to open: here only that it is there
         for k, name in enumerate(cfg.data.client_files):
             if not Path(name).expanduser().is_file():

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .data import DataError, MCRequest, Question, load_eval, mc_request
 from .data.prompts import reported_metric
+from .data.schema import is_instructions
 from .memory import release
 from .models.anatomy import backbone_and_head, pad_id
 from .precision import autocast
@@ -302,6 +304,26 @@ def accuracy(results: Sequence[QuestionResult]) -> dict[str, float | int | str]:
     }
 
 
+def response_nlls(
+    model, tokenizer, questions: Sequence[Question], batch_size: int = 8, max_length: int = 2048,
+    autocast_dtype: torch.dtype | None = None, progress: bool = False, desc: str = "scoring",
+) -> list[dict]:
+    """Instruction data: each held-out response's negative log-likelihood given its prompt, summed over its tokens,
+    and its token count (the scorer's numbers: lm-eval's split of prompt and continuation, one continuation)."""
+    encoded = [encode_request(tokenizer, mc_request(q), max_length) for q in questions]
+    lls = loglikelihoods(model, encoded, pad_id(tokenizer), batch_size, autocast_dtype, progress, desc)
+    return [{"id": q.id, "nll": -ll[0], "tokens": len(e.choices[0])} for q, e, ll in zip(questions, encoded, lls)]
+
+
+def nll_metrics(rows: Sequence[dict]) -> dict[str, float | int | str]:
+    """The NLL per response token over all held-out responses (each token weighs the same), its perplexity, and
+    the responses' count and their ids' digest (as ``accuracy`` gives)."""
+    tokens = sum(r["tokens"] for r in rows)
+    nll = sum(r["nll"] for r in rows) / tokens if tokens else float("nan")
+    return {"nll": nll, "ppl": math.exp(nll) if tokens else float("nan"), "n": len(rows), "tokens": tokens,
+            "ids_sha1": hashlib.sha1("\n".join(r["id"] for r in rows).encode()).hexdigest()[:12]}
+
+
 @contextlib.contextmanager
 def adapter_enabled(model, enabled: bool) -> Iterator[None]:
     """Score a PEFT model with its adapter switched off, without reloading the base."""
@@ -326,12 +348,18 @@ def evaluate_tasks(
             for task in tasks:
                 qs = questions[task] if questions is not None else load_eval(task, data_dir, limit)
                 t0 = time.perf_counter()
-                res = score_questions(model, tokenizer, qs, batch_size, max_length, autocast_dtype, progress, task)
-                metrics[task] = {**accuracy(res), "seconds": round(time.perf_counter() - t0, 3)}
+                if is_instructions(task):
+                    rows = response_nlls(model, tokenizer, qs, batch_size, max_length, autocast_dtype, progress, task)
+                    metrics[task] = nll_metrics(rows)
+                else:
+                    res = score_questions(model, tokenizer, qs, batch_size, max_length, autocast_dtype, progress,
+                                          task)
+                    metrics[task], rows = accuracy(res), [asdict(r) for r in res]
+                metrics[task]["seconds"] = round(time.perf_counter() - t0, 3)
                 if out_dir is not None:
                     path = Path(out_dir) / f"predictions_{task}.jsonl"
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in res))
+                    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     finally:
         model.train(was_training)
         release()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .rounds import RoundRecord
+from .rounds import RoundRecord, headline
 from .stats import wilson
 
 TASK_NAMES = {"commonsense_qa": "CQA", "openbookqa": "OBQA", "arc_challenge": "ARC-C", "arc_easy": "ARC-E"}
@@ -69,21 +69,21 @@ def accuracy_figure(curves: dict[str, list[RoundRecord]], references: dict[str, 
         for col, task in enumerate(tasks):
             ax = axes[row][col]
             for method, records in curves.items():
-                pts = [(r.round, 100 * r.acc(role, task)) for r in records if r.acc(role, task) is not None]
+                pts = [(r.round, _shown(r.eval[role][task])) for r in records if task in r.eval.get(role, {})]
                 if pts:
                     ax.plot(*zip(*pts), "-" if method == "fedcollm" else "--", marker="o", ms=3,
                             color=COLOURS.get(method), label=LABELS.get(method, method))
             for method, result in references.items():
                 m = result.get(role, {}).get(task)
                 if m:
-                    ax.axhline(100 * m["acc"], ls=REFERENCE_STYLE.get(method, ":"), lw=1.2,
+                    ax.axhline(_shown(m), ls=REFERENCE_STYLE.get(method, ":"), lw=1.2,
                                color=COLOURS.get(method), label=LABELS.get(method, method))
             ax.set_xticks(range(0, last + 1))
             ax.set_xlim(-0.2, last + 0.2)
             ax.set_title(f"{role.upper()} · {task_label(task)}", fontsize=9)
             ax.tick_params(labelsize=8)
-            if col == 0:
-                ax.set_ylabel("accuracy %", fontsize=8)
+            if col == 0 or _is_ppl(curves, references, role, task):
+                ax.set_ylabel("perplexity" if _is_ppl(curves, references, role, task) else "accuracy %", fontsize=8)
             if row == len(roles) - 1:
                 ax.set_xlabel("round", fontsize=8)
     handles = {}
@@ -95,6 +95,18 @@ def accuracy_figure(curves: dict[str, list[RoundRecord]], references: dict[str, 
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 0.96 if title else 1))
     return fig
+
+
+def _shown(m: dict) -> float:
+    """What a panel draws: accuracy in %, or (instruction data) the held-out responses' perplexity."""
+    name, value = headline(m)
+    return 100 * value if name == "acc" else value
+
+
+def _is_ppl(curves: dict[str, list[RoundRecord]], references: dict[str, dict], role: str, task: str) -> bool:
+    ms = [r.eval[role][task] for rs in curves.values() for r in rs if task in r.eval.get(role, {})]
+    ms += [ref[role][task] for ref in references.values() if task in ref.get(role, {})]
+    return bool(ms) and headline(ms[0])[0] == "ppl"
 
 
 def _questions(result: dict, role: str, task: str) -> int:

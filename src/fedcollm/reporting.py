@@ -10,7 +10,7 @@ from rich.table import Table
 
 from . import plots
 from .config import Config
-from .rounds import RoundRecord, mean_bytes_per_client
+from .rounds import RoundRecord, headline, mean_bytes_per_client
 from .runlog import RunDir
 
 PLAIN_WIDTH = 1000  # columns where the output is no terminal (a log, a pipe, flwr run's stream): no line wraps
@@ -28,7 +28,13 @@ console = make_console()
 
 def _acc(record: RoundRecord, role: str) -> str:
     ev = record.eval.get(role, {})
-    return " ".join(f"{t}={m['acc']:.3f}" for t, m in ev.items()) or "-"
+    return " ".join(f"{plots.task_label(t)}={_figure(m, 3)}" for t, m in ev.items()) or "-"
+
+
+def _figure(m: dict, digits: int) -> str:
+    """``0.512`` (an accuracy) or ``ppl 7.41`` (instruction data: the held-out responses' perplexity)."""
+    name, value = headline(m)
+    return f"{value:.{digits}f}" if name == "acc" else f"ppl {value:.2f}"
 
 
 def duration(seconds: float) -> str:
@@ -70,7 +76,7 @@ def adapter_share(params: dict) -> str:
 
 def summary_table(records: list[RoundRecord]) -> Table:
     tasks = sorted({t for r in records for ev in r.eval.values() for t in ev})
-    table = Table(title="FedCoLLM: accuracy per round (acc)")
+    table = Table(title="FedCoLLM: accuracy per round (acc; ppl: perplexity of held-out responses)")
     table.add_column("round")
     for t in tasks:
         table.add_column(f"LLM {t}")
@@ -81,7 +87,7 @@ def summary_table(records: list[RoundRecord]) -> Table:
         ev = r.eval
         cells = []
         for t in tasks:
-            cells += [f"{ev[role][t]['acc']:.4f}" if t in ev.get(role, {}) else "-" for role in ("llm", "slm")]
+            cells += [_figure(ev[role][t], 4) if t in ev.get(role, {}) else "-" for role in ("llm", "slm")]
         mb = [mean_bytes_per_client([r], way) for way in ("sent", "received")]
         table.add_row("0 (zero-shot)" if r.round == 0 else str(r.round), *cells,
                       *("-" if v is None else f"{v / 1e6:.3f}" for v in mb))

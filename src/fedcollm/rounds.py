@@ -17,6 +17,12 @@ from .config import ConfigError
 Scores = dict[str, dict[str, dict[str, float]]]  # role (llm/slm) -> task -> {"acc", "acc_norm", "n", ...}
 
 
+def headline(m: dict[str, float]) -> tuple[str, float]:
+    """A task's one figure: its accuracy, or for instruction data (scored by its held-out responses, no accuracy)
+    the perplexity of those responses."""
+    return ("acc", float(m["acc"])) if "acc" in m else ("ppl", float(m["ppl"]))
+
+
 @dataclass
 class Comm:
     """Bytes on the wire this round: one entry per client sent to / received from (Flower's encoding)."""
@@ -59,7 +65,7 @@ class RoundRecord:
     def acc(self, role: str, task: str) -> float | None:
         """Accuracy of ``role`` on ``task`` this round (None when not scored)."""
         m = self.eval.get(role, {}).get(task)
-        return None if m is None else float(m["acc"])
+        return None if m is None or "acc" not in m else float(m["acc"])
 
     def to_json(self) -> dict[str, Any]:
         """The record as one JSON object (fields that are None, and an empty ``eval`` or ``seconds``, are left

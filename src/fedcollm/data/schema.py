@@ -61,6 +61,13 @@ def is_builtin(task: str) -> bool:
     return task in TASKS
 
 
+def is_instructions(task: str) -> bool:
+    """Is ``task`` instruction data (prompts and responses, scored by their NLL), not multiple-choice questions?"""
+    from .instructions import is_instruction_task
+
+    return not is_builtin(task) and is_instruction_task(task)
+
+
 def check_task(task: str, where: str = "") -> str:
     """``task`` if it names a task: a built-in one, a folder of the user's own JSONL files (``jsonl_task``), or a
     task in lm-eval's format (``lm_eval_task``: a name lm-eval knows, or a task YAML's path)."""
@@ -274,11 +281,14 @@ def _read_split(task: str, split: str, data_dir: str | os.PathLike | None) -> li
 
         return read_split(task, split)
     if kind == "folder":  # a folder of the user's JSONL files: its own files, no data_dir
+        from .instructions import is_instruction_task, read_instruction_file
         from .jsonl_task import folder_template, read_task_file
 
         path = Path(task).expanduser() / f"{_LOCAL_SPLIT[split]}.jsonl"
         if not path.is_file():
             raise DataError(f"task {task}: no {path.name} for its {split} split")
+        if is_instruction_task(task):
+            return read_instruction_file(path, task)
         return read_task_file(path, task, folder_template(path.parent))
     root = resolve_data_dir(data_dir)
     if root is None:

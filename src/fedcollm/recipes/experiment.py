@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import plots
 from ..build import preflight
 from ..config import Config, ConfigError, KDSection, config_differences, load_config, save_config
+from ..data.schema import DataError, is_instructions
 from ..plots import task_label
 from ..precision import cpu_info, resolve_precision
 from ..reporting import header
@@ -174,6 +175,10 @@ def run_experiment(cfg: Config, out_dir: str | Path, methods: Sequence[str] = ME
     the report would mix splits and budgets), and a config that cannot run is refused before
     anything is written.
     """
+    prose = [t for t in {*cfg.tasks, *cfg.eval_tasks()} if is_instructions(t)]
+    if prose:  # its report, claims and intervals are over questions answered right or wrong
+        raise DataError(f"{sorted(prose)[0]} is instruction data, scored by perplexity: fedcollm experiment compares "
+                        "accuracies; run it with fedcollm run (its report shows the perplexity per round)")
     # dev_only: the whole sweep under the seal, preflight and report included: no test file is opened
     with sealed() if dev_only else contextlib.nullcontext():
         return _run_methods(cfg, Path(out_dir), methods, dev_only)
