@@ -175,6 +175,9 @@ def run_experiment(cfg: Config, out_dir: str | Path, methods: Sequence[str] = ME
     the report would mix splits and budgets), and a config that cannot run is refused before
     anything is written.
     """
+    if "fedcollm_paper" in methods and cfg.data.aux_unlabeled:
+        raise ConfigError("fedcollm_paper's token-level transfer teacher-forces gold answers, and data.aux_unlabeled "
+                          "gives D^a questions without any: leave fedcollm_paper out of --methods")
     prose = [t for t in {*cfg.tasks, *cfg.eval_tasks()} if is_instructions(t)]
     if prose:  # its report, claims and intervals are over questions answered right or wrong
         raise DataError(f"{sorted(prose)[0]} is instruction data, scored by perplexity: fedcollm experiment compares "
