@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fedcollm.data import load_split
 from fedcollm.evaluate import adapter_enabled, score_questions
-from fedcollm.losses import answer_ce, kd_kl
+from fedcollm.losses import answer_ce, kd_kl, kd_kl_tokens
 from fedcollm.models.lora import (
     AdapterError,
     LoraSpec,
@@ -106,6 +106,31 @@ def test_kd_kl_zero_iff_same_distribution():
     s, t = a.clone().requires_grad_(), b.clone().requires_grad_()
     kd_kl(s, t).backward()
     assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
+
+
+def test_kd_kl_is_the_teachers_expectation_of_the_log_ratio_and_its_gradient_is_p_s_minus_p_t():
+    """Against formulas written here: KL(p_t || p_s) = Σ p_t (log p_t − log p_s), τ² times at temperature τ on the
+    teacher's top k (both renormalised there); at τ = 1 its gradient in the student's logits is p_s − p_t (the
+    reverse KL's is not)."""
+    torch.manual_seed(1)
+    s, t = torch.randn(5, 40, dtype=torch.float64) * 3, torch.randn(5, 40, dtype=torch.float64) * 3
+
+    def forward_kl(s, t, tau=1.0, k=None):
+        s, t = s / tau, t / tau
+        if k is not None:
+            t, idx = t.topk(k, dim=-1)
+            s = s.gather(-1, idx)
+        p_t = torch.exp(t - torch.logsumexp(t, -1, keepdim=True))
+        log_p_s = s - torch.logsumexp(s, -1, keepdim=True)
+        return (p_t * (torch.log(p_t) - log_p_s)).sum(-1) * tau**2
+
+    torch.testing.assert_close(kd_kl_tokens(s, t).double(), forward_kl(s, t), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(kd_kl_tokens(s, t, 2.0, 7).double(), forward_kl(s, t, 2.0, 7), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(kd_kl_tokens(s, t).double(), forward_kl(t, s), rtol=1e-2)  # not symmetric here
+    student = s.clone().float().requires_grad_()
+    kd_kl_tokens(student, t.float()).sum().backward()
+    torch.testing.assert_close(student.grad.double(), torch.softmax(s, -1) - torch.softmax(t, -1), rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_answer_logits_match_full_forward(tiny_models, data_dir):
