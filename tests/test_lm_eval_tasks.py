@@ -186,3 +186,17 @@ def test_a_builtin_task_read_through_lm_evals_own_yaml_gives_the_same_requests(d
 
     for task in ALL_TASKS:
         assert diff(task, load_eval(task, data_dir), tmp_path / task) == [], task
+
+
+def test_fedcollm_eval_scores_a_task_yaml_and_an_instruction_folder(tiny_models, tasks, tmp_path, capsys):
+    from test_instructions import write_instructions
+
+    from fedcollm.cli import main
+
+    prose = write_instructions(tmp_path / "leases")
+    out = tmp_path / "metrics.json"
+    assert main(["eval", "--model", str(tiny_models["slm"]), "--tasks", f"{tasks['letters']},{prose}",
+                 "--split", "dev", "--precision", "fp32", "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    flat = json.dumps(metrics)
+    assert '"acc"' in flat and '"ppl"' in flat  # an accuracy for the YAML, a perplexity for the instruction data

@@ -100,6 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import ProxyTuned, evaluate_tasks
     from .models.lora import load_adapter_model, read_adapter_arrays, read_adapter_config
     from .models.sources import check_model_files, check_same_tokenizer, load_model, load_tokenizer
+    from .plots import task_label
 
     # everything that can be checked before the weights are loaded first: arguments, output paths, the
     # model's files, the adapter's files, the data
@@ -135,7 +136,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         title += f" + {args.proxy_alpha:g}·({args.proxy_model} + {args.proxy} − {args.proxy_model})"
     table = Table("task", "n", "acc", "acc_norm", "seconds", title=title)
     for task, m in metrics.items():
-        table.add_row(task, str(m["n"]), f"{m['acc']:.4f}", f"{m['acc_norm']:.4f}", f"{m['seconds']:.1f}")
+        if "acc" in m:
+            table.add_row(task_label(task), str(m["n"]), f"{m['acc']:.4f}", f"{m['acc_norm']:.4f}",
+                          f"{m['seconds']:.1f}")
+        else:  # instruction data: the held-out responses' NLL per token and perplexity
+            table.add_row(task_label(task), str(m["n"]), f"ppl {m['ppl']:.3f}", f"nll {m['nll']:.4f}",
+                          f"{m['seconds']:.1f}")
     Console().print(table)
     result = {"model": args.model, "adapter": args.adapter, "precision": args.precision, "limit": args.limit,
               "split": args.split, "metrics": metrics}
