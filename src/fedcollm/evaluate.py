@@ -348,12 +348,13 @@ def evaluate_tasks(
             for task in tasks:
                 qs = questions[task] if questions is not None else load_eval(task, data_dir, limit)
                 t0 = time.perf_counter()
+                desc = Path(task).name if "/" in task else task  # a path's last part on the progress bar
                 if is_instructions(task):
-                    rows = response_nlls(model, tokenizer, qs, batch_size, max_length, autocast_dtype, progress, task)
+                    rows = response_nlls(model, tokenizer, qs, batch_size, max_length, autocast_dtype, progress, desc)
                     metrics[task] = nll_metrics(rows)
                 else:
                     res = score_questions(model, tokenizer, qs, batch_size, max_length, autocast_dtype, progress,
-                                          task)
+                                          desc)
                     metrics[task], rows = accuracy(res), [asdict(r) for r in res]
                 metrics[task]["seconds"] = round(time.perf_counter() - t0, 3)
                 if out_dir is not None:
