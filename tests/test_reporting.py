@@ -49,6 +49,6 @@ def test_the_round_table_is_whole_where_the_output_is_no_terminal():
             " for r in ('llm', 'slm')}\n"
             "console.print(summary_table([RoundRecord(0, eval=ev), RoundRecord(1, eval=ev)]))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
-    for column in ("LLM commonsense_qa", "SLM openbookqa", "received/client MB", "0 (zero-shot)"):
+    for column in ("LLM CQA", "SLM OBQA", "received/client MB", "0 (zero-shot)"):
         assert column in out, out  # cut at 80 columns, rich would wrap or elide these
     assert "…" not in out

@@ -79,8 +79,8 @@ def summary_table(records: list[RoundRecord]) -> Table:
     table = Table(title="FedCoLLM: accuracy per round (acc; ppl: perplexity of held-out responses)")
     table.add_column("round")
     for t in tasks:
-        table.add_column(f"LLM {t}")
-        table.add_column(f"SLM {t}")
+        table.add_column(f"LLM {plots.task_label(t)}")
+        table.add_column(f"SLM {plots.task_label(t)}")
     table.add_column("sent/client MB")
     table.add_column("received/client MB")
     for r in records:
