@@ -195,34 +195,36 @@ def _adapters(run_dir, t):
 
 
 def test_a_run_trains_both_adapters_and_a_resumed_run_goes_on_as_the_uninterrupted_one(tiny_models, data_dir, tmp_path):
-    full = run_fedcollm(_cfg(tiny_models, data_dir, tmp_path, "full", 2), progress=False)
+    full = run_fedcollm(_cfg(tiny_models, data_dir, tmp_path, "full", 3), progress=False)
     records = full.metrics()
-    assert [r.round for r in records] == [0, 1, 2]
+    assert [r.round for r in records] == [0, 1, 2, 3]
     first = records[1]
     assert len(first.clients["contributors"]) == 3 and not first.clients["dropped"]
-    # one worker served all clients and loaded the SLM base once for both rounds (adapters swapped, base shared)
-    second = records[2].clients["contributors"]
-    assert {c["slm-loads-in-worker"] for c in first.clients["contributors"] + second} == {1}
+    # one worker served all clients and loaded the SLM base once for every round (adapters swapped, base shared)
+    later = records[2].clients["contributors"] + records[3].clients["contributors"]
+    assert {c["slm-loads-in-worker"] for c in first.clients["contributors"] + later} == {1}
     assert first.kd["llm_kl"] > 0 and first.kd["slm_kl"] > 0
-    r1, r2 = _adapters(full.path, 1), _adapters(full.path, 2)
+    r1, r2, r3 = (_adapters(full.path, t) for t in (1, 2, 3))
     for who in ("theta", "omega"):  # both adapters move every round
         assert any(not np.array_equal(r1[who][k], r2[who][k]) for k in r1[who])
     assert any(np.abs(v).sum() > 0 for k, v in r1["omega"].items() if "lora_B" in k)  # ω left its zero init
     assert (full.path / "report.md").is_file() and (full.path / "config.yaml").is_file()
 
-    part = run_fedcollm(_cfg(tiny_models, data_dir, tmp_path, "part", 1), progress=False)
-    assert part.last_round() == 1
-    resumed = run_fedcollm(None, resume=str(part.path), overrides=("federation.rounds=2",), progress=False)
-    got = _adapters(resumed.path, 2)
-    for who in ("theta", "omega"):  # round 2 continues from round 1's adapters and seeds: the same bits
-        for k in r2[who]:
-            np.testing.assert_array_equal(got[who][k], r2[who][k], err_msg=f"{who} {k}")
+    # stopped after round 2 (not 1: a resume that reloads the round before the last finished one is only
+    # wrong from there), then resumed to 3
+    part = run_fedcollm(_cfg(tiny_models, data_dir, tmp_path, "part", 2), progress=False)
+    assert part.last_round() == 2
+    resumed = run_fedcollm(None, resume=str(part.path), overrides=("federation.rounds=3",), progress=False)
+    got = _adapters(resumed.path, 3)
+    for who in ("theta", "omega"):  # round 3 continues from round 2's adapters and seeds: the same bits
+        for k in r3[who]:
+            np.testing.assert_array_equal(got[who][k], r3[who][k], err_msg=f"{who} {k}")
     def accs(recs):
         return [{role: {t: (m["acc"], m["acc_norm"]) for t, m in ev.items()} for role, ev in r.eval.items()}
                 for r in recs]
 
     assert accs(resumed.metrics()) == accs(records)
-    assert json.loads((resumed.path / "metrics.jsonl").read_text().splitlines()[-1])["round"] == 2
+    assert json.loads((resumed.path / "metrics.jsonl").read_text().splitlines()[-1])["round"] == 3
 
 
 def test_clients_report_no_pid_or_host(tiny_models, data_dir, tmp_path):
