@@ -18,6 +18,7 @@ The table lists each break, whether it was caught, the first failing test and th
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -268,11 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     rev = args.ref or "the working tree"
     head = subprocess.run(["git", "rev-parse", "--short", args.ref or "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:  # what the suite runs on: src, tests, bench (not results/)
+        scratch_copy(Path(tmp), source, shared)
+        digest = tree_digest(Path(tmp))
     lines = [f"# python -m bench.mutations{' --ref ' + args.ref if args.ref else ''}"
              f"{' --only ' + args.only if args.only else ''}: {len(breaks)} breaks on {rev} ({head}"
-             f"{', with uncommitted changes' if args.ref is None and _dirty() else ''})",
+             f"{', with uncommitted changes' if args.ref is None and _dirty() else ''}; code {digest})",
              "| break | what it breaks | outcome | first failing test | s |", "|---|---|---|---|---|"]
-    done = _finished_rows(Path(args.out), head) if args.resume else {}
+    done = _finished_rows(Path(args.out), digest) if args.resume else {}
     print("\n".join(lines), flush=True)
     if args.no_clean:
         lines.append("| (none) | the tree as it is | not run here (--no-clean) | | |")
@@ -301,13 +305,23 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if missed else 0
 
 
-def _finished_rows(out: Path, head: str) -> dict[str, str]:
-    """The rows of an earlier pass over the same commit, by break name; a timeout or an error is run again."""
+def tree_digest(root: Path) -> str:
+    """A digest of the code a pass breaks and tests (src/, tests/, bench/): the same code, the same digest, whatever
+    the commit (a commit of results alone does not change it, so a killed pass resumes across it)."""
+    h = hashlib.sha256()
+    for part in ("src", "tests", "bench"):
+        for f in sorted((root / part).rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def _finished_rows(out: Path, digest: str) -> dict[str, str]:
+    """The rows of an earlier pass over the same code, by break name; a timeout or an error is run again."""
     if not out.exists():
         return {}
     text = out.read_text().splitlines()
-    if not text or f"({head}" not in text[0]:
-        raise SystemExit(f"{out}: written for another tree than {head}; move it away or drop --resume")
+    if not text or f"code {digest})" not in text[0]:
+        raise SystemExit(f"{out}: written for other code than this tree's ({digest}); move it away or drop --resume")
     rows = {}
     for line in text[3:]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

@@ -92,4 +92,4 @@ def test_the_wheel_ships_the_presets_and_the_flower_app_and_the_cli_finds_them_i
     cli = subprocess.run([sys.executable, "-c", "import sys; from fedcollm.cli import main; "
                           "sys.exit(main(['experiment', '--preset', 'nope', '--dev-only']))"],
                          cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert cli.returncode == 2 and "choose from cpu-paper, cpu-small, paper, paper-faithful" in cli.stderr
+    assert cli.returncode == 2 and "choose from cpu-domain, cpu-paper, cpu-small, paper, paper-faithful" in cli.stderr

@@ -136,11 +136,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         title += f" + {args.proxy_alpha:g}·({args.proxy_model} + {args.proxy} − {args.proxy_model})"
     table = Table("task", "n", "acc", "acc_norm", "seconds", title=title)
     for task, m in metrics.items():
+        name = task if task in ALL_TASKS else task_label(task)  # a built-in task as typed; a path by its last part
         if "acc" in m:
-            table.add_row(task_label(task), str(m["n"]), f"{m['acc']:.4f}", f"{m['acc_norm']:.4f}",
+            table.add_row(name, str(m["n"]), f"{m['acc']:.4f}", f"{m['acc_norm']:.4f}",
                           f"{m['seconds']:.1f}")
         else:  # instruction data: the held-out responses' NLL per token and perplexity
-            table.add_row(task_label(task), str(m["n"]), f"ppl {m['ppl']:.3f}", f"nll {m['nll']:.4f}",
+            table.add_row(name, str(m["n"]), f"ppl {m['ppl']:.3f}", f"nll {m['nll']:.4f}",
                           f"{m['seconds']:.1f}")
     Console().print(table)
     result = {"model": args.model, "adapter": args.adapter, "precision": args.precision, "limit": args.limit,

@@ -57,7 +57,7 @@ def _first_layout(folder: str, mtimes: tuple) -> str | None:
                 if raw.strip():
                     try:
                         return _layout(json.loads(raw))
-                    except ValueError:
+                    except (ValueError, RecursionError):  # [[[...]]] nested past the stack, too
                         return None  # a bad first line: the multiple-choice reader names it
     return None
 
