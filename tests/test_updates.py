@@ -192,7 +192,7 @@ def test_gated_transfer_lets_the_llm_distil_only_where_the_slm_is_closer_and_the
 
 def test_the_update_cache_key_changes_with_everything_that_changes_an_update(data_dir, monkeypatch):
     """The same inputs give one key; a change of resolved device, resolved precision, package version, the update's
-    code or the prompt format each give another, so no update is ever served for one computed otherwise."""
+    code, its seed or the prompt format each give another, so no update is ever served for one computed otherwise."""
     import torch
 
     from fedcollm import precision
@@ -225,6 +225,7 @@ def test_the_update_cache_key_changes_with_everything_that_changes_an_update(dat
     with monkeypatch.context() as m:  # an edit to the loop, the losses, the prompts or the adapter code
         m.setattr(update_cache, "code_digest", lambda modules=update_cache.UPDATE_CODE: "edited")
         changed["code"] = key()
+    changed["seed"] = update_cache.update_key(cfg, theta, data, 8)  # the update's own seed (order, dropout)
     with monkeypatch.context() as m:  # another prompt format for the same questions
         m.setattr(update_cache, "training_pair", lambda q: ("Q: " + q.question, " " + q.choices[q.answer]))
         changed["prompt"] = key()
