@@ -21,6 +21,7 @@ import functools
 import json
 from pathlib import Path
 
+from .jsonl_task import json_lines
 from .schema import DataError, Question
 
 ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
@@ -84,23 +85,8 @@ def render(rec: dict, layout: str) -> str:
 
 def read_instruction_file(path: Path, task: str) -> list[Question]:
     """Every line of one file as a one-response ``Question``; the first bad line ends it, named by file and line."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"data file {path} cannot be read ({exc.strerror or exc})") from None
     out, seen, layout = [], {}, None
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
-        where = f"{path}:{lineno}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{where}: not UTF-8 text (byte {exc.start} of the line)") from None
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            raise DataError(f"{where}: malformed JSON ({str(exc)[:120]})") from None
+    for lineno, where, rec in json_lines(path):
         this = _layout(rec)
         layout = layout or this
         if this is None or this != layout:

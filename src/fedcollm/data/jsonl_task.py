@@ -22,6 +22,7 @@ two choices, an id seen before, an empty question, bytes that are not UTF-8.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from .schema import DataError, Question
@@ -119,13 +120,13 @@ def _question(rec, task: str, where: str, template: str | None) -> Question:
     return Question(str(qid), task, text, tuple(choices), tuple(labels), gold, prompt=prompt, delimiter=" ")
 
 
-def read_task_file(path: Path, task: str, template: str | None = None) -> list[Question]:
-    """Every question of one JSONL file of a task folder; the first bad line ends it, named by file and line."""
+def json_lines(path: Path) -> Iterator[tuple[int, str, object]]:
+    """(line number, ``file:line``, the parsed JSON) of each non-blank line of a user's file; a line that is not
+    UTF-8 or not JSON is refused naming its file and line."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"data file {path} cannot be read ({exc.strerror or exc})") from None
-    out, seen = [], {}
     for lineno, raw in enumerate(data.split(b"\n"), 1):
         where = f"{path}:{lineno}"
         try:
@@ -135,9 +136,15 @@ def read_task_file(path: Path, task: str, template: str | None = None) -> list[Q
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            yield lineno, where, json.loads(line)
         except (ValueError, RecursionError) as exc:
             raise DataError(f"{where}: malformed JSON ({str(exc)[:120]})") from None
+
+
+def read_task_file(path: Path, task: str, template: str | None = None) -> list[Question]:
+    """Every question of one JSONL file of a task folder; the first bad line ends it, named by file and line."""
+    out, seen = [], {}
+    for lineno, where, rec in json_lines(path):
         q = _question(rec, task, where, template)
         if q.id in seen:
             raise DataError(f"{where}: id {q.id!r} is already the question of line {seen[q.id]}"[:300])
