@@ -24,8 +24,9 @@ setup: $(BIN)/.installed
 lint: setup
 	$(BIN)/ruff check src tests bench
 
+# -n auto: one worker per core; the end-to-end Flower tests share one worker (tests/conftest.py says why).
 test: setup lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 # Real-model tests (minutes; build the offline models on first use).
 test-slow: setup

@@ -112,3 +112,23 @@ def in_process(request, monkeypatch):
     import fedcollm.recipes.fedcollm as recipe
 
     monkeypatch.setattr(recipe, "simulate", simulate_in_process)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs ``-n auto``), each worker takes an equal share of the cores for
+    torch: two workers of two threads each on two cores would make every matmul wait on the other's."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end Flower tests run one after another on one worker (``--dist loadgroup``): each starts a
+    SuperLink, ``flwr run`` and a Ray cluster, and two of those side by side would race for the cores their
+    timeouts are sized for. The deployment tests join them: they take free ports, which a test on the other
+    worker could take between the check and the bind."""
+    for item in items:
+        if item.get_closest_marker("flower") or item.path.name == "test_deployment.py":
+            item.add_marker(pytest.mark.xdist_group("flower"))
