@@ -131,6 +131,6 @@ def test_several_seeds_of_one_method_are_paired_seed_by_seed(tmp_path, capsys):
     out = tmp_path / "cmp.json"
     assert main(["compare", f"{tmp_path / 'a0.json'},{tmp_path / 'a1.json'}",
                  f"{tmp_path / 'b0.json'},{tmp_path / 'b1.json'}", "--out", str(out)]) == 0
-    assert "2 seeds and questions" in " ".join(capsys.readouterr().out.split())  # the table wraps its title to the terminal
+    assert "2 seeds and questions" in " ".join(capsys.readouterr().out.split())  # the title wraps to the width
     saved = {r["task"]: r for r in json.loads(out.read_text())["rows"]}
     assert saved["all"]["seeds"] == 2 and saved["all"]["diff"] == pytest.approx(100 * 4 / 16)
