@@ -27,7 +27,8 @@ def test_no_kd_is_fedavg_then_sft_on_the_aux_data_for_each_model(tiny_models, da
               "eval.limit=3", "eval.every_round=false", "llm.lora.dropout=0", "slm.lora.dropout=0",
               "llm.lr=0.01", "slm.lr=0.01", "kd.top_k=16", "tracking=[]"]
     fedavg = RunDir(run_fedcollm(load_config(None, [*common, "method=fedavg", "run_name=fedavg"]), progress=False).path)
-    cfg = no_transfer(load_config(None, [*common, "run_name=no_kd"]))
+    # explicit weights both ways (as the cpu-paper preset sets them): no_kd must zero each, not only λ
+    cfg = no_transfer(load_config(None, [*common, "run_name=no_kd", "kd.llm_weight=1", "kd.slm_weight=0.5"]))
     no_kd = RunDir(run_fedcollm(cfg, progress=False).path)
 
     aux = load_splits(cfg).aux

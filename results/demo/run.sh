@@ -4,7 +4,7 @@
 # (this record: precision=fp32, so that a machine with fast bf16 repeats the fp32 record question by question).
 set -euo pipefail
 export FEDCOLLM_DATA_DIR=${FEDCOLLM_DATA_DIR:-../shared/data}
-OUT=results/demo
+OUT=${OUT:-results/demo}
 rm -rf /tmp/demo
 /usr/bin/time -v .venv/bin/fedcollm run --config configs/demo.yaml run_name=demo-cpu output_dir=/tmp/demo/runs "$@" \
     > "$OUT/stdout.txt" 2> "$OUT/stderr.txt"
