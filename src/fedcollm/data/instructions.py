@@ -21,8 +21,7 @@ import functools
 import json
 from pathlib import Path
 
-from .jsonl_task import json_lines
-from .schema import DataError, Question
+from .schema import DataError, Question, json_lines
 
 ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
           "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")

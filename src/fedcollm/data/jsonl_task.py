@@ -21,11 +21,9 @@ two choices, an id seen before, an empty question, bytes that are not UTF-8.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
 
-from .schema import DataError, Question
+from .schema import DataError, Question, json_lines
 
 DEFAULT_TEMPLATE = "Question: {question}\nAnswer:"
 CONTEXT_TEMPLATE = "{context}\nQuestion: {question}\nAnswer:"
@@ -118,27 +116,6 @@ def _question(rec, task: str, where: str, template: str | None) -> Question:
     except (KeyError, IndexError, ValueError) as exc:
         raise DataError(f"{where}: the template cannot be filled ({type(exc).__name__}: {exc})") from None
     return Question(str(qid), task, text, tuple(choices), tuple(labels), gold, prompt=prompt, delimiter=" ")
-
-
-def json_lines(path: Path) -> Iterator[tuple[int, str, object]]:
-    """(line number, ``file:line``, the parsed JSON) of each non-blank line of a user's file; a line that is not
-    UTF-8 or not JSON is refused naming its file and line."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"data file {path} cannot be read ({exc.strerror or exc})") from None
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
-        where = f"{path}:{lineno}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{where}: not UTF-8 text (byte {exc.start} of the line)") from None
-        if not line.strip():
-            continue
-        try:
-            yield lineno, where, json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            raise DataError(f"{where}: malformed JSON ({str(exc)[:120]})") from None
 
 
 def read_task_file(path: Path, task: str, template: str | None = None) -> list[Question]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +145,27 @@ def _record_to_question(rec: dict, task: str, where: str) -> Question:
         raise DataError(f"{where}: not a multiple-choice record ({type(exc).__name__}: {exc})") from None
 
 
+def json_lines(path: Path) -> Iterator[tuple[int, str, object]]:
+    """(line number, ``file:line``, the parsed JSON) of each non-blank line of a user's file; a line that is not
+    UTF-8 or not JSON is refused naming its file and line."""
+    try:
+        data = path.read_bytes()  # bytes: a line that is not UTF-8 is reported like a malformed one
+    except OSError as exc:
+        raise DataError(f"data file {path} cannot be read ({exc.strerror or exc})") from None
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{where}: not UTF-8 text (byte {exc.start} of the line)") from None
+        if not line.strip():
+            continue
+        try:
+            yield lineno, where, json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise DataError(f"{where}: malformed JSON ({str(exc)[:120]})") from None
+
+
 def read_jsonl(path: Path, task: str | None) -> list[Question]:
     """Read one local JSONL file; a malformed line is reported with file and line number.
 
@@ -152,25 +173,8 @@ def read_jsonl(path: Path, task: str | None) -> list[Question]:
     """
     if not path.is_file():
         raise DataError(f"missing data file {path} (task {task}); see README 'Data' for where it comes from")
-    try:
-        data = path.read_bytes()  # bytes: a line that is not UTF-8 is reported like a malformed one
-    except OSError as exc:
-        raise DataError(f"data file {path} cannot be read ({exc.strerror or exc})") from None
     out = []
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start} of the line)") from None
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-        except (ValueError, RecursionError) as exc:  # an int of > 4300 digits; [[[...]]] nested past the stack
-            raise DataError(f"{path}:{lineno}: malformed JSON ({type(exc).__name__}: {str(exc)[:120]})") from None
-        where = f"{path}:{lineno}"
+    for _, where, rec in json_lines(path):
         rec_task = task if task is not None else (rec.get("task") if isinstance(rec, dict) else None)
         if not isinstance(rec_task, str) or not (rec_task in TASKS or (task is None and _names_own_task(rec))):
             raise DataError(f"{where}: record names no known task ({rec_task!r})")
