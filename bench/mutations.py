@@ -77,6 +77,18 @@ BREAKS = [
           "    return (s_logp.exp() * (s_logp - t_logp)).sum(-1) * temperature**2",
           ("tests/test_lora_losses_train.py", "tests/test_updates.py"),
           "KL(student || teacher) instead of KL(p_t || p_s)"),
+    Break("choice-kl-swapped", "losses.py",
+          "    t = choice_log_probs(teacher.detach(), valid, temperature)\n"
+          "    s = choice_log_probs(student, valid, temperature)\n",
+          "    s = choice_log_probs(teacher.detach(), valid, temperature)\n"
+          "    t = choice_log_probs(student, valid, temperature)\n",
+          ("tests/test_choices.py",), "the choice KL as KL(q_student || q_teacher)"),
+    Break("choice-kl-no-tau2", "losses.py", "    return (t.exp() * (t - s)).sum(-1) * temperature**2",
+          "    return (t.exp() * (t - s)).sum(-1)", ("tests/test_choices.py",), "the choice KL without Hinton's τ²"),
+    Break("choice-acc-norm-ignored", "evaluate.py",
+          "    return (sums if cb.divisors is None else sums / cb.divisors.to(sums.device)), token_logp",
+          "    return sums, token_logp", ("tests/test_choices.py",),
+          "choice-level training ranks an acc_norm task by its raw sums"),
     Break("nan-check", "models/lora.py", "        if not np.all(np.isfinite(v)):", "        if False:",
           ("tests/test_federation.py", "tests/test_privacy.py"), "skip the NaN/Inf check of client updates"),
     Break("resume-wrong-round", "federation/algorithm.py", "        run.load_round(done, server.llm, server.slm)",

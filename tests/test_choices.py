@@ -67,6 +67,32 @@ def test_choice_scores_with_gradients_are_the_evaluators_and_a_naive_computation
     assert cb.valid.sum().item() == sum(len(q.choices) for q in qs)  # CSQA's fifth slot is empty for ARC
 
 
+def test_a_task_reported_by_acc_norm_trains_on_the_length_normalised_scores_the_evaluator_ranks_by(
+        tiny_models, data_dir, monkeypatch):
+    """acc_norm's score is the log-likelihood over the choice's length in characters (lm-eval's ``len(choice)``);
+    for such a task the choice distribution is built from it, and its argmax is the evaluator's ``pred_norm``."""
+    from fedcollm.data import prompts
+
+    model, tok = _models(tiny_models)["slm"]
+    model.eval()
+    qs = _questions(data_dir, 5)
+    (raw,) = make_choice_batches(tok, qs, batch_size=5, max_length=256, seed=0)
+    monkeypatch.setitem(prompts.REPORTED_METRIC, "arc_easy", "acc_norm")
+    (cb,) = make_choice_batches(tok, qs, batch_size=5, max_length=256, seed=0)
+    with torch.no_grad():
+        scores, _ = choice_scores(model, cb)
+        raw_scores, _ = choice_scores(model, raw)
+    evaluator = {q.id: r for q, r in zip(qs, score_questions(model, tok, qs, batch_size=4, max_length=256))}
+    order = np.random.default_rng([0, 0]).permutation(len(qs))
+    for b, i in enumerate(order):
+        q, r = qs[i], evaluator[qs[i].id]
+        n = len(q.choices)
+        chars = np.array([float(len(c)) for c in q.choices])
+        np.testing.assert_allclose(scores[b, :n].numpy(), np.array(r.lls) / chars, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(raw_scores[b, :n].numpy(), r.lls, atol=1e-5)  # acc: the sums themselves
+        assert int(scores[b, :n].argmax()) == r.pred_norm
+
+
 def test_the_choice_kl_is_zero_for_equal_distributions_and_positive_otherwise():
     valid = torch.tensor([[True, True, True, False], [True, True, True, True]])
     s = torch.tensor([[1.0, 2.0, 0.5, 0.0], [0.1, 0.2, 0.3, 0.4]])
@@ -82,28 +108,51 @@ def test_the_choice_kl_is_zero_for_equal_distributions_and_positive_otherwise():
     assert torch.isclose(ce[0], want0) and torch.isfinite(ce).all()
 
 
-def test_one_kd_step_moves_the_students_choice_distribution_toward_the_teachers(tiny_models, data_dir):
+def test_the_choice_kl_is_tau_squared_times_the_teachers_expectation_of_the_log_ratio():
+    """Against the formula written out: τ²·Σ_i q_t,i (log q_t,i − log q_s,i), q = softmax(s/τ) over the valid
+    choices; its gradient in the student's scores is τ·(q_s − q_t) and the teacher gets none."""
+    valid = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    s = torch.tensor([[1.0, 2.0, 0.5, 7.0], [0.1, -0.7, 0.3, 0.4]], requires_grad=True)
+    t = torch.tensor([[0.2, -1.0, 1.5, -3.0], [2.0, 0.0, 0.5, -1.0]], requires_grad=True)
+    for tau in (1.0, 2.0):
+        kl = choice_kl(s, t, valid, tau)
+        grad_s, grad_t = torch.autograd.grad(kl.sum(), (s, t), allow_unused=True)
+        for b in range(2):
+            n = int(valid[b].sum())
+            qs = torch.softmax(s[b, :n].detach() / tau, 0)
+            qt = torch.softmax(t[b, :n].detach() / tau, 0)
+            want = tau**2 * float((qt * (qt.log() - qs.log())).sum())
+            assert float(kl[b].detach()) == pytest.approx(want, rel=1e-5)
+            torch.testing.assert_close(grad_s[b, :n], tau * (qs - qt), rtol=1e-5, atol=1e-6)
+            assert float(grad_s[b, n:].abs().sum()) == 0.0  # the empty slot takes no part
+        assert grad_t is None or float(grad_t.abs().sum()) == 0.0  # the teacher is detached
+
+
+def test_one_kd_step_moves_the_students_choice_distribution_toward_the_teachers(tiny_models):
+    """A hand-made question without an answer (an unlabeled D^a question: KD terms only, no CE), one SGD step
+    of the SLM's whole loss: its choice distribution ends closer to the LLM's."""
     models = _models(tiny_models)
     (llm, tok), (slm, _) = models["llm"], models["slm"]
     for m in (llm, slm):
         m.eval()
-    qs = _questions(data_dir, 4)
-    (cb,) = make_choice_batches(tok, qs, batch_size=4, max_length=256, seed=0)
+    q = Question(id="hand-1", task="arc_easy", question="Which of these is a liquid at room temperature?",
+                 choices=("water", "a rock", "ice", "a wooden chair"), labels=("A", "B", "C", "D"), answer=None)
+    (cb,) = make_choice_batches(tok, [q], batch_size=1, max_length=256, seed=0)
+    assert not bool(cb.labeled.any())
     spec = Transfer(llm_weight=0.0, slm_weight=1.0, target="choices", temperature=2.0)
 
     def kl_now():
         with torch.no_grad():
-            s_f, s_g = choice_scores(llm, cb)[0], choice_scores(slm, cb)[0]
-            return float(choice_kl(s_g, s_f, cb.valid, 2.0).mean())
+            return float(choice_kl(choice_scores(slm, cb)[0], choice_scores(llm, cb)[0], cb.valid, 2.0).mean())
 
     before = kl_now()
-    opt = torch.optim.SGD([p for p in slm.parameters() if p.requires_grad], lr=0.5)
-    for _ in range(3):  # a pure KL step (no CE): only the distance to the teacher moves it
-        opt.zero_grad()
-        out = choice_kd_losses(choice_scores(llm, cb), choice_scores(slm, cb), cb, spec)
-        out["slm_kl"].backward()
-        opt.step()
-    assert kl_now() < 0.9 * before, (kl_now(), before)
+    assert before > 0
+    opt = torch.optim.SGD([p for p in slm.parameters() if p.requires_grad], lr=0.05)
+    out = choice_kd_losses(choice_scores(llm, cb), choice_scores(slm, cb), cb, spec)
+    assert float(out["slm_ce"]) == 0.0  # no answer, no CE: the step is the KL's alone
+    out["slm_loss"].backward()
+    opt.step()
+    assert kl_now() < before, (kl_now(), before)
 
 
 def test_a_direction_of_weight_zero_computes_no_kl(tiny_models, data_dir, monkeypatch):
@@ -148,13 +197,15 @@ def test_questions_without_a_choice_distribution_are_named_in_one_line(tiny_mode
     _, tok = _models(tiny_models)["slm"]
     q = _questions(data_dir, 1)[0]
     one = dataclasses.replace(q, choices=q.choices[:1], labels=q.labels[:1], answer=0)
-    with pytest.raises(DataError, match=rf"question {q.id!r}: 1 choice\(s\); choice-level training needs >= 2"):
+    one_msg = rf"question {q.id!r}: 1 choice\(s\); choice-level training needs >= 2"
+    with pytest.raises(DataError, match=one_msg) as one_err:
         make_choice_batches(tok, [q, one], batch_size=2, max_length=256, seed=0)
     long = dataclasses.replace(q, choices=(q.choices[0], " ".join(["water"] * 40)))
-    with pytest.raises(DataError, match=rf"question {q.id!r}: a choice of \d+ tokens is longer than max_length 16"):
+    long_msg = rf"question {q.id!r}: a choice of \d+ tokens is longer than max_length 16"
+    with pytest.raises(DataError, match=long_msg) as long_err:
         make_choice_batches(tok, [long], batch_size=1, max_length=16, seed=0)
-    for err in ("1 choice", "longer"):
-        assert "\n" not in err
+    for err in (one_err, long_err):
+        assert "\n" not in str(err.value)
 
 
 def test_choice_kd_trains_both_models_and_the_choice_objective_trains_a_client(tiny_models, data_dir):

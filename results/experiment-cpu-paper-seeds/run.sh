@@ -19,16 +19,26 @@ for seed in ${SEEDS:-0 1 2}; do
     seed="$seed" split_seed=0 eval.limit=null tracking=[] $WINNER >> "$OUT/seed-$seed.log" 2>&1
   echo "seed $seed methods: $(( $(date +%s) - start )) s wall (this call)" >> "$OUT/wall.txt"
 done
-ALPHA=$(cat "$OUT/proxy-alpha.txt" 2>/dev/null || true)
-if [ -z "$ALPHA" ]; then  # alpha on dev, seed 0, the sweep's dev questions (150 per task); the test stays sealed
-  for a in 0.5 1.0 2.0; do
+if [ ! -f "$OUT/proxy-alpha.txt" ]; then  # alpha on dev, seed 0, the sweep's dev questions (150 per task); test sealed
+  for a in 0 0.5 1.0 2.0; do  # alpha 0 is the LLM alone: chosen when the SLM's change helps nowhere on dev
     f="$OUT/proxy-dev/alpha-$a.json"
     [ -f "$f" ] || FEDCOLLM_SEAL_TEST=1 .venv/bin/fedcollm eval --model $LLM --adapter "$OUT/seed-0/adapters/fedcollm/llm" \
       --proxy "$OUT/seed-0/adapters/fedcollm/slm" --proxy-model $SLM --proxy-alpha "$a" --split dev --limit 150 \
       --out "$f" >> "$OUT/proxy-dev.log" 2>&1
   done
-  echo "choose alpha from $OUT/proxy-dev/ (rule in README), write it to $OUT/proxy-alpha.txt, run again" && exit 0
+  # the README's rule, applied as written: the highest pooled dev accuracy, ties to the smaller alpha
+  .venv/bin/python - "$OUT/proxy-dev" > "$OUT/proxy-alpha.txt.partial" <<'PY'
+import json, sys
+from pathlib import Path
+pooled = {}
+for f in Path(sys.argv[1]).glob("alpha-*.json"):
+    m = json.loads(f.read_text())["metrics"].values()
+    pooled[float(f.stem[len("alpha-"):])] = sum(t["acc"] * t["n"] for t in m) / sum(t["n"] for t in m)
+print(min(pooled, key=lambda a: (-pooled[a], a)))
+PY
+  mv "$OUT/proxy-alpha.txt.partial" "$OUT/proxy-alpha.txt"
 fi
+ALPHA=$(cat "$OUT/proxy-alpha.txt")
 for seed in ${SEEDS:-0 1 2}; do
   f="$OUT/seed-$seed/extra/proxy.json"
   [ -f "$f" ] || .venv/bin/fedcollm eval --model $LLM --adapter "$OUT/seed-$seed/adapters/fedcollm/llm" \
