@@ -158,3 +158,25 @@ def test_the_cpu_paper_preset_keeps_the_papers_proportions(data_dir):
         aux = sum(q.task == task for q in splits.aux)
         dealt = sum(q.task == task for c in splits.clients for q in c)
         assert (aux, dealt) == (4, 16)  # 1 : 4 per task
+
+
+def test_the_cpu_domain_preset_gives_the_clients_a_domain_the_server_holds_only_unlabeled(data_dir):
+    """cpu-domain (results/experiment-cpu-domain/): the clients hold CommonsenseQA alone; the server's D^a is
+    labeled ARC-E, ARC-C and OBQA, which no client holds, plus CommonsenseQA questions without their answers,
+    disjoint from the clients'; the transfer can read those (choices); all four tasks are scored."""
+    from fedcollm.build import load_splits
+
+    cfg = load_preset("cpu-domain")
+    assert cfg.tasks == ["commonsense_qa"] and cfg.kd.target == "choices"
+    assert sorted(cfg.eval_tasks()) == ["arc_challenge", "arc_easy", "commonsense_qa", "openbookqa"]
+    cfg.data_dir, cfg.federation.train_size = str(data_dir), 20  # the fixture's small splits, the preset's cut
+    splits = load_splits(cfg)
+    assert {q.task for c in splits.clients for q in c} == {"commonsense_qa"} and all(splits.clients)
+    assert all(q.answer is not None for c in splits.clients for q in c)
+    by_task = {t: [q for q in splits.aux if q.task == t] for t in ("arc_easy", "arc_challenge", "openbookqa",
+                                                                     "commonsense_qa")}
+    assert all(len(qs) == 4 for qs in by_task.values())  # a fifth of each task's 20
+    assert all(q.answer is None for q in by_task["commonsense_qa"])
+    assert all(q.answer is not None for t in ("arc_easy", "arc_challenge", "openbookqa") for q in by_task[t])
+    clients_csqa = {q.id for c in splits.clients for q in c}
+    assert not clients_csqa & {q.id for q in by_task["commonsense_qa"]}

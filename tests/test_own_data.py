@@ -84,6 +84,9 @@ BAD = {
     "empty question": ({"id": "x", "question": " ", "choices": ["a", "b"], "answer": 0}, "the question is empty"),
     "null question": ({"id": "x", "question": None, "choices": ["a", "b"], "answer": 0}, "the question is empty"),
     "choices not strings": ({"id": "x", "question": "q?", "choices": ["a", 2], "answer": 0}, "list of strings"),
+    "duplicate id": ({"id": "train-0", "question": "q?", "choices": ["a", "b"], "answer": 0},
+                     "id 'train-0' is already the question of line 1"),
+    "not UTF-8": (b'{"id": "x", "question": "\xff?", "choices": ["a", "b"], "answer": 0}', "not UTF-8 text"),
 }
 
 
@@ -93,9 +96,9 @@ def test_a_bad_line_is_named_by_file_and_line_exit_2_and_nothing_written(case, t
 
     task = write_task(tmp_path / "med")
     rec, needle = BAD[case]
-    lines = (task / "train.jsonl").read_text().splitlines()
-    lines.insert(2, json.dumps(rec))
-    (task / "train.jsonl").write_text("\n".join(lines) + "\n")
+    lines = (task / "train.jsonl").read_bytes().splitlines()
+    lines.insert(2, rec if isinstance(rec, bytes) else json.dumps(rec).encode())
+    (task / "train.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     argv = ["run", f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"tasks=[{task}]",
             "precision=fp32", f"output_dir={tmp_path / 'runs'}", "run_name=r", "federation.num_clients=2"]
     assert main(argv) == 2
@@ -138,3 +141,70 @@ def test_a_bad_template_is_refused_naming_its_file(tmp_path, template, needle):
     with pytest.raises(DataError) as err:
         load_eval(str(task))
     assert str(err.value).startswith(f"{task / 'template.txt'}: ") and needle in str(err.value)
+
+
+def _unlabeled_task(folder, n=12):
+    """A folder of questions nobody answered (``"answer": null``): what a server has of its users' prompts."""
+    write_task(folder, n_train=n, n_dev=4, n_test=4)
+    lines = [json.loads(x) for x in (folder / "train.jsonl").read_text().splitlines()]
+    (folder / "train.jsonl").write_text("".join(json.dumps({**r, "answer": None}) + "\n" for r in lines))
+    return folder
+
+
+def test_a_folder_of_unlabeled_questions_is_the_servers_d_a_with_kd_terms_only(tiny_models, tmp_path):
+    from fedcollm.build import load_aux, preflight
+
+    clients = str(write_task(tmp_path / "med"))
+    server = str(_unlabeled_task(tmp_path / "prompts"))
+    assert all(q.answer is None for q in load_split(server, "train"))
+    base = [f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", "precision=fp32",
+            f"output_dir={tmp_path / 'runs'}", "federation.num_clients=2", f"tasks=[{clients}]", "eval.split=dev",
+            f"data.aux_tasks=[{clients},{server}]", "federation.aux_fraction=0.5"]
+    cfg = load_config(None, [*base, "kd.target=choices"])
+    preflight(cfg)  # accepted: the unlabeled questions are the server's alone, distilled over their choices
+    aux = load_aux(cfg)
+    assert {q.task for q in aux if q.answer is None} == {server} and any(q.answer is not None for q in aux)
+    needs_choices = "D\\^a holds unlabeled questions \\(answer null\\): they need kd.target=choices"
+    with pytest.raises(DataError, match=needs_choices):
+        preflight(load_config(None, base))  # the tokens target teacher-forces an answer they do not have
+
+
+def test_unlabeled_questions_are_refused_where_an_answer_is_needed(tiny_models, tmp_path, capsys):
+    from fedcollm.cli import main
+
+    server = _unlabeled_task(tmp_path / "prompts")
+    argv = ["run", f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", "precision=fp32",
+            f"output_dir={tmp_path / 'runs'}", "run_name=r", "federation.num_clients=2", "kd.target=choices"]
+    assert main([*argv, f"tasks=[{server}]"]) == 2  # the clients would train on it
+    err = capsys.readouterr().err.strip()
+    assert "question 'train-0' has no answer, and the clients train on this task" in err and "\n" not in err
+    assert not (tmp_path / "runs").exists()
+    (server / "dev.jsonl").write_text(json.dumps({"id": "d", "question": "q?", "choices": ["a", "b"],
+                                                  "answer": None}) + "\n")
+    with pytest.raises(DataError, match="dev question 'd' has no answer; a scored question needs one"):
+        load_eval(str(server), split="dev")
+
+
+def test_a_clients_own_file_may_be_in_the_plain_schema_of_its_task_folder(tmp_path):
+    from fedcollm.build import client_data
+
+    task = write_task(tmp_path / "med")
+    (task / "template.txt").write_text("Q: {question}\n{choices}\nA:")
+    mine = tmp_path / "client-0-own.jsonl"
+    mine.write_text((task / "dev.jsonl").read_text())  # a client's private questions, in the folder's schema
+    theirs = tmp_path / "client-1.jsonl"
+    write_jsonl(theirs, load_split(str(task), "test"))  # the layout of `fedcollm data split`
+    overrides = [f"tasks=[{task}]", "federation.num_clients=2", f"data.client_files=[{mine},{theirs}]"]
+    cfg = load_config(None, overrides)
+    own = client_data(cfg, 0)
+    assert [q.id for q in own] == [q.id for q in load_split(str(task), "validation")]
+    assert own == load_split(str(task), "validation")  # the folder's template rendered its prompts
+    assert own[0].prompt.startswith("Q: ") and client_data(cfg, 1) == load_split(str(task), "test")
+    two = load_config(None, [f"tasks=[{task},arc_easy]", "federation.num_clients=2",
+                             f"data.client_files=[{mine},{theirs}]"])
+    with pytest.raises(DataError, match="records in the plain schema name no task; such a client file needs tasks"):
+        client_data(two, 0)
+    lines = mine.read_text().splitlines()
+    mine.write_text("\n".join([lines[0], json.dumps({**json.loads(lines[1]), "answer": None})]) + "\n")
+    with pytest.raises(DataError, match="client-0-own.jsonl: question 'dev-1' has no answer; a client trains on"):
+        client_data(cfg, 0)

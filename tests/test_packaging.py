@@ -76,7 +76,7 @@ def test_the_wheel_ships_the_presets_and_the_flower_app_and_the_cli_finds_them_i
     (wheel,) = wheels.glob("fedcollm-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     presets = {p.name for p in (ROOT / "src" / "fedcollm" / "presets").glob("*.yaml")}
-    assert presets >= {"cpu-paper.yaml", "cpu-small.yaml", "paper.yaml", "paper-faithful.yaml"}
+    assert presets >= {"cpu-domain.yaml", "cpu-paper.yaml", "cpu-small.yaml", "paper.yaml", "paper-faithful.yaml"}
     assert {f"fedcollm/presets/{p}" for p in presets} | {"fedcollm/flower_app/pyproject.toml"} <= names
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],

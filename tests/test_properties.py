@@ -1087,7 +1087,8 @@ ACCEPTED, REFUSED = "accepted", "refused"
 IF_ANSWER = "refused where the answer key is on this choice"
 IF_TASKED = "refused where each record names its task (a per-client file)"
 #: each field's mutations, by hand: (delete, empty, huge, null, extra), extra being a field beside it (in the
-#: choices list: one more choice, null). Fields are read as text (``as_text``): null reads as "None" (accepted).
+#: choices list: one more choice, null). Fields are read as text (``as_text``): null reads as "None" (accepted),
+#: but a null answerKey is an unlabeled question (its use is checked where it is used: partition, load_eval).
 MUTATION_OUTCOMES = {
     ("id",): (REFUSED, ACCEPTED, ACCEPTED, ACCEPTED, ACCEPTED),
     ("question",): (REFUSED, REFUSED, REFUSED, REFUSED, ACCEPTED),
@@ -1096,7 +1097,7 @@ MUTATION_OUTCOMES = {
     ("question", "choices", 0): (IF_ANSWER, REFUSED, REFUSED, REFUSED, REFUSED),
     ("question", "choices", 0, "label"): (REFUSED, IF_ANSWER, IF_ANSWER, IF_ANSWER, ACCEPTED),
     ("question", "choices", 0, "text"): (REFUSED, ACCEPTED, ACCEPTED, ACCEPTED, ACCEPTED),
-    ("answerKey",): (REFUSED, REFUSED, REFUSED, REFUSED, ACCEPTED),
+    ("answerKey",): (REFUSED, REFUSED, REFUSED, ACCEPTED, ACCEPTED),  # null: an unlabeled question
     ("task",): (IF_TASKED, IF_TASKED, IF_TASKED, IF_TASKED, ACCEPTED),
 }
 
@@ -1145,7 +1146,8 @@ def expected_question(rec: Any, task: str | None) -> Question | str:
 
     The layout (``schema.py``'s docstring): a record ``{"id", "question": {"stem", "choices": [{"label", "text"},
     ...]}, "answerKey"}``, every one of these fields present, the choices a list of such pairs, the answer key
-    (stripped) one of the labels; a per-client file (``task=None``) also names a known ``task`` in each record.
+    (stripped) one of the labels, or null (an unlabeled question); a per-client file (``task=None``) also names a
+    known ``task`` in each record.
     Any other field, and any size of a field, is accepted.
     """
     name = task if task is not None else rec.get("task") if isinstance(rec, dict) else None
@@ -1159,10 +1161,12 @@ def expected_question(rec: Any, task: str | None) -> Question | str:
     if not all(isinstance(ch, dict) and {"label", "text"} <= ch.keys() for ch in q["choices"]):
         return NOT_A_RECORD
     labels = tuple(as_text(ch["label"]) for ch in q["choices"])
+    texts = tuple(as_text(ch["text"]) for ch in q["choices"])
+    if rec["answerKey"] is None:  # unlabeled (what `data split` writes for an aux_unlabeled D^a)
+        return Question(as_text(rec["id"]), name, as_text(q["stem"]), texts, labels, None)
     answer = as_text(rec["answerKey"]).strip()
     if answer not in labels:
         return NOT_A_RECORD
-    texts = tuple(as_text(ch["text"]) for ch in q["choices"])
     return Question(as_text(rec["id"]), name, as_text(q["stem"]), texts, labels, labels.index(answer))
 
 
@@ -1242,9 +1246,9 @@ def scalar_label(x: Any) -> bool:
 def expected_plain(rec: Any, task: str) -> Question | str:
     """The oracle for one parsed line of a task folder, from ``jsonl_task``'s docstring: an object with ``id`` (a
     non-blank string or an integer), a non-blank ``question``, ``choices`` (two or more strings), ``answer`` (an
-    integer index in range, or one of the labels as text); an optional ``context`` (a string or null) and
-    ``labels`` (null, or one distinct non-blank string or integer per choice; by default A, B, ..., past 26 choices
-    the indices). The prompt is lm-eval's default, the context on the line before it."""
+    integer index in range, one of the labels as text, or null: unlabeled); an optional ``context`` (a string or
+    null) and ``labels`` (null, or one distinct non-blank string or integer per choice; by default A, B, ...,
+    past 26 choices the indices). The prompt is lm-eval's default, the context on the line before it."""
     if not isinstance(rec, dict):
         return "not a question"
     for key in ("id", "question", "choices", "answer"):
@@ -1271,9 +1275,11 @@ def expected_plain(rec: Any, task: str) -> Question | str:
     labels = [str(x).strip() for x in labels]
     if len(set(labels)) != len(labels) or not all(labels):
         return "labels must be"
-    if not scalar_label(answer):
+    if answer is None:  # unlabeled: read as such (only the server's D^a may hold it, checked where it is used)
+        gold = None
+    elif not scalar_label(answer):
         return "answer must be"
-    if isinstance(answer, int):
+    elif isinstance(answer, int):
         if not 0 <= answer < len(choices):
             return f"answer {answer} is out of range"
         gold = answer

@@ -4,6 +4,7 @@ other client's code and no server code ever opens."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -32,9 +33,13 @@ def ids(qs):
 
 
 def test_by_default_the_split_is_what_it_was(per_task):
+    """Who-holds-what left the default split as it was: the digest is that of the split ``partition.py`` of
+    594afdf (before ``aux_tasks`` existed) made of the fixture's questions, and the explicit defaults equal it."""
     a = split_train(per_task, 3, aux_fraction=0.25, seed=5)
     b = split_train(per_task, 3, aux_fraction=0.25, seed=5, aux_tasks=TASKS, client_tasks=TASKS, unlabeled=())
     assert a == b
+    text = "|".join(",".join(f"{q.task}/{q.id}" for q in part) for part in [a.aux, *a.clients])
+    assert hashlib.sha1(text.encode()).hexdigest() == "1cbb3dc77be237dc2827bef39d27a5456b0f9e13"
 
 
 def test_d_a_from_other_tasks_and_clients_keep_theirs_whole(per_task):

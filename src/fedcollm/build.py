@@ -19,7 +19,7 @@ import torch
 from . import precision
 from .config import Config, ConfigError, ModelSection, check_output_folder
 from .data import Question, Splits, check_tasks, load_eval, load_split, split_train
-from .data.schema import DataError, is_instructions, read_jsonl, write_jsonl
+from .data.schema import DataError, is_instructions, read_client_file, write_jsonl
 from .models.lora import attach_lora
 from .models.sources import load_model
 from .updates import TrainSettings, Transfer
@@ -68,7 +68,7 @@ def load_aux(cfg: Config) -> list[Question]:
 def load_splits(cfg: Config) -> Splits:
     """D^a and every D^k, deterministic in the config (each process recomputes it; nothing is sent). With
     ``data.client_files`` each D^k is its client's file: only what pools every client's data (Standalone and
-    Centralized, ``fedcollm split-data``) calls this then; the federation's server reads ``load_aux``."""
+    Centralized, ``fedcollm data split``) calls this then; the federation's server reads ``load_aux``."""
     splits = _cut(cfg)
     if cfg.data.client_files is None:
         return splits
@@ -76,9 +76,19 @@ def load_splits(cfg: Config) -> Splits:
 
 
 def client_file(cfg: Config, partition_id: int) -> list[Question]:
-    """Client ``partition_id``'s own file (``data.client_files``), in the per-client layout of ``split-data``."""
-    path = Path(cfg.data.client_files[partition_id]).expanduser()
-    return _capped(cfg, read_jsonl(path, None))
+    """Client ``partition_id``'s own file (``data.client_files``): see ``own_file``."""
+    return own_file(cfg, Path(cfg.data.client_files[partition_id]).expanduser())
+
+
+def own_file(cfg: Config, path: Path) -> list[Question]:
+    """A client's own D^k file (``data.client_files`` in simulation, a SuperNode's ``data-file``): the layout of
+    ``fedcollm data split`` or a task folder's plain schema (``read_client_file``), capped by ``client_size``;
+    every question labeled (a client trains on answers)."""
+    qs = _capped(cfg, read_client_file(path, cfg.tasks))
+    unlabeled = next((q for q in qs if q.answer is None), None)
+    if unlabeled is not None:
+        raise DataError(f"{path}: question {unlabeled.id!r} has no answer; a client trains on answers")
+    return qs
 
 
 def _capped(cfg: Config, qs: list[Question]) -> list[Question]:
@@ -150,6 +160,9 @@ def preflight(cfg: Config) -> None:
         if empty:
             raise DataError(f"clients {empty} would get no training data ({sum(map(len, splits.clients))} "
                             f"questions for {cfg.federation.num_clients} clients); lower federation.num_clients")
+    if any(q.answer is None for q in splits.aux) and cfg.kd.target != "choices":
+        raise DataError("D^a holds unlabeled questions (answer null): they need kd.target=choices, the tokens "
+                        "target teacher-forces a gold answer they do not have")
     if cfg.method == "fedcollm" and not splits.aux:
         raise DataError("D^a is empty: the server has nothing to distil on (federation.aux_size / aux_fraction, "
                         "data.aux_tasks)")

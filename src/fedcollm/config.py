@@ -346,7 +346,7 @@ class DataSection:
 
     aux_tasks: list[str] | None = None  # the tasks D^a is cut from (null: tasks)
     aux_unlabeled: list[str] = field(default_factory=list)  # tasks whose D^a questions have no answers
-    client_files: list[str] | None = None  # client k's D^k is the k-th file (the per-client layout of split-data)
+    client_files: list[str] | None = None  # client k's D^k is the k-th file (build.own_file: its layouts)
 
     def check(self, prefix: str = "data.") -> None:
         if self.aux_tasks is not None:

@@ -304,6 +304,15 @@ def accuracy(results: Sequence[QuestionResult]) -> dict[str, float | int | str]:
     }
 
 
+def predictions_name(task: str) -> str:
+    """A file name for a task's per-question predictions: a plain name as it is; a path (a folder or a YAML of the
+    user's) by its last part and a digest of the whole path, so that ``a/med`` and ``b/med`` stay apart."""
+    if "/" not in task and not task.endswith((".yaml", ".yml")):
+        return task
+    digest = hashlib.sha1(str(Path(task).expanduser().resolve()).encode()).hexdigest()[:8]
+    return f"{Path(task).stem or 'task'}-{digest}"
+
+
 def response_nlls(
     model, tokenizer, questions: Sequence[Question], batch_size: int = 8, max_length: int = 2048,
     autocast_dtype: torch.dtype | None = None, progress: bool = False, desc: str = "scoring",
@@ -358,7 +367,7 @@ def evaluate_tasks(
                     metrics[task], rows = accuracy(res), [asdict(r) for r in res]
                 metrics[task]["seconds"] = round(time.perf_counter() - t0, 3)
                 if out_dir is not None:
-                    path = Path(out_dir) / f"predictions_{task}.jsonl"
+                    path = Path(out_dir) / f"predictions_{predictions_name(task)}.jsonl"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     finally:

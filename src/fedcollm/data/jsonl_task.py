@@ -8,12 +8,14 @@ as for CommonsenseQA). One question per line::
     {"id": "q2", "question": "...", "choices": ["...", "..."], "answer": "B", "context": "A passage ..."}
 
 ``answer`` is the gold choice's index (0-based) or its label (``A``, ``B``, ..., past 26 choices the indices as
-text, unless the line gives its own ``labels``); ``context`` is optional. The prompt is lm-eval's multiple-choice
-default, ``Question: ...\\nAnswer:`` (the context on the lines before it), or the folder's ``template.txt``
-(Python ``str.format`` with ``{question}``, ``{context}`` and ``{choices}``, the choices one per line as
-``A. ...``), and each choice is scored as `` choice`` after it. The template lives with the data, not in a run's
-config: a task's prompt is part of the task, so every run, every client and every scoring of the folder reads the
-same prompts.
+text, unless the line gives its own ``labels``), or ``null`` for an unlabeled question: a task of such questions
+can only be the server's D^a (``data.aux_tasks``, not a task the clients train on or one that is scored), which
+distils on them and never trains a CE on an answer nobody has. ``context`` is optional. The prompt is lm-eval's
+multiple-choice default, ``Question: ...\\nAnswer:`` (the context on the lines before it), or the folder's
+``template.txt`` (Python ``str.format`` with ``{question}``, ``{context}`` and ``{choices}``, the choices one per
+line as ``A. ...``), and each choice is scored as `` choice`` after it. The template lives with the data, not in a
+run's config: a task's prompt is part of the task, so every run, every client and every scoring of the folder
+reads the same prompts.
 
 A line that cannot be a question is refused with the file and line: no answer or one out of range, fewer than
 two choices, an id seen before, an empty question, bytes that are not UTF-8.
@@ -81,7 +83,8 @@ def _question(rec, task: str, where: str, template: str | None) -> Question:
         raise DataError(f"{where}: not a question (a JSON object with id, question, choices, answer)")
     for key in ("id", "question", "choices", "answer"):
         if key not in rec:
-            raise DataError(f"{where}: no {key!r}")
+            hint = " (null for an unlabeled question of the server's D^a)" if key == "answer" else ""
+            raise DataError(f"{where}: no {key!r}{hint}")
     qid, text, choices, answer = rec["id"], rec["question"], rec["choices"], rec["answer"]
     if not isinstance(qid, (str, int)) or isinstance(qid, bool) or not str(qid).strip():
         raise DataError(f"{where}: id must be a non-empty string or an integer, got {qid!r}"[:300])
@@ -101,9 +104,11 @@ def _question(rec, task: str, where: str, template: str | None) -> Question:
             or len({str(x).strip() for x in labels}) != len(labels) or not all(str(x).strip() for x in labels)):
         raise DataError(f"{where}: labels must be one distinct, non-empty string or integer per choice")
     labels = [str(x).strip() for x in labels]
-    if isinstance(answer, bool) or not isinstance(answer, (int, str)):
+    if answer is None:  # unlabeled: a question only the server's D^a may hold (``data.aux_tasks``, KD terms only)
+        gold = None
+    elif isinstance(answer, bool) or not isinstance(answer, (int, str)):
         raise DataError(f"{where}: answer must be a choice's index or label, got {answer!r}"[:300])
-    if isinstance(answer, int):
+    elif isinstance(answer, int):
         if not 0 <= answer < len(choices):
             raise DataError(f"{where}: answer {answer} is out of range for {len(choices)} choices (0-based)")
         gold = answer

@@ -88,6 +88,11 @@ def split_train(
         aux += [replace(q, answer=None) for q in cut] if task in unlabeled else cut
         if task in to_clients:
             pool += [qs[i] for i in order[n_aux:]]
+            blank = next((q for q in qs if q.answer is None), None)
+            if blank is not None:
+                raise DataError(f"{task}: question {blank.id!r} has no answer, and the clients train on this "
+                                "task; a task of unlabeled questions can only be the server's (data.aux_tasks, "
+                                "not tasks)")
     if not to_clients:
         return Splits(aux=aux, clients=[[] for _ in range(num_clients)])
     if len(pool) < num_clients:

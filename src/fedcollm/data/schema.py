@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,7 +136,7 @@ def _record_to_question(rec: dict, task: str, where: str) -> Question:
         q = rec["question"]
         labels = tuple(str(c["label"]) for c in q["choices"])
         texts = tuple(str(c["text"]) for c in q["choices"])
-        answer = labels.index(str(rec["answerKey"]).strip())
+        answer = None if rec["answerKey"] is None else labels.index(str(rec["answerKey"]).strip())
         prompt, delimiter = rec.get("prompt"), rec.get("delimiter", " ")
         if not (prompt is None or isinstance(prompt, str)) or not isinstance(delimiter, str):
             raise TypeError("prompt and delimiter must be strings")
@@ -180,6 +180,24 @@ def read_jsonl(path: Path, task: str | None) -> list[Question]:
             raise DataError(f"{where}: record names no known task ({rec_task!r})")
         out.append(_record_to_question(rec, rec_task, where))
     return out
+
+
+def read_client_file(path: Path, tasks: Sequence[str]) -> list[Question]:
+    """A client's own file: the per-client layout of ``fedcollm data split`` (each record names its task), or
+    the plain schema of a task folder (``jsonl_task``) when ``tasks`` is that one folder, whose template then
+    renders the prompts as it does for the folder's own files."""
+    if not path.is_file():
+        raise DataError(f"missing data file {path}: a client's own file (data.client_files / data-file)")
+    first = next((rec for _, _, rec in json_lines(path)), None)
+    if not isinstance(first, dict) or "task" in first or isinstance(first.get("question"), dict):
+        return read_jsonl(path, None)
+    folders = [t for t in tasks if _kind(t) == "folder"]
+    if len(tasks) != 1 or len(folders) != 1:
+        raise DataError(f"{path}: records in the plain schema name no task; such a client file needs tasks to be "
+                        f"the one task folder it belongs to (tasks: {list(tasks)})"[:300])
+    from .jsonl_task import folder_template, read_task_file
+
+    return read_task_file(path, folders[0], folder_template(Path(folders[0]).expanduser()))
 
 
 def _names_own_task(rec) -> bool:
@@ -317,4 +335,8 @@ def load_eval(task: str, data_dir: str | os.PathLike | None = None, limit: int |
     if split not in ("dev", "test"):
         raise DataError(f"unknown evaluation split {split!r}; choose dev or test")
     qs = load_split(task, eval_split(task) if split == "test" else dev_split(task), data_dir)
-    return qs[:limit] if limit else qs
+    qs = qs[:limit] if limit else qs
+    unlabeled = next((q for q in qs if q.answer is None), None)
+    if unlabeled is not None:
+        raise DataError(f"{task}: {split} question {unlabeled.id!r} has no answer; a scored question needs one")
+    return qs

@@ -20,10 +20,9 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 
 from .. import faults
-from ..build import client_data, derive_seed, load_peft, peak_rss_mb, train_settings
+from ..build import client_data, derive_seed, load_peft, own_file, peak_rss_mb, train_settings
 from ..config import Config, config_from_text
 from ..data import Question
-from ..data.schema import read_jsonl
 from ..models.lora import check_adapter_arrays, get_adapter_arrays
 from ..updates import local_update
 from .privacy import CLIPPING_NORM_KEY
@@ -60,7 +59,7 @@ def node_data(cfg: Config, context: Context) -> list[Question]:
     """This client's D^k: its own file when the node was given one (deployment), else its partition."""
     node = context.node_config
     if "data-file" in node:
-        return read_jsonl(Path(str(node["data-file"])), None)
+        return own_file(cfg, Path(str(node["data-file"])))
     return client_data(cfg, int(node["partition-id"]))
 
 
