@@ -57,6 +57,13 @@ STYLES = {
         doc_to_text: "{{{{passage}}}}\\nQ: {{{{question|trim}}}} ({{{{topic}}}}, {{{{options|length}}}} options)\\nA:"
         target_delimiter: ": "
         """,
+    # few-shot: examples of the training split before each question, drawn as lm-eval draws them
+    "fewshot": """
+        include: style_letters.yaml
+        task: style_fewshot
+        num_fewshot: 2
+        fewshot_split: train
+        """,
     # a !function helper beside the YAML reshapes each document
     "function": """
         task: style_function

@@ -108,6 +108,11 @@ def read_split(name: str, split: str) -> list[Question]:
     if split not in splits(name):
         raise DataError(f"task {name} has no {split} split (it has {', '.join(sorted(splits(name))) or 'none'})")
     docs = list(getattr(task, _DOCS[split])())
+    # lm-eval's evaluator seeds a task's few-shot sampler once (its fewshot_random_seed) and then draws each
+    # document's examples in document order: reseeded here per split read, the same draws give the same contexts
+    from lm_eval.defaults import DEFAULT_OTHER_SEED
+
+    task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
     ids = [d.get("id") if isinstance(d, dict) else None for d in docs]
     own_ids = all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in ids) and len(set(ids)) == len(ids)
     out = []
