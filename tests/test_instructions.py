@@ -64,6 +64,29 @@ def test_the_loss_covers_the_response_tokens_only(tiny_models, tmp_path):
         assert batch.positions.tolist() == list(range(n_prompt - 1, len(ids) - 1))  # each predicted by its previous
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_training_loss_is_the_mean_nll_of_the_response_tokens(tiny_models, tmp_path, packed):
+    """The client's step on a batch of instruction lines, padded or packed: its loss is the mean −log p of the
+    responses' tokens under a plain forward pass of each prompt+response, and no prompt token enters it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fedcollm.train import sft_step
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["slm"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["slm"], dtype=torch.float32).eval()
+    qs = load_split(str(write_instructions(tmp_path / "i")), "train")[:3]
+    (batch,) = make_batches(tok, qs, batch_size=3, max_length=256, seed=0, packed=packed)
+    with torch.no_grad():
+        loss = float(sft_step(model)(batch)["loss"])
+        nlls = []
+        for q in qs:
+            prompt, response = training_pair(q)
+            ids, n_prompt = tok(prompt + response)["input_ids"], len(tok(prompt)["input_ids"])
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+            nlls += [-float(logp[k - 1, ids[k]]) for k in range(n_prompt, len(ids))]
+    assert loss == pytest.approx(sum(nlls) / len(nlls), rel=1e-4)
+
+
 def test_a_bad_line_is_named_by_file_and_line(tmp_path):
     folder = write_instructions(tmp_path / "i")
     lines = (folder / "train.jsonl").read_text().splitlines()
@@ -88,7 +111,7 @@ def test_choice_level_training_refuses_instruction_data(tiny_models, tmp_path):
             preflight(cfg)
 
 
-def test_a_run_on_instruction_data_reports_the_perplexity_per_round(tiny_models, tmp_path):
+def test_a_run_on_instruction_data_reports_the_perplexity_per_round(tiny_models, tmp_path, data_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fedcollm.evaluate import evaluate_tasks
@@ -98,9 +121,14 @@ def test_a_run_on_instruction_data_reports_the_perplexity_per_round(tiny_models,
     cfg = load_config(None, [
         f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"tasks=[{task}]", "precision=fp32",
         f"output_dir={tmp_path / 'runs'}", "run_name=leases", "federation.rounds=1", "federation.num_clients=2",
-        "eval.split=dev", "kd.top_k=16", "slm.lr=0.01", "llm.lr=0.01"])
+        "eval.split=dev", "kd.top_k=16", "slm.lr=0.01", "llm.lr=0.01", f"data_dir={data_dir}",
+        f"eval.tasks=[{task},arc_easy]"])  # a multiple-choice task scored beside it
     run = run_fedcollm(cfg, progress=False)
     zero, last = run.metrics()[0], run.metrics()[-1]
+    for record in (zero, last):
+        n_arc = len(load_eval("arc_easy", data_dir, split="dev"))
+        assert all(record.eval[role]["arc_easy"]["n"] == n_arc and "acc" in record.eval[role]["arc_easy"]
+                   for role in ("llm", "slm"))
     for record in (zero, last):
         for role in ("llm", "slm"):
             m = record.eval[role][task]
@@ -123,3 +151,13 @@ def test_a_run_on_instruction_data_reports_the_perplexity_per_round(tiny_models,
     ours = evaluate_tasks(slm, tok, [task], questions={task: qs}, progress=False)[task]
     assert ours["tokens"] == tokens and ours["nll"] == pytest.approx(total / tokens, rel=1e-4)
     assert zero.eval["slm"][task]["nll"] == pytest.approx(total / tokens, rel=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["alpaca", "flowertune"])
+def test_an_input_that_is_not_text_is_refused_in_either_alpaca_prompt_layout(tmp_path, layout):
+    folder = write_instructions(tmp_path / layout, layout)
+    lines = (folder / "train.jsonl").read_text().splitlines()
+    bad = {**json.loads(lines[0]), "input": 5}
+    (folder / "train.jsonl").write_text("\n".join([lines[0], json.dumps(bad), *lines[1:]]) + "\n")
+    with pytest.raises(DataError, match=r"train.jsonl:2: input must be a string"):
+        load_split(str(folder), "train")

@@ -92,7 +92,8 @@ def read_instruction_file(path: Path, task: str) -> list[Question]:
             names = " / ".join(f"{p}+{r}" for p, r in LAYOUTS.values())
             raise DataError(f"{where}: not a {layout or 'prompt/response'} line (one of {names}, as the first line)")
         field_p, field_r = LAYOUTS[layout]
-        for key in (field_p, field_r, *(("input",) if layout == "alpaca" and rec.get("input") is not None else ())):
+        # Alpaca's prompt (both layouts but ours) shows an input when the line has one: it must be text too
+        for key in (field_p, field_r, *(("input",) if layout != "prompt" and rec.get("input") is not None else ())):
             if not isinstance(rec[key], str):
                 raise DataError(f"{where}: {key} must be a string")
         if not rec[field_p].strip():
