@@ -296,3 +296,34 @@ def test_eval_proxy_scores_the_steered_llm_and_names_what_it_used(tiny_models, d
     saved = json.loads(out.read_text())
     assert saved["proxy"] == {"slm": str(tiny_models["slm"]), "adapter": str(tmp_path / "theta"), "alpha": 0.5}
     assert saved["metrics"]["arc_easy"]["n"] == 4
+
+
+def test_preflight_names_a_question_without_a_choice_distribution_before_round_one(tiny_models, tmp_path):
+    """The same refusal, from ``preflight``: before any run folder, not when the KD batches are built after the
+    clients' first round."""
+    import json
+
+    from fedcollm.build import load_splits, preflight
+
+    task = tmp_path / "med"
+    task.mkdir()
+    rows = [{"id": f"t{i}", "question": f"Which organ {i}?", "choices": ["liver", "kidney"], "answer": 0}
+            for i in range(20)]
+    rows[3]["choices"] = ["liver", " ".join(["kidney"] * 60)]
+    (task / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (task / "dev.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    base = [f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"tasks=[{task}]", "max_length=32",
+            "federation.num_clients=2", "federation.aux_fraction=0.5", f"output_dir={tmp_path / 'runs'}",
+            "eval.split=dev"]
+    cfg = load_config(None, base)
+    preflight(cfg)  # the tokens target truncates, as lm-eval does: nothing to refuse
+    in_aux = "t3" in {q.id for q in load_splits(cfg).aux}  # t3 is in D^a or in a client's D^k, not both
+    for knob, refuses in (("kd.target=choices", in_aux), ("train.objective=choices", not in_aux)):
+        if refuses:
+            with pytest.raises(DataError, match=r"question 't3': a choice of \d+ tokens is longer than max_length 32"):
+                preflight(load_config(None, [*base, knob]))
+        else:
+            preflight(load_config(None, [*base, knob]))
+    with pytest.raises(DataError, match="question 't3'"):  # both on: refused whichever holds it
+        preflight(load_config(None, [*base, "kd.target=choices", "train.objective=choices"]))
+    assert not (tmp_path / "runs").exists()

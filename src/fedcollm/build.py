@@ -171,10 +171,24 @@ def preflight(cfg: Config) -> None:
     for role, section in roles:  # every model file readable, every LoRA target a module it has
         check_model_files(section.name)
         check_lora_targets(section.name, section.lora, f"{role}.lora.targets")
+    tok = load_tokenizer(cfg.slm.name)
     if cfg.method == "fedcollm":
-        check_same_tokenizer(load_tokenizer(cfg.llm.name), load_tokenizer(cfg.slm.name), cfg.llm.name, cfg.slm.name)
-    else:
-        load_tokenizer(cfg.slm.name)
+        check_same_tokenizer(load_tokenizer(cfg.llm.name), tok, cfg.llm.name, cfg.slm.name)
+    _check_choice_training(cfg, splits, tok)
+
+
+def _check_choice_training(cfg: Config, splits: Splits, tok) -> None:
+    """Choice-level training needs a choice distribution per question (two or more choices, each within
+    ``max_length``): a question without one is named here, before round 1, not when its batch is built."""
+    from .evaluate import encode_for_choices
+
+    parts = []
+    if cfg.kd.target == "choices" and cfg.method == "fedcollm":
+        parts.append(splits.aux)
+    if cfg.train.objective == "choices":
+        parts += splits.clients  # empty where the clients have their own files: each client checks its own
+    for q in (q for qs in parts for q in qs):
+        encode_for_choices(tok, q, cfg.max_length)
 
 
 def eval_questions(cfg: Config) -> dict[str, list[Question]]:

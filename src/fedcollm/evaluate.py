@@ -185,6 +185,19 @@ class ProxyTuned(torch.nn.Module):
         return f + self.alpha * (tuned.to(f.device) - base.to(f.device))
 
 
+def encode_for_choices(tokenizer, q: Question, max_length: int) -> Encoded:
+    """``q`` encoded for choice-level training: a DataError names it when it has no choice distribution to learn
+    (fewer than two choices, or a choice longer than ``max_length`` tokens)."""
+    if len(q.choices) < 2:
+        raise DataError(f"{q.task} question {q.id!r}: {len(q.choices)} choice(s); choice-level training needs >= 2")
+    e = encode_request(tokenizer, mc_request(q), max_length)
+    longest = max(len(c) for c in e.choices)
+    if longest > max_length:
+        raise DataError(f"{q.task} question {q.id!r}: a choice of {longest} tokens is longer than max_length "
+                        f"{max_length}; raise max_length or drop the question")
+    return e
+
+
 def make_choice_batches(tokenizer, questions: Sequence[Question], batch_size: int, max_length: int, seed: int,
                         epoch: int = 0, mask_dtype: torch.dtype = torch.float32) -> list[ChoiceBatch]:
     """One epoch of questions packed for choice-level training, in ``train.make_batches``' seeded order (the same
@@ -193,18 +206,8 @@ def make_choice_batches(tokenizer, questions: Sequence[Question], batch_size: in
     for a task reported by acc_norm (``prompts.reported_metric``). A question with fewer than two choices, or a
     choice longer than ``max_length`` tokens, has no choice distribution to learn: a DataError names it."""
     order = np.random.default_rng([seed, epoch]).permutation(len(questions))
-    encoded, norms = [], []
-    for i in order:
-        q = questions[i]
-        if len(q.choices) < 2:
-            raise DataError(f"{q.task} question {q.id!r}: {len(q.choices)} choice(s); choice-level training needs >= 2")
-        e = encode_request(tokenizer, mc_request(q), max_length)
-        longest = max(len(c) for c in e.choices)
-        if longest > max_length:
-            raise DataError(f"{q.task} question {q.id!r}: a choice of {longest} tokens is longer than max_length "
-                            f"{max_length}; raise max_length or drop the question")
-        encoded.append(e)
-        norms.append(reported_metric(q.task) == "acc_norm")
+    encoded = [encode_for_choices(tokenizer, questions[i], max_length) for i in order]
+    norms = [reported_metric(questions[i].task) == "acc_norm" for i in order]
     batches = []
     for start in range(0, len(encoded), batch_size):
         part = encoded[start : start + batch_size]
