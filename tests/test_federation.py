@@ -477,7 +477,8 @@ def _cmdline(pid: int) -> bytes:
 
 
 @pytest.mark.flower
-def test_a_terminated_run_takes_its_flower_processes_with_it(tiny_models, data_dir, tmp_path):
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])  # a scheduler's kill; Ctrl-C
+def test_a_terminated_run_takes_its_flower_processes_with_it(tiny_models, data_dir, tmp_path, signame):
     import os
     import signal
     import subprocess
@@ -491,15 +492,20 @@ def test_a_terminated_run_takes_its_flower_processes_with_it(tiny_models, data_d
     proc = subprocess.Popen([exe, "run", f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}",
                              f"data_dir={data_dir}", "precision=fp32", f"output_dir={tmp_path}", "run_name=termed",
                              "federation.num_clients=2", "federation.rounds=50", "eval.limit=4", "kd.top_k=16"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            # a shell's background job inherits SIGINT ignored; a terminal's Ctrl-C does not
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run = RunDir(tmp_path / "termed")
     deadline = time.time() + 600
     while run.last_round() < 1 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     started = _tree(proc.pid)  # the SuperLink, `flwr run`, Flower's ServerApp process and Ray's under it
     assert sum(any(w in _cmdline(p) for w in (b"flwr", b"flower")) for p in started) >= 3 and proc.poll() is None
-    os.kill(proc.pid, signal.SIGTERM)
-    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    sig = getattr(signal, signame)
+    os.kill(proc.pid, sig)
+    assert proc.wait(timeout=120) == 128 + sig
+    err = proc.stderr.read().decode()
+    assert "Traceback" not in err, err[-2000:]
     deadline = time.time() + 60
     while any(map(_alive, started)) and time.time() < deadline:
         time.sleep(0.2)

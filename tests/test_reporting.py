@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fedcollm.reporting import duration, progress_line
 from fedcollm.rounds import Comm, RoundRecord, mean_bytes_per_client
 
@@ -34,6 +36,13 @@ def test_a_runs_report_is_written_and_its_path_is_the_last_line_printed(tmp_path
     write_run_report(run, cfg)
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == f"report: {run.path / 'report.md'}" and (run.path / "report.md").is_file()
+    report = (run.path / "report.md").read_text()
+    assert report.startswith("# FedCoLLM run `r`") and "tasks arc_easy, evaluated on" in report
+    table = report[report.index("```") + 3:report.rindex("```")]
+    rows = [ln for ln in table.splitlines() if re.match(r"\W*[01]\W", ln)]  # one row a round, in order
+    assert [ln.strip("│┃ ").split()[0] for ln in rows] == ["0", "1"], table
+    assert "0.250" in rows[0] and "0.500" in rows[1] and "0.500" not in rows[0], table
+    assert "![accuracy per round](accuracy_per_round.png)" in report and (run.path / "accuracy_per_round.png").is_file()
 
 
 def test_the_round_table_is_whole_where_the_output_is_no_terminal():

@@ -529,6 +529,10 @@ def main(argv: list[str] | None = None) -> int:
     except FAILURES as exc:
         print(error_line(exc), file=sys.stderr)
         return exit_code(exc)
+    except KeyboardInterrupt:  # Ctrl-C: the cleanups above have run (Flower's processes stopped), no traceback
+        print("fedcollm: interrupted; a run's finished rounds are on disk (fedcollm run --resume RUN_DIR)",
+              file=sys.stderr)
+        return 128 + signal.SIGINT
     finally:  # an in-process caller (a test, a notebook) calling main again gets one handler, not two
         ours.removeHandler(handler)
         if on_main:  # and its own SIGTERM handling back

@@ -37,7 +37,7 @@ from ..precision import resolve_precision
 
 #: the modules whose code decides a local update's result: a change to any of them is a new key
 UPDATE_CODE = ("fedcollm.data.prompts", "fedcollm.train", "fedcollm.losses", "fedcollm.updates",
-               "fedcollm.evaluate", "fedcollm.models.lora")
+               "fedcollm.evaluate", "fedcollm.models.lora", "fedcollm.build", "fedcollm.federation.client_app")
 
 
 @functools.cache
