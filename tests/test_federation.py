@@ -239,6 +239,19 @@ def test_clients_report_no_pid_or_host(tiny_models, data_dir, tmp_path):
     assert not mine & {str(v) for v in contributor.values()}, contributor
 
 
+def test_a_dropped_clients_reason_keeps_why_and_loses_where():
+    """What a dead Ray worker's error line says of its process and host stays out of the run's metrics."""
+    from fedcollm.federation.transport import redact
+
+    line = ("ray.exceptions.ActorDiedError: The actor died unexpectedly (pid=48213, ip=10.1.2.3, "
+            "actor_id=9f8e7d, node_id=ab12) while talking to 192.168.7.9:9092")
+    out = redact(line)
+    assert out.startswith("ray.exceptions.ActorDiedError: The actor died unexpectedly")
+    assert not any(s in out for s in ("48213", "10.1.2.3", "9f8e7d", "ab12", "192.168.7.9", "9092")), out
+    plain = "ValueError: client update of round 3 has NaN or Inf in base_model.lora_A (0.5 of 12 values)"
+    assert redact(plain) == plain
+
+
 def _tree(pid: int) -> list[int]:
     """Every process below ``pid``."""
     found, todo = [], [pid]

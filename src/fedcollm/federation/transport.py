@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -25,6 +26,17 @@ from .wire import payload_bytes
 
 log = logging.getLogger(__name__)
 ONLINE = "online"  # a deployment node's status while the SuperLink receives its heartbeats
+
+
+_HOST_DETAIL = (re.compile(r"\b(pid|ip|node_ip|node_id|worker_id|actor_id|hostname|host)=[^\s,)]+", re.I),
+                re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"))
+
+
+def redact(reason: str) -> str:
+    """A client's error line with its process and host details (pids, addresses, Ray's worker ids) blanked: the
+    run's metrics say why a client dropped, never where it runs."""
+    reason = _HOST_DETAIL[0].sub(lambda m: f"{m.group(1)}=…", reason)
+    return _HOST_DETAIL[1].sub("<address>", reason)
 
 
 class MeteredGrid:
@@ -56,8 +68,8 @@ class MeteredGrid:
         for r in replies:
             node = r.metadata.src_node_id
             if r.has_error():
-                why = r.error.reason.strip().splitlines()[-1][:300] if r.error.reason.strip() else "error reply"
-                self.dropped.setdefault(node, Drop(node, stage.get(node, "train"), why))
+                why = r.error.reason.strip().splitlines()[-1] if r.error.reason.strip() else "error reply"
+                self.dropped.setdefault(node, Drop(node, stage.get(node, "train"), redact(why)[:300]))
             else:
                 self.received[node] += payload_bytes(r.content)
         for n in stage.keys() - {r.metadata.src_node_id for r in replies}:
