@@ -123,6 +123,38 @@ def test_online_nodes_are_the_listed_ones_alive():
     assert online_nodes(grid) == [1, 5, 9]  # simulated nodes carry no status: always there
 
 
+def test_the_in_process_grid_lists_and_answers_as_a_superlink_does(monkeypatch):
+    """The harness the in-process tests run on: ``get_node_ids``/``get_nodes`` list every node but those gone
+    (a deployment node carries its status), a gone node never replies (the metered grid names it after its
+    timeout), the others answer through the ClientApp."""
+    from flwr.app import Message, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.supercore.task_identity import TaskIdentity
+    from inprocess import SUPERLINK_NODE_ID, InProcessGrid
+
+    from fedcollm.federation.transport import MeteredGrid, online_nodes
+
+    # as in a ServerApp's process (the properties raise while unset, so their stores are patched)
+    for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", SUPERLINK_NODE_ID)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+    app = ClientApp()
+
+    @app.query()
+    def echo(msg, context):
+        return Message(RecordDict(), reply_to=msg)
+
+    grid = InProcessGrid(app, num_nodes=3, status="online")
+    nodes = sorted(grid.get_node_ids())
+    assert len(nodes) == 3 and online_nodes(grid) == nodes
+    grid.gone.add(nodes[1])
+    assert online_nodes(grid) == [nodes[0], nodes[2]] and nodes[1] not in grid.get_node_ids()
+    metered = MeteredGrid(grid)
+    msgs = [grid.create_message(RecordDict(), "query", n, "g") for n in nodes]
+    replies = metered.send_and_receive(msgs, timeout=0.1)
+    assert sorted(r.metadata.src_node_id for r in replies) == [nodes[0], nodes[2]]
+    assert list(metered.dropped) == [nodes[1]] and "no reply within 0.1 s" in metered.dropped[nodes[1]].reason
+
+
 def test_connected_nodes_waits_for_all_then_goes_on_with_enough_or_says_who_is_missing(monkeypatch, caplog):
     from fedcollm.federation import transport
 
