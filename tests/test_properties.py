@@ -770,6 +770,9 @@ def tiny_overrides(tiny_models, data_dir, out: Path) -> list[str]:
 @given(drawn=st.lists(typed_override(PREFLIGHT_KEYS), min_size=1, max_size=2))
 def test_preflight_accepts_or_refuses_in_one_line_and_writes_nothing(drawn, tiny_models, data_dir, tmp_path,
                                                                      monkeypatch):
+    """A robustness property, not an oracle: whatever mix of values, preflight ends in one line of the input's
+    class or accepts, and writes nothing. Which value must be refused, key by key, is ``check_overrides``' exact
+    oracle above; which data line must be, the data-line oracles below."""
     assume(all(offline_safe(o) for o in drawn))
     from fedcollm.build import preflight
 
@@ -1001,6 +1004,8 @@ def check_outcome(how: str, code: int | None, stderr: str) -> bool:
 @given(data=st.data())
 def test_every_subcommand_exits_0_or_2_in_one_line_and_a_refusal_writes_nothing(
         command, data, tiny_models, data_dir, tmp_path, monkeypatch):
+    """A robustness property over every subcommand's own arguments (no oracle of which argv is good: the exact
+    outcomes are the key and data-line tests): exit 0 or 2, one line, nothing written by a refusal."""
     template = tmp_path / "template"
     if not template.exists():
         make_world(template, tiny_models, data_dir)
