@@ -1,8 +1,10 @@
-"""Server optimizers (Flower's FedAvgM/FedAdam/FedYogi/FedAdagrad on the mean) and FedProx.
+"""Server optimizers (our FedAvgM/FedAdam/FedYogi/FedAdagrad on the mean, stepping as Flower's classes of those
+names) and FedProx.
 
-The formulas below are written from the papers (Reddi et al. 2021, Algorithm 2; Hsu et al. 2019), not
-read off Flower: each strategy's step must equal them on fixed updates, over rounds, and across a
-save/load of its state (what resume does).
+The formulas below are written from the papers (Reddi et al. 2021, Algorithm 2; Hsu et al. 2019), with one
+convention taken from Flower's FedAdam on purpose, so that our step is Flower's: its bias-corrected step size
+counts the round from 0 (the ``t + 1`` exponents), where the paper's Adam counts from 1. Each strategy's step
+must equal them on fixed updates, over rounds, and across a save/load of its state (what resume does).
 """
 
 from __future__ import annotations
