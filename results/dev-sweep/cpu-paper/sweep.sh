@@ -25,13 +25,19 @@ declare -A VARIANTS=(
   [choices-llm-0]="kd.target=choices kd.llm_weight=0 kd.temperature=1"
   [choices-llm-0-t2]="kd.target=choices kd.llm_weight=0 kd.temperature=2"
   [choices-gated]="kd.target=choices kd.llm_weight=1 kd.select=gated kd.temperature=1"
+  # The third block (issue 27): the clients' own local step, FedAvg alone (no server, no KD), on the gold
+  # answer's tokens (today's) or over the answer choices (rank classification): a knob every method would get.
+  [fedavg-tokens]="train.objective=tokens"
+  [fedavg-choices]="train.objective=choices"
 )
-declare -A METHODS=([paper]="zero_shot,fedcollm")
-for name in ${NAMES:-paper llm-weight-0 select-greater select-gated choices-llm-0 choices-gated choices-llm-0-t2}; do
-  [ -f "$OUT/$name/methods/fedcollm.dev.json" ] && continue
+declare -A METHODS=([paper]="zero_shot,fedcollm" [fedavg-tokens]="fedavg" [fedavg-choices]="fedavg")
+for name in ${NAMES:-paper llm-weight-0 select-greater select-gated choices-llm-0 choices-gated choices-llm-0-t2 \
+                  fedavg-tokens fedavg-choices}; do
+  methods=${METHODS[$name]:-fedcollm}
+  [ -f "$OUT/$name/methods/${methods##*,}.dev.json" ] && continue
   start=$(date +%s)
   # shellcheck disable=SC2086
-  .venv/bin/fedcollm experiment --preset cpu-paper --methods "${METHODS[$name]:-fedcollm}" --dev-only \
+  .venv/bin/fedcollm experiment --preset cpu-paper --methods "$methods" --dev-only \
     --out "$OUT/$name" $COMMON ${VARIANTS[$name]} >> "$OUT/$name.log" 2>&1
   echo "$name: $(( $(date +%s) - start )) s wall (this call; a resumed variant has several lines)" >> "$OUT/wall.txt"
 done
