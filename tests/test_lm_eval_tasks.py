@@ -165,7 +165,7 @@ def test_a_clients_file_of_an_lm_eval_task_keeps_its_prompt(tasks, tmp_path):
     assert [mc_request(q) for q in again] == [mc_request(q) for q in qs]
 
 
-def test_a_task_that_is_not_multiple_choice_is_refused_in_one_line(tmp_path):
+def test_a_task_that_is_not_multiple_choice_is_refused_in_one_line(tmp_path, tiny_models, capsys):
     data = tmp_path / "gen.json"
     data.write_text(json.dumps({"question": "Say hi", "answer": "hi"}) + "\n")
     yaml = tmp_path / "gen.yaml"
@@ -175,6 +175,12 @@ def test_a_task_that_is_not_multiple_choice_is_refused_in_one_line(tmp_path):
     with pytest.raises(DataError) as err:
         load_eval(str(yaml))
     assert f"task {yaml}: output type generate_until" in str(err.value) and "\n" not in str(err.value)
+    from fedcollm.cli import main  # and from the command line: exit 2, that one line, nothing written
+
+    out = tmp_path / "metrics.json"
+    assert main(["eval", "--model", str(tiny_models["slm"]), "--tasks", str(yaml), "--out", str(out)]) == 2
+    *_, err_line = capsys.readouterr().err.strip().splitlines()  # after HF datasets' own progress lines
+    assert err_line.startswith(f"fedcollm: error: task {yaml}: output type generate_until") and not out.exists()
 
 
 def test_names_lm_eval_knows_and_names_nobody_knows():
