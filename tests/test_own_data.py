@@ -208,3 +208,14 @@ def test_a_clients_own_file_may_be_in_the_plain_schema_of_its_task_folder(tmp_pa
     mine.write_text("\n".join([lines[0], json.dumps({**json.loads(lines[1]), "answer": None})]) + "\n")
     with pytest.raises(DataError, match="client-0-own.jsonl: question 'dev-1' has no answer; a client trains on"):
         client_data(cfg, 0)
+
+
+def test_a_question_in_both_a_training_and_a_scored_file_is_refused(tmp_path):
+    from fedcollm.build import preflight
+
+    task = write_task(tmp_path / "med")
+    first = (task / "train.jsonl").read_text().splitlines()[0]
+    (task / "dev.jsonl").write_text((task / "dev.jsonl").read_text() + first + "\n")  # train-0 scored on dev too
+    cfg = load_config(None, [f"tasks=[{task}]", "federation.num_clients=2", "eval.split=dev"])
+    with pytest.raises(DataError, match=r"dev question 'train-0' is also a training question"):
+        preflight(cfg)

@@ -166,7 +166,12 @@ def preflight(cfg: Config) -> None:
     if cfg.method == "fedcollm" and not splits.aux:
         raise DataError("D^a is empty: the server has nothing to distil on (federation.aux_size / aux_fraction, "
                         "data.aux_tasks)")
-    eval_questions(cfg)
+    trained = {(q.task, q.id) for q in splits.aux} | {(q.task, q.id) for qs in splits.clients for q in qs}
+    for task, qs in eval_questions(cfg).items():  # a user's folder may hold a question in two of its files
+        seen = next((q for q in qs if (task, q.id) in trained), None)
+        if seen is not None:
+            raise DataError(f"{task}: {cfg.eval.split} question {seen.id!r} is also a training question (in D^a "
+                            "or a client's D^k): it would be scored after training on it; give it one split")
     roles = [("slm", cfg.slm), *([("llm", cfg.llm)] if cfg.method == "fedcollm" else [])]
     for role, section in roles:  # every model file readable, every LoRA target a module it has
         check_model_files(section.name)
