@@ -551,6 +551,7 @@ def test_a_terminated_run_takes_its_flower_processes_with_it(tiny_models, data_d
     assert proc.wait(timeout=120) == 128 + sig
     err = proc.stderr.read().decode()
     assert "Traceback" not in err, err[-2000:]
+    assert ("fedcollm: terminated (SIGTERM)" if signame == "SIGTERM" else "fedcollm: interrupted (Ctrl-C)") in err
     deadline = time.time() + 60
     while any(map(_alive, started)) and time.time() < deadline:
         time.sleep(0.2)

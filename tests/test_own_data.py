@@ -208,6 +208,25 @@ def test_a_clients_own_file_may_be_in_the_plain_schema_of_its_task_folder(tmp_pa
     mine.write_text("\n".join([lines[0], json.dumps({**json.loads(lines[1]), "answer": None})]) + "\n")
     with pytest.raises(DataError, match="client-0-own.jsonl: question 'dev-1' has no answer; a client trains on"):
         client_data(cfg, 0)
+    mine.write_text("\n\n")
+    with pytest.raises(DataError, match="client-0-own.jsonl: no questions"):
+        client_data(cfg, 0)
+    mine.write_text("[1, 2]\n")
+    with pytest.raises(DataError, match="client-0-own.jsonl: its first line is not a JSON object"):
+        client_data(cfg, 0)
+
+
+def test_a_clients_own_file_of_instruction_data_is_read_as_its_folder_reads_it(tmp_path):
+    from test_instructions import write_instructions
+
+    from fedcollm.build import client_data
+
+    task = write_instructions(tmp_path / "leases")
+    mine = tmp_path / "client-0.jsonl"
+    mine.write_text((task / "dev.jsonl").read_text())
+    cfg = load_config(None, [f"tasks=[{task}]", "federation.num_clients=1", f"data.client_files=[{mine}]"])
+    own = client_data(cfg, 0)
+    assert [(q.prompt, q.choices) for q in own] == [(q.prompt, q.choices) for q in load_split(str(task), "validation")]
 
 
 def test_a_question_in_both_a_training_and_a_scored_file_is_refused(tmp_path):
@@ -217,5 +236,8 @@ def test_a_question_in_both_a_training_and_a_scored_file_is_refused(tmp_path):
     first = (task / "train.jsonl").read_text().splitlines()[0]
     (task / "dev.jsonl").write_text((task / "dev.jsonl").read_text() + first + "\n")  # train-0 scored on dev too
     cfg = load_config(None, [f"tasks=[{task}]", "federation.num_clients=2", "eval.split=dev"])
-    with pytest.raises(DataError, match=r"dev question 'train-0' is also a training question"):
+    with pytest.raises(DataError, match=r"dev question 'train-0' is also training question 'train-0' \(the same "):
         preflight(cfg)
+    (task / "dev.jsonl").write_text(json.dumps({"id": "train-0", "question": "another question?",
+                                                "choices": ["a", "b"], "answer": 0}) + "\n")
+    preflight(cfg)  # ids need only be unique within a file: the same id with another question is no overlap

@@ -18,7 +18,7 @@ import torch
 
 from . import precision
 from .config import Config, ConfigError, ModelSection, check_output_folder
-from .data import Question, Splits, check_tasks, load_eval, load_split, split_train
+from .data import Question, Splits, check_tasks, choices_of, load_eval, load_split, mc_request, split_train
 from .data.schema import DataError, is_instructions, read_client_file, write_jsonl
 from .models.lora import attach_lora
 from .models.sources import load_model
@@ -160,18 +160,21 @@ def preflight(cfg: Config) -> None:
         if empty:
             raise DataError(f"clients {empty} would get no training data ({sum(map(len, splits.clients))} "
                             f"questions for {cfg.federation.num_clients} clients); lower federation.num_clients")
-    if any(q.answer is None for q in splits.aux) and cfg.kd.target != "choices":
+    if cfg.method == "fedcollm" and any(q.answer is None for q in splits.aux) and cfg.kd.target != "choices":
         raise DataError("D^a holds unlabeled questions (answer null): they need kd.target=choices, the tokens "
                         "target teacher-forces a gold answer they do not have")
     if cfg.method == "fedcollm" and not splits.aux:
         raise DataError("D^a is empty: the server has nothing to distil on (federation.aux_size / aux_fraction, "
                         "data.aux_tasks)")
-    trained = {(q.task, q.id) for q in splits.aux} | {(q.task, q.id) for qs in splits.clients for q in qs}
-    for task, qs in eval_questions(cfg).items():  # a user's folder may hold a question in two of its files
-        seen = next((q for q in qs if (task, q.id) in trained), None)
+    # a user's folder may hold one question in two of its files (ids need only be unique within a file): the
+    # same task, prompt and choices is the same question
+    trained = {_same_question(q): q.id for qs in (splits.aux, *splits.clients) for q in qs}
+    for task, qs in eval_questions(cfg).items():
+        seen = next((q for q in qs if _same_question(q) in trained), None)
         if seen is not None:
-            raise DataError(f"{task}: {cfg.eval.split} question {seen.id!r} is also a training question (in D^a "
-                            "or a client's D^k): it would be scored after training on it; give it one split")
+            raise DataError(f"{task}: {cfg.eval.split} question {seen.id!r} is also training question "
+                            f"{trained[_same_question(seen)]!r} (the same prompt and choices, in D^a or a client's "
+                            "D^k): it would be scored after training on it; keep it in one split"[:400])
     roles = [("slm", cfg.slm), *([("llm", cfg.llm)] if cfg.method == "fedcollm" else [])]
     for role, section in roles:  # every model file readable, every LoRA target a module it has
         check_model_files(section.name)
@@ -180,6 +183,10 @@ def preflight(cfg: Config) -> None:
     if cfg.method == "fedcollm":
         check_same_tokenizer(load_tokenizer(cfg.llm.name), tok, cfg.llm.name, cfg.slm.name)
     _check_choice_training(cfg, splits, tok)
+
+
+def _same_question(q: Question) -> tuple:
+    return q.task, mc_request(q).context, tuple(choices_of(q))
 
 
 def _check_choice_training(cfg: Config, splits: Splits, tok) -> None:

@@ -511,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     """SIGTERM (a scheduler, `kill`) ends the command as Ctrl-C would: cleanups run, so the SuperLink and
     the other Flower processes a run started go with it; finished rounds are on disk."""
+    print("fedcollm: terminated (SIGTERM); what finished is on disk", file=sys.stderr)
     raise SystemExit(128 + signum)
 
 
@@ -530,8 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         print(error_line(exc), file=sys.stderr)
         return exit_code(exc)
     except KeyboardInterrupt:  # Ctrl-C: the cleanups above have run (Flower's processes stopped), no traceback
-        print("fedcollm: interrupted; a run's finished rounds are on disk (fedcollm run --resume RUN_DIR)",
-              file=sys.stderr)
+        print("fedcollm: interrupted (Ctrl-C); what finished is on disk", file=sys.stderr)
         return 128 + signal.SIGINT
     finally:  # an in-process caller (a test, a notebook) calling main again gets one handler, not two
         ours.removeHandler(handler)

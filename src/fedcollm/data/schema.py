@@ -189,14 +189,21 @@ def read_client_file(path: Path, tasks: Sequence[str]) -> list[Question]:
     if not path.is_file():
         raise DataError(f"missing data file {path}: a client's own file (data.client_files / data-file)")
     first = next((rec for _, _, rec in json_lines(path)), None)
-    if not isinstance(first, dict) or "task" in first or isinstance(first.get("question"), dict):
+    if first is None:
+        raise DataError(f"{path}: no questions (a client's own file)")
+    if not isinstance(first, dict):
+        raise DataError(f"{path}: its first line is not a JSON object (a question per line)")
+    if isinstance(first.get("question"), dict):  # the layout `data split` writes: {"question": {"stem", ...}}
         return read_jsonl(path, None)
     folders = [t for t in tasks if _kind(t) == "folder"]
     if len(tasks) != 1 or len(folders) != 1:
         raise DataError(f"{path}: records in the plain schema name no task; such a client file needs tasks to be "
                         f"the one task folder it belongs to (tasks: {list(tasks)})"[:300])
+    from .instructions import is_instruction_task, read_instruction_file
     from .jsonl_task import folder_template, read_task_file
 
+    if is_instruction_task(folders[0]):
+        return read_instruction_file(path, folders[0])
     return read_task_file(path, folders[0], folder_template(Path(folders[0]).expanduser()))
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import plots
-from ..build import preflight
+from ..build import load_aux, preflight
 from ..config import Config, ConfigError, KDSection, config_differences, load_config, save_config
 from ..data.schema import DataError, is_instructions
 from ..plots import task_label
@@ -175,9 +175,11 @@ def run_experiment(cfg: Config, out_dir: str | Path, methods: Sequence[str] = ME
     the report would mix splits and budgets), and a config that cannot run is refused before
     anything is written.
     """
-    if "fedcollm_paper" in methods and cfg.data.aux_unlabeled:
+    if "fedcollm_paper" in methods and (cfg.data.aux_unlabeled
+                                        or any(q.answer is None for q in load_aux(cfg))):
         raise ConfigError("fedcollm_paper's token-level transfer teacher-forces gold answers, and data.aux_unlabeled "
-                          "gives D^a questions without any: leave fedcollm_paper out of --methods")
+                          "(or a task of unanswered questions) gives D^a questions without any: leave fedcollm_paper "
+                          "out of --methods")
     prose = [t for t in {*cfg.tasks, *cfg.eval_tasks()} if is_instructions(t)]
     if prose:  # its report, claims and intervals are over questions answered right or wrong
         raise DataError(f"{sorted(prose)[0]} is instruction data, scored by perplexity: fedcollm experiment compares "
