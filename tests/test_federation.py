@@ -280,6 +280,8 @@ def test_a_dropped_clients_reason_keeps_why_and_loses_where():
     out = redact(line)
     assert out.startswith("ray.exceptions.ActorDiedError: The actor died unexpectedly")
     assert not any(s in out for s in ("48213", "10.1.2.3", "9f8e7d", "ab12", "192.168.7.9", "9092")), out
+    oom = redact("ray.exceptions.OutOfMemoryError: Task was killed (pid: 5121, node_id: 6c1f2e, IP: 10.0.0.9)")
+    assert not any(s in oom for s in ("5121", "6c1f2e", "10.0.0.9")), oom
     plain = "ValueError: client update of round 3 has NaN or Inf in base_model.lora_A (0.5 of 12 values)"
     assert redact(plain) == plain
 

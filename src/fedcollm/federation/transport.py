@@ -28,14 +28,14 @@ log = logging.getLogger(__name__)
 ONLINE = "online"  # a deployment node's status while the SuperLink receives its heartbeats
 
 
-_HOST_DETAIL = (re.compile(r"\b(pid|ip|node_ip|node_id|worker_id|actor_id|hostname|host)=[^\s,)]+", re.I),
+_HOST_DETAIL = (re.compile(r"\b(pid|ip|node_ip|node_id|worker_id|actor_id|hostname|host)(=|: ?)[^\s,)]+", re.I),
                 re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"))
 
 
 def redact(reason: str) -> str:
     """A client's error line with its process and host details (pids, addresses, Ray's worker ids) blanked: the
     run's metrics say why a client dropped, never where it runs."""
-    reason = _HOST_DETAIL[0].sub(lambda m: f"{m.group(1)}=…", reason)
+    reason = _HOST_DETAIL[0].sub(lambda m: f"{m.group(1)}{m.group(2)}…", reason)
     return _HOST_DETAIL[1].sub("<address>", reason)
 
 
