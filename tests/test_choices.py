@@ -311,7 +311,7 @@ def test_preflight_names_a_question_without_a_choice_distribution_before_round_o
             for i in range(20)]
     rows[3]["choices"] = ["liver", " ".join(["kidney"] * 60)]
     (task / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (task / "dev.jsonl").write_text(json.dumps({**rows[0], "id": "d0"}) + "\n")
+    (task / "dev.jsonl").write_text(json.dumps({**rows[0], "id": "d0", "question": "Which organ, dev?"}) + "\n")
     base = [f"llm.name={tiny_models['llm']}", f"slm.name={tiny_models['slm']}", f"tasks=[{task}]", "max_length=32",
             "federation.num_clients=2", "federation.aux_fraction=0.5", f"output_dir={tmp_path / 'runs'}",
             "eval.split=dev"]
